@@ -1,0 +1,1 @@
+"""Deployment helpers for specwave (prefect.yaml, work pools, Dockerfile)."""

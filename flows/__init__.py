@@ -1,0 +1,1 @@
+"""specwave flows: Prefect flow entrypoints and the CLI."""

@@ -1,0 +1,1 @@
+"""specwave library: spec models, store, planner, prompt, agents, results, Prefect tasks."""

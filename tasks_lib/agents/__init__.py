@@ -1,0 +1,1 @@
+"""Agent kinds that specwave can launch (one module per kind)."""
