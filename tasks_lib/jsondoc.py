@@ -1,0 +1,168 @@
+"""Lossless JSON documents: parse a file, remember how it was written, write it back the same way.
+
+Users hand us files written by other tools. A save must not reformat them: it keeps key order,
+id types (``1`` stays ``1``, ``"1"`` stays ``"1"``), number spelling (``1.50`` stays ``1.50``),
+the indentation, whether short arrays sit on one line, non-ASCII characters, the byte-order mark
+and the final newline. Only the values we change look different in a diff.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from typing import Any
+
+
+class RawFloat(float):
+    """A float that remembers how the file spelled it (``1.50``, ``2e3``)."""
+
+    raw: str
+
+    def __new__(cls, text: str) -> "RawFloat":
+        obj = super().__new__(cls, text)
+        obj.raw = text
+        return obj
+
+
+@dataclass(frozen=True)
+class JsonStyle:
+    """How a JSON file was written."""
+
+    indent: str | None = "  "  # None: one line
+    inline_scalar_arrays: bool = False  # ["a", "b"] on one line inside an indented file
+    ensure_ascii: bool = False
+    newline: str = "\n"
+    final_newline: bool = True
+    bom: bool = False
+    compact_separators: bool = False  # one-line files: "," and ":" with no spaces
+
+
+_INDENT_RE = re.compile(r"\n([ \t]+)[\"\[{\]}]")
+_INLINE_ARRAY_RE = re.compile(r":\s*\[[^\[\]{}\n]*[^\s\[\]{}][^\[\]{}\n]*\]")
+_MULTILINE_SCALAR_ARRAY_RE = re.compile(r"\[[ \t]*\r?\n[ \t]*(\"|-?\d|true|false|null)")
+
+
+def detect_style(text: str) -> JsonStyle:
+    """Infer the writing style of a JSON text."""
+    bom = text.startswith("\ufeff")
+    body = text[1:] if bom else text
+    newline = "\r\n" if "\r\n" in body else "\n"
+    stripped = body.rstrip(" \t")
+    final_newline = stripped.endswith("\n")
+    m = _INDENT_RE.search(body.replace("\r\n", "\n"))
+    if m is None:
+        compact = not re.search(r"[,:] ", body)
+        return JsonStyle(indent=None, ensure_ascii=_looks_ascii_escaped(body), newline=newline,
+                         final_newline=final_newline, bom=bom, compact_separators=compact)
+    indent = m.group(1)
+    if " " in indent and "\t" not in indent:
+        # the smallest leading run of spaces is the unit
+        runs = [len(x) for x in re.findall(r"\n( +)[\"\[{\]}]", body.replace("\r\n", "\n"))]
+        indent = " " * min(runs)
+    inline = len(_INLINE_ARRAY_RE.findall(body)) > len(_MULTILINE_SCALAR_ARRAY_RE.findall(body))
+    return JsonStyle(indent=indent, inline_scalar_arrays=inline,
+                     ensure_ascii=_looks_ascii_escaped(body), newline=newline,
+                     final_newline=final_newline, bom=bom)
+
+
+def _looks_ascii_escaped(body: str) -> bool:
+    has_escape = re.search(r"\\u[0-9a-fA-F]{4}", body) is not None
+    has_raw_non_ascii = any(ord(c) > 127 for c in body)
+    return has_escape and not has_raw_non_ascii
+
+
+def loads(text: str) -> Any:
+    """Parse JSON keeping number spelling (raises json.JSONDecodeError)."""
+    if text.startswith("\ufeff"):
+        text = text[1:]
+    return json.loads(text, parse_float=RawFloat)
+
+
+def dumps(obj: Any, style: JsonStyle | None = None) -> str:
+    """Serialize in the given style (the default matches ``json.dumps(indent=2)`` + newline)."""
+    style = style or JsonStyle()
+    out: list[str] = []
+    if style.indent is None:
+        _write_flat(obj, style, out)
+    else:
+        _write(obj, style, 0, out)
+    text = "".join(out)
+    if style.newline != "\n":
+        text = text.replace("\n", style.newline)
+    if style.final_newline:
+        text += style.newline
+    if style.bom:
+        text = "\ufeff" + text
+    return text
+
+
+def _scalar(value: Any, style: JsonStyle) -> str:
+    if isinstance(value, RawFloat):
+        return value.raw
+    if isinstance(value, bool) or value is None:
+        return json.dumps(value)
+    if isinstance(value, float):
+        return json.dumps(value)
+    if isinstance(value, int):
+        return str(int(value))
+    if isinstance(value, str):
+        return json.dumps(value, ensure_ascii=style.ensure_ascii)
+    raise TypeError(f"cannot write {type(value).__name__} to JSON")
+
+
+def _is_scalar(value: Any) -> bool:
+    return not isinstance(value, (dict, list))
+
+
+def _write(obj: Any, style: JsonStyle, level: int, out: list[str]) -> None:
+    ind = style.indent or ""
+    if isinstance(obj, dict):
+        if not obj:
+            out.append("{}")
+            return
+        out.append("{\n")
+        items = list(obj.items())
+        for i, (key, value) in enumerate(items):
+            out.append(ind * (level + 1))
+            out.append(json.dumps(str(key), ensure_ascii=style.ensure_ascii))
+            out.append(": ")
+            _write(value, style, level + 1, out)
+            out.append(",\n" if i < len(items) - 1 else "\n")
+        out.append(ind * level + "}")
+    elif isinstance(obj, list):
+        if not obj:
+            out.append("[]")
+            return
+        if style.inline_scalar_arrays and all(_is_scalar(v) for v in obj):
+            out.append("[" + ", ".join(_scalar(v, style) for v in obj) + "]")
+            return
+        out.append("[\n")
+        for i, value in enumerate(obj):
+            out.append(ind * (level + 1))
+            _write(value, style, level + 1, out)
+            out.append(",\n" if i < len(obj) - 1 else "\n")
+        out.append(ind * level + "]")
+    else:
+        out.append(_scalar(obj, style))
+
+
+def _write_flat(obj: Any, style: JsonStyle, out: list[str]) -> None:
+    item_sep, key_sep = (",", ":") if style.compact_separators else (", ", ": ")
+    if isinstance(obj, dict):
+        out.append("{")
+        for i, (key, value) in enumerate(obj.items()):
+            if i:
+                out.append(item_sep)
+            out.append(json.dumps(str(key), ensure_ascii=style.ensure_ascii) + key_sep)
+            _write_flat(value, style, out)
+        out.append("}")
+    elif isinstance(obj, list):
+        out.append("[")
+        for i, value in enumerate(obj):
+            if i:
+                out.append(item_sep)
+            _write_flat(value, style, out)
+        out.append("]")
+    else:
+        out.append(_scalar(obj, style))
