@@ -141,8 +141,12 @@ class PlanStore:
 
     @contextlib.contextmanager
     def locked(self) -> Iterator[None]:
-        self.lock_path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            self.lock_path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise WriteFailed(f"{display_path(self.lock_path)}: could not create the lock file "
+                              f"({exc}) — the plan file is unchanged; fix permissions") from exc
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
             yield
@@ -155,8 +159,11 @@ class PlanStore:
         """Read-modify-write under the lock. Writes only if the rendered text changed."""
         with self.locked():
             doc, original = self.read()
+            # compare with the document as read, not with the file's text: a file in a style
+            # the renderer cannot reproduce byte for byte must not be rewritten by a no-op edit
+            before = self.format.render(doc, original)
             yield doc
-            if self.format.render(doc, original) == original:
+            if self.format.render(doc, original) == before:
                 return
             self.format.finalize(doc, self._now())
             new_text = self.format.render(doc, original)
@@ -179,7 +186,11 @@ class PlanStore:
             mode = target.stat().st_mode & 0o777
         except FileNotFoundError:
             mode = 0o644
-        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=folder)
+        try:
+            fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=folder)
+        except OSError as exc:
+            raise WriteFailed(f"{display_path(self.path)}: could not write ({exc}) — the "
+                              "file is unchanged; free space or fix permissions") from exc
         try:
             with os.fdopen(fd, "wb") as fh:
                 fh.write(data)
@@ -210,3 +221,64 @@ def _utc_now() -> str:
 def stray_temp_files(folder: Path, name: str) -> list[Path]:
     """Temp files an interrupted write may have left (they are never read)."""
     return sorted(folder.glob(f".{name}.*.tmp"))
+
+
+class RunLock:
+    """One run per spec at a time: an exclusive, non-blocking ``flock`` held for the whole run.
+
+    The kernel drops the lock when the holder dies (even by SIGKILL), so a stale lock from a
+    dead process is taken over safely; the holder's pid, host and start time are written in the
+    lock file so a refused run can say who holds it.
+    """
+
+    def __init__(self, spec_folder: Path, name: str = "run.lock"):
+        self.path = Path(spec_folder) / STATE_DIR / "locks" / name
+        self._fd: int | None = None
+
+    def holder(self) -> dict[str, Any] | None:
+        import json
+
+        try:
+            return json.loads(self.path.read_text(encoding="utf-8") or "null")
+        except (FileNotFoundError, ValueError):
+            return None
+
+    def acquire(self, info: dict[str, Any]) -> dict[str, Any] | None:
+        """Take the lock or raise SpecError naming the holder. Returns the previous (dead)
+        holder's info when a stale lock was taken over, else None."""
+        import json
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            h = self.holder() or {}
+            raise SpecError.single(
+                display_path(self.path.parents[2]),
+                f"is already being run by pid {h.get('pid', '?')} on {h.get('host', '?')} "
+                f"since {h.get('started_at', '?')}" + (
+                    f" (flow run {h['flow_run_id']})" if h.get("flow_run_id") else ""),
+                hint="wait for that run to finish, or cancel it") from None
+        previous = self.holder()
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps(info).encode(), 0)
+        os.fsync(fd)
+        self._fd = fd
+        return previous if previous and previous.get("active") else None
+
+    def release(self) -> None:
+        import json
+
+        if self._fd is None:
+            return
+        try:
+            h = self.holder() or {}
+            h["active"] = False
+            os.ftruncate(self._fd, 0)
+            os.pwrite(self._fd, json.dumps(h).encode(), 0)
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+        finally:
+            os.close(self._fd)
+            self._fd = None

@@ -1,1 +1,32 @@
-"""Agent kinds that specwave can launch (one module per kind)."""
+"""Agent kinds that specwave can launch (one module per kind) and their shared interface."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Union
+
+from pydantic import Field, TypeAdapter
+
+from tasks_lib.agents.base import Agent, AgentRequest, AgentRun, AgentSettings
+from tasks_lib.agents.command import CommandAgent, CommandAgentConfig
+
+AgentConfig = Annotated[Union[CommandAgentConfig], Field(discriminator="kind")]
+
+_ADAPTER: TypeAdapter = TypeAdapter(AgentConfig)
+_KINDS: dict[str, Any] = {"command": CommandAgent}
+
+
+def parse_agent_config(value: Any) -> Any:
+    """dict / model -> the agent config model for its ``kind``."""
+    if isinstance(value, AgentSettings):
+        return value
+    return _ADAPTER.validate_python(value)
+
+
+def make_agent(config: Any) -> Agent:
+    """The agent for a config."""
+    config = parse_agent_config(config)
+    return _KINDS[config.kind](config)
+
+
+__all__ = ["Agent", "AgentConfig", "AgentRequest", "AgentRun", "CommandAgent",
+           "CommandAgentConfig", "make_agent", "parse_agent_config"]

@@ -156,22 +156,35 @@ class AgentOsJson:
         statuses = [normalize_status(t.get("status")) for t in tasks]
         parents = [t for t in tasks if t.get("type") != "subtask" and t.get("parent") is None]
         done = sum(1 for s in statuses if s in (TaskStatus.PASS, TaskStatus.SKIPPED))
-        summary["total_tasks"] = len(tasks)
-        summary["parent_tasks"] = len(parents)
-        summary["subtasks"] = len(tasks) - len(parents)
-        summary["completed"] = done
-        summary["in_progress"] = sum(1 for s in statuses if s == TaskStatus.IN_PROGRESS)
-        summary["blocked"] = sum(1 for s in statuses if s in (TaskStatus.BLOCKED, TaskStatus.FAIL))
-        summary["pending"] = sum(1 for s in statuses if s in (TaskStatus.PENDING, None))
-        if "failed" in summary:
-            summary["failed"] = sum(1 for s in statuses if s == TaskStatus.FAIL)
-        summary["overall_percent"] = round(100 * done / len(tasks)) if tasks else 0
-        waves = (doc.get("execution_strategy") or {}).get("waves") if isinstance(
-            doc.get("execution_strategy"), dict) else None
+        values: dict[str, Any] = {
+            "total_tasks": len(tasks),
+            "parent_tasks": len(parents),
+            "subtasks": len(tasks) - len(parents),
+            "completed": done,
+            "in_progress": sum(1 for s in statuses if s == TaskStatus.IN_PROGRESS),
+            "blocked": sum(1 for s in statuses if s in (TaskStatus.BLOCKED, TaskStatus.FAIL)),
+            "pending": sum(1 for s in statuses if s in (TaskStatus.PENDING, None)),
+            "failed": sum(1 for s in statuses if s == TaskStatus.FAIL),
+            "skipped": sum(1 for s in statuses if s == TaskStatus.SKIPPED),
+            "overall_percent": round(100 * done / len(tasks)) if tasks else 0,
+        }
+        strategy = doc.get("execution_strategy")
+        waves = strategy.get("waves") if isinstance(strategy, dict) else None
         if isinstance(waves, list) and waves:
-            summary["parallel_waves"] = len(waves)
-            summary["max_parallelism"] = max(
+            values["parallel_waves"] = len(waves)
+            values["max_parallelism"] = max(
                 (len(w.get("tasks") or []) for w in waves if isinstance(w, dict)), default=0)
+        # v2/v3 summaries get the format's standard keys; other layouts (v4 has its own
+        # counters) only have the keys they already hold refreshed.
+        standard = not str(doc.get("version", "")).startswith("4")
+        for key, value in values.items():
+            if key in summary or (standard and key in _STANDARD_SUMMARY_KEYS):
+                summary[key] = value
+
+
+_STANDARD_SUMMARY_KEYS = ("total_tasks", "parent_tasks", "subtasks", "completed", "in_progress",
+                          "blocked", "pending", "overall_percent", "parallel_waves",
+                          "max_parallelism")
 
 
 # ------------------------------------------------------------------ reading into LoadedSpec

@@ -1,0 +1,392 @@
+"""The ``execute_spec`` flow: one spec folder, run as concurrent Prefect task runs.
+
+It reads like the original design:
+
+1. **load and validate** the spec (an invalid spec fails the flow with one line per problem);
+2. **plan** it (waves, conflicts, critical path);
+3. **run the tasks**: each ready task becomes a ``run_worker`` task run that launches a coding
+   agent; after every worker its result is recorded in the plan file (locked, atomic,
+   lossless), the dependents of a failure are blocked, the UI artifacts are updated;
+4. **finalize**: metrics (measured, not estimated), the run record, the summary artifact.
+
+The flow is async on purpose: a sync flow pays a ~1 s tail per run and runs no cleanup on
+SIGTERM. Cancellation (a cancelled flow run, SIGTERM/SIGINT to ``specwave run``) cancels every
+running worker, which kills each agent's process tree, and puts those tasks back to
+``pending``.
+
+Import it as ``from flows.execute_spec import execute_spec``; its parameters are the public
+interface of deployments and scripts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import time
+from pathlib import Path
+from typing import Any, Literal
+
+from prefect import flow, get_run_logger
+from prefect.states import Completed, Failed
+
+from tasks_lib.agents import parse_agent_config
+from tasks_lib.agents.process import ProcessInfo, reap
+from tasks_lib.errors import SpecError
+from tasks_lib.formats import document_format, load_spec
+from tasks_lib.planner import Plan, plan_spec
+from tasks_lib.prompt import TEMPLATE_FILE, build_prompt
+from tasks_lib.report import (
+    artifact_keys,
+    compute_metrics,
+    final_blocker,
+    iso,
+    summary_markdown,
+    table_rows,
+)
+from tasks_lib.runfolder import RunFolder
+from tasks_lib.scheduler import Scheduler, State
+from tasks_lib.spec import LoadedSpec
+from tasks_lib.store import PlanStore, RunLock, TaskUpdate
+from tasks_lib.tasks import WorkerInput, agent_task, run_worker
+
+DEFAULT_MAX_CONCURRENCY = 4
+
+
+def _flow_run_name() -> str:
+    from prefect.runtime import flow_run
+
+    params = flow_run.parameters or {}
+    folder = str(params.get("spec_folder") or "spec")
+    return Path(folder.rstrip("/")).name or "spec"
+
+
+@agent_task(name="load-and-validate")
+async def load_and_validate(spec_folder: str, format: str | None, tag: str | None,
+                            parallel: bool) -> LoadedSpec:
+    """Read the plan file (+ context); raise with every validation problem."""
+    spec = load_spec(Path(spec_folder), format=format, tag=tag, parallel=parallel)
+    logger = get_run_logger()
+    for w in spec.warnings:
+        logger.warning(f"warning: {w}")
+    logger.info(f"{spec.name}: {len(spec.units)} tasks ({spec.format})")
+    return spec
+
+
+@agent_task(name="plan")
+async def make_plan(spec: LoadedSpec, max_concurrency: int | None, replan: bool) -> Plan:
+    plan = plan_spec(spec, max_concurrency=max_concurrency, replan=replan)
+    if plan.errors:
+        raise SpecError(plan.errors)
+    logger = get_run_logger()
+    logger.info(f"plan: {plan.mode}, {len(plan.waves)} waves ({plan.source}); critical path "
+                f"{' → '.join(plan.critical_path)}; best speed-up {plan.estimated_speedup:.2f}× "
+                f"with {plan.max_concurrency} workers")
+    return plan
+
+
+@flow(name="execute-spec", flow_run_name=_flow_run_name, persist_result=False,
+      log_prints=False)
+async def execute_spec(
+    spec_folder: str,
+    agent: dict[str, Any] | None = None,
+    repo: str | None = None,
+    max_concurrency: int | None = None,
+    retries: int = 1,
+    timeout_seconds: float = 1800,
+    fail_fast: bool = False,
+    dry_run: bool = False,
+    scheduler: Literal["eager", "waves"] = "eager",
+    replan: bool = False,
+    format: str | None = None,
+    tag: str | None = None,
+    parallel: bool = False,
+) -> dict[str, Any]:
+    """Run every pending task of a spec through coding-agent workers, concurrently.
+
+    Args:
+        spec_folder: the spec folder (or its plan file).
+        agent: the agent config, e.g. ``{"kind": "command", "command": "python a.py
+            {prompt_file}"}``.
+        repo: the repository the agents work in (default: the current directory).
+        max_concurrency: worker slots (default: the spec's max_concurrent_workers, else 4).
+        retries: extra attempts for crashed / timed-out / unparseable workers.
+        timeout_seconds: first attempt's timeout; a timed-out attempt's retry gets double.
+        fail_fast: after the first failure start no new workers.
+        dry_run: plan and build the prompts, launch nothing.
+        scheduler: ``eager`` (start each task when its dependencies pass) or ``waves``.
+        replan: ignore the declared waves and compute them.
+        format, tag, parallel: input format options (see ``specwave run --help``).
+
+    Returns:
+        A dict with ``status``, ``tasks`` (per-task status, outcome, attempts, blocker),
+        ``metrics`` and ``run_dir``.
+    """
+    logger = get_run_logger()
+    spec = await load_and_validate(spec_folder, format, tag, parallel)
+    plan = await make_plan(spec, max_concurrency, replan)
+    workdir = str(Path(repo or os.getcwd()).resolve())
+    template = _template(spec)
+
+    if dry_run:
+        prompts = {}
+        for w in plan.waves:
+            for tid in w.tasks:
+                prompts[tid] = build_prompt(spec, spec.unit(tid), wave=w.wave_id,
+                                            concurrent=[t for t in w.tasks if t != tid],
+                                            template=template)
+                logger.info(f"[{tid}] prompt ({len(prompts[tid])} chars):\n{prompts[tid]}")
+        return {"status": "dry_run", "plan": plan.to_json(), "prompts": prompts,
+                "tasks": {u.id: {"status": u.status.value} for u in spec.units}}
+
+    if agent is None:
+        raise SpecError.single("agent", "no agent configured",
+                               hint='pass agent={"kind": "command", "command": "..."} '
+                                    "(or --agent/--command on the CLI)")
+    agent_cfg = parse_agent_config(agent)
+    agent_dict = agent_cfg.model_dump(mode="json")
+    return await _run(spec, plan, agent_dict, agent_cfg.kind, workdir=workdir, retries=retries,
+                      timeout_seconds=timeout_seconds, fail_fast=fail_fast, policy=scheduler,
+                      template=template)
+
+
+def _template(spec: LoadedSpec) -> str | None:
+    p = spec.folder / TEMPLATE_FILE
+    if p.is_file():
+        return p.read_text(encoding="utf-8")
+    return None
+
+
+def _run_id() -> str:
+    from prefect.runtime import flow_run
+
+    rid = flow_run.id
+    return str(rid) if rid else time.strftime("%Y%m%dT%H%M%S") + f"-{os.getpid()}"
+
+
+async def _run(spec: LoadedSpec, plan: Plan, agent: dict[str, Any], agent_kind: str, *,
+               workdir: str, retries: int, timeout_seconds: float, fail_fast: bool,
+               policy: str, template: str | None) -> Any:
+    logger = get_run_logger()
+    run_id = _run_id()
+    lock = RunLock(spec.folder)
+    lock.acquire({"pid": os.getpid(), "host": socket.gethostname(),
+                  "started_at": iso(time.time()), "flow_run_id": run_id, "active": True})
+    try:
+        _reap_earlier_agents(spec, run_id)
+        return await _execute(spec, plan, agent, agent_kind, run_id=run_id, workdir=workdir,
+                              retries=retries, timeout_seconds=timeout_seconds,
+                              fail_fast=fail_fast, policy=policy, template=template)
+    finally:
+        lock.release()
+        logger.debug("run lock released")
+
+
+def _reap_earlier_agents(spec: LoadedSpec, run_id: str) -> None:
+    """Agents recorded by earlier runs are orphans (we hold the run lock, so those runs are
+    dead): kill any that survive, then forget them."""
+    logger = get_run_logger()
+    records = RunFolder.recorded_agents(spec.folder)
+    stale = [r for r in records if r.get("run_id") != run_id]
+    if stale:
+        infos = []
+        for r in stale:
+            try:
+                infos.append(ProcessInfo.from_dict(r))
+            except ValueError:
+                continue
+        killed = reap(infos)
+        if killed:
+            logger.warning(f"killed {len(killed)} agent processes left by an earlier run that "
+                           f"died: {killed}")
+    for f in RunFolder.runs_dir(spec.folder).glob("*/agents.jsonl"):
+        if f.parent.name != run_id:
+            f.rename(f.with_suffix(".reaped"))
+
+
+async def _execute(spec: LoadedSpec, plan: Plan, agent: dict[str, Any], agent_kind: str, *,
+                   run_id: str, workdir: str, retries: int, timeout_seconds: float,
+                   fail_fast: bool, policy: str, template: str | None) -> Any:
+    logger = get_run_logger()
+    folder = RunFolder(spec.folder, run_id)
+    folder.root.mkdir(parents=True, exist_ok=True)
+    store = PlanStore(spec.tasks_path, document_format(spec))
+    sched = Scheduler(plan, {u.id: u.status for u in spec.units}, policy=policy,
+                      max_concurrency=plan.max_concurrency, fail_fast=fail_fast)
+    units = {u.id: u for u in spec.units}
+    keys = artifact_keys(spec.name)
+    from flows.ui import RunUI
+
+    ui = RunUI(keys, spec.name)
+    await ui.start()
+
+    records: dict[str, list[dict[str, Any]]] = {}
+    blockers: dict[str, str] = {}
+    status: dict[str, str] = {u.id: ("done" if sched.state[u.id] == State.DONE else "pending")
+                              for u in spec.units}
+    counters = {"workers_spawned": 0, "workers_completed": 0, "workers_failed": 0,
+                "workers_retried": 0}
+    started_at = time.time()
+    run_params = {"run_id": run_id, "scheduler": policy, "agent": agent_kind,
+                  "max_concurrency": plan.max_concurrency, "retries": retries,
+                  "timeout_seconds": timeout_seconds, "fail_fast": fail_fast,
+                  "workdir": workdir}
+    folder.write_run({"status": "running", "spec": spec.name, "started_at": iso(started_at),
+                      **run_params, "plan": plan.to_json()})
+
+    def run_state(state: str) -> dict[str, Any]:
+        return {"run_id": run_id, "status": state, "scheduler": policy,
+                "started_at": iso(started_at), "updated_at": iso(time.time()),
+                "active_workers": sched.running, **counters}
+
+    store.apply(run_state=run_state("running"))
+    done_count = sum(1 for s in status.values() if s == "done")
+    total = len(spec.units)
+    await ui.progress(done_count, total)
+
+    async def run_one(tid: str) -> list[dict[str, Any]]:
+        unit = units[tid]
+        wave = plan.wave_of.get(tid)
+        mates = [t for t in plan.waves[wave - 1].tasks if t != tid] if wave and wave <= len(
+            plan.waves) else []
+        prompt = build_prompt(spec, unit, wave=wave, concurrent=mates, template=template)
+        name = f"{tid}: {' '.join(unit.description.split())}"
+        worker = run_worker.with_options(
+            name=f"worker {tid}", task_run_name=name[:100], retries=retries,
+            tags=[spec.name, f"wave-{wave}", agent_kind])
+        inp = WorkerInput(task_id=tid, prompt=prompt, agent=agent, workdir=workdir,
+                          spec_dir=str(spec.folder), run_id=run_id,
+                          timeout_seconds=timeout_seconds)
+        state = await worker(inp, return_state=True)
+        recs = folder.attempts(tid)
+        if not recs:  # our own code failed before the first attempt record
+            result = await state.result(raise_on_failure=False)
+            msg = result.get("reason") if isinstance(result, dict) else repr(result)
+            recs = [{"task_id": tid, "attempt": 1, "outcome": "crashed",
+                     "reason": f"worker failed before launching the agent: {msg}",
+                     "started": time.time(), "ended": time.time(), "duration_s": 0.0,
+                     "result": None, "info": {}}]
+        return recs
+
+    pending: dict[asyncio.Task, str] = {}
+    try:
+        while True:
+            for tid in sched.ready():
+                sched.start(tid)
+                status[tid] = "in_progress"
+                prior = units[tid].attempts
+                store.apply(TaskUpdate(tid, status="in_progress", started_at=iso(time.time()),
+                                       completed_at=None, attempts=prior),
+                            run_state=run_state("running"))
+                pending[asyncio.create_task(run_one(tid), name=f"worker-{tid}")] = tid
+                logger.info(f"started {tid} ({len(sched.running)} running)")
+            if not pending:
+                if sched.is_finished():
+                    break
+                continue
+            finished, _ = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+            for fut in finished:
+                tid = pending.pop(fut)
+                recs = fut.result()
+                records[tid] = recs
+                last = recs[-1]
+                outcome = last.get("outcome")
+                passed = outcome == "pass"
+                blocker = final_blocker(recs)
+                counters["workers_spawned"] += len(recs)
+                counters["workers_retried"] += len(recs) - 1
+                counters["workers_completed" if passed else "workers_failed"] += 1
+                new_status = "pass" if passed else ("blocked" if outcome == "blocked" else "fail")
+                status[tid] = new_status
+                if blocker:
+                    blockers[tid] = blocker
+                newly_blocked = sched.finish(tid, passed, blocker or outcome or "")
+                result = last.get("result") or {}
+                arts = {k: result.get(k) or [] for k in ("files_modified", "files_created",
+                                                         "functions_created", "exports_added",
+                                                         "test_files") if result.get(k)}
+                updates = [TaskUpdate(
+                    tid, status=new_status, attempts=units[tid].attempts + len(recs),
+                    started_at=iso(recs[0].get("started")), completed_at=iso(last.get("ended")),
+                    duration_minutes=round(sum(r.get("duration_s") or 0 for r in recs) / 60, 2),
+                    blocker=blocker, clear_blocker=passed, notes=result.get("notes"),
+                    artifacts=arts or None, subtasks_status="pass" if passed else None)]
+                for d in newly_blocked:
+                    status[d] = "blocked"
+                    blockers[d] = sched.blockers[d]
+                    updates.append(TaskUpdate(d, status="blocked", blocker=sched.blockers[d]))
+                    logger.warning(f"{d} is blocked: {sched.blockers[d]}")
+                store.apply(*updates, run_state=run_state("running"))
+                level = logger.info if passed else logger.error
+                level(f"{tid}: {new_status}" + (f" — {blocker}" if blocker else ""))
+                done_count += 1 + len(newly_blocked)
+                await ui.progress(done_count, total)
+                await ui.table(table_rows(spec.units, plan.wave_of, status, records, blockers))
+    except BaseException:
+        # Cancelled (flow run cancelled, SIGTERM/SIGINT) or our own bug: stop every worker —
+        # cancelling the coroutine kills its agent's process tree — and put the tasks that
+        # were running back to pending, so a rerun does them again.
+        for fut in pending:
+            fut.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+        interrupted = [pending[f] for f in pending]
+        try:
+            store.apply(*[TaskUpdate(t, status="pending", completed_at=None) for t in
+                          interrupted], run_state=run_state("cancelled"))
+            folder.write_run({"status": "cancelled", "spec": spec.name,
+                              "started_at": iso(started_at), "ended_at": iso(time.time()),
+                              **run_params, "interrupted": interrupted})
+        except Exception as exc:  # noqa: BLE001 - we are already failing
+            logger.error(f"could not record the interrupted tasks: {exc}")
+        raise
+
+    for tid, s in sched.state.items():
+        if s == State.HELD:
+            status[tid] = "pending"
+    wall = time.time() - started_at
+    metrics = compute_metrics(
+        wall_seconds=wall, task_records=records, final_status=status,
+        plan_json=plan.to_json(), spec_estimate=spec.estimated_parallel_speedup,
+        waves=len(plan.waves), max_running=sched.max_running_seen, scheduler=policy,
+        events=sched.events)
+    not_passed = [t for t, s in status.items() if s not in ("pass", "done")]
+    if not not_passed:
+        run_status = "success"
+    elif sched.stopped:
+        run_status = "blocked"
+    else:
+        run_status = "partial"
+    final_state = "completed" if run_status == "success" else run_status
+    store.apply(run_state={**run_state(final_state), "active_workers": [],
+                           "completed_at": iso(time.time())})
+    rows = table_rows(spec.units, plan.wave_of, status, records, blockers)
+    await ui.table(rows, force=True)
+    await ui.progress(total, total)
+    status_line = {"success": f"all {total} tasks passed",
+                   "partial": f"{len(not_passed)} of {total} tasks did not pass",
+                   "blocked": f"stopped after failures ({', '.join(sched.blocking_failures())}); "
+                              f"{len(not_passed)} of {total} tasks did not pass"}[run_status]
+    await ui.summary(summary_markdown(spec_name=spec.name, plan_json=plan.to_json(),
+                                      metrics=metrics, rows=rows, records=records,
+                                      run_dir=str(folder.root), status_line=status_line))
+    result = {
+        "status": run_status,
+        "spec": spec.name,
+        "run_id": run_id,
+        "run_dir": str(folder.root),
+        "tasks_file": str(spec.tasks_path),
+        "blocking_failures": sched.blocking_failures() if run_status == "blocked" else [],
+        "tasks": {u.id: {"status": status[u.id],
+                         "outcome": (records.get(u.id) or [{}])[-1].get("outcome"),
+                         "attempts": len(records.get(u.id, [])),
+                         "blocker": blockers.get(u.id)} for u in spec.units},
+        "metrics": metrics,
+    }
+    folder.write_run({"status": run_status, "spec": spec.name, "started_at": iso(started_at),
+                      "ended_at": iso(time.time()), **run_params, "plan": plan.to_json(),
+                      "metrics": metrics, "tasks": result["tasks"]})
+    logger.info(f"{spec.name}: {status_line}; wall {wall:.1f} s, measured speed-up "
+                f"{metrics['measured_speedup']}×")
+    if run_status == "success":
+        return Completed(message=status_line, data=result)
+    return Failed(message=status_line, data=result)

@@ -1,0 +1,183 @@
+"""Which task starts next: a pure state machine over a :class:`Plan` (no I/O, no clocks).
+
+Two policies, same failure semantics:
+
+* ``eager`` (default): a task starts as soon as every dependency has passed, every task it
+  conflicts with that is ordered before it has finished, and a slot is free. Ready tasks are
+  taken longest-remaining-path first (then most downstream tasks, then plan order).
+* ``waves``: the original design's barrier — wave N+1 starts only when every task of wave N
+  has finished.
+
+Failure semantics (both policies):
+
+* a task that does not pass blocks its transitive *dependents* (never tasks it merely conflicts
+  with: those run after it either way); independent tasks keep running;
+* ``fail_fast``: after the first failure no new worker starts; running workers finish;
+* if every worker of a planned wave fails (at least two ran), the rest of the run is sequential
+  (one worker at a time), the original design's "all workers fail → fall back to sequential";
+* tasks already done in the file (pass, skipped) are not run; everything else (pending,
+  in_progress left by a dead run, fail, blocked) runs again.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+
+from tasks_lib.planner import Plan
+from tasks_lib.spec import DONE_STATUSES, TaskStatus
+
+
+class State(str, Enum):
+    WAITING = "waiting"
+    RUNNING = "running"
+    PASSED = "passed"
+    FAILED = "failed"
+    BLOCKED = "blocked"
+    DONE = "done"  # already done before this run
+    HELD = "held"  # not started because the run stopped (fail-fast)
+
+
+FINISHED = frozenset({State.PASSED, State.FAILED, State.BLOCKED, State.DONE, State.HELD})
+SATISFIED = frozenset({State.PASSED, State.DONE})
+
+
+@dataclass
+class Scheduler:
+    plan: Plan
+    initial: dict[str, TaskStatus]
+    policy: str = "eager"
+    max_concurrency: int = 4
+    fail_fast: bool = False
+    state: dict[str, State] = field(default_factory=dict)
+    blockers: dict[str, str] = field(default_factory=dict)
+    sequential_fallback: bool = False
+    stopped: bool = False
+    events: list[str] = field(default_factory=list)
+    max_running_seen: int = 0
+
+    def __post_init__(self) -> None:
+        if self.policy not in ("eager", "waves"):
+            raise ValueError(f'unknown scheduler "{self.policy}" — use "eager" or "waves"')
+        self._deps: dict[str, list[str]] = {n: [] for n in self.plan.order}
+        self._dependents: dict[str, list[str]] = {n: [] for n in self.plan.order}
+        for a, b in self.plan.dependency_edges:
+            self._deps[b].append(a)
+            self._dependents[a].append(b)
+        self._after: dict[str, list[str]] = {n: [] for n in self.plan.order}
+        for a, b in self.plan.conflict_edges:
+            self._after[b].append(a)
+        self._rank = {n: i for i, n in enumerate(self.plan.order)}
+        for n in self.plan.order:
+            done = self.initial.get(n) in DONE_STATUSES
+            self.state[n] = State.DONE if done else State.WAITING
+        self._wave_index = 0
+        self._waves = [w.tasks for w in self.plan.waves]
+        self._fallback_checked: set[int] = set()
+
+    # ------------------------------------------------------------------ queries
+
+    @property
+    def running(self) -> list[str]:
+        return [n for n, s in self.state.items() if s == State.RUNNING]
+
+    @property
+    def limit(self) -> int:
+        return 1 if self.sequential_fallback else self.max_concurrency
+
+    def _can_start(self, n: str) -> bool:
+        return (self.state[n] == State.WAITING
+                and all(self.state[d] in SATISFIED for d in self._deps[n])
+                and all(self.state[c] in FINISHED for c in self._after[n]))
+
+    def current_wave(self) -> int | None:
+        """(waves policy) the wave being run, 1-based; None when all are done."""
+        self._advance()
+        return self.plan.waves[self._wave_index].wave_id if self._wave_index < len(
+            self._waves) else None
+
+    def _advance(self) -> None:
+        while self._wave_index < len(self._waves) and all(
+                self.state[t] in FINISHED for t in self._waves[self._wave_index]):
+            self._wave_index += 1
+
+    def ready(self) -> list[str]:
+        """Tasks to start now (at most the free slots), best first. Call start() on each."""
+        if self.stopped:
+            return []
+        free = self.limit - len(self.running)
+        if free <= 0:
+            return []
+        if self.policy == "waves":
+            self._advance()
+            if self._wave_index >= len(self._waves):
+                return []
+            pool = self._waves[self._wave_index]
+            cands = [n for n in pool if self._can_start(n)]
+            cands.sort(key=self._rank.__getitem__)
+        else:
+            cands = [n for n in self.plan.order if self._can_start(n)]
+            cands.sort(key=lambda n: (-self.plan.remaining.get(n, 0.0),
+                                      -self.plan.downstream.get(n, 0), self._rank[n]))
+        return cands[:free]
+
+    def is_finished(self) -> bool:
+        if self.running:
+            return False
+        if self.ready():
+            return False
+        for n, s in self.state.items():
+            if s == State.WAITING:
+                self.state[n] = State.HELD
+        return True
+
+    # ------------------------------------------------------------------ transitions
+
+    def start(self, n: str) -> None:
+        if not self._can_start(n):
+            raise RuntimeError(f'task "{n}" cannot start now (state {self.state[n].value})')
+        self.state[n] = State.RUNNING
+        self.max_running_seen = max(self.max_running_seen, len(self.running))
+
+    def finish(self, n: str, passed: bool, reason: str = "") -> list[str]:
+        """Record a finished worker. Returns the tasks this newly blocks."""
+        if self.state[n] != State.RUNNING:
+            raise RuntimeError(f'task "{n}" is not running')
+        self.state[n] = State.PASSED if passed else State.FAILED
+        blocked: list[str] = []
+        if not passed:
+            root_reason = f"blocked by {n}: {reason}" if reason else f"blocked by {n}"
+            stack = list(self._dependents[n])
+            while stack:
+                d = stack.pop()
+                if self.state[d] == State.WAITING:
+                    self.state[d] = State.BLOCKED
+                    self.blockers[d] = root_reason
+                    blocked.append(d)
+                    stack.extend(self._dependents[d])
+            if self.fail_fast and not self.stopped:
+                self.stopped = True
+                self.events.append(f"fail-fast: {n} did not pass; no new workers start")
+        self._check_fallback(n)
+        return sorted(blocked, key=self._rank.__getitem__)
+
+    def _check_fallback(self, n: str) -> None:
+        wave = self.plan.wave_of.get(n)
+        if wave is None or wave in self._fallback_checked or self.sequential_fallback:
+            return
+        members = [t for t, w in self.plan.wave_of.items() if w == wave]
+        if any(self.state[t] in (State.WAITING, State.RUNNING) for t in members):
+            return
+        self._fallback_checked.add(wave)
+        ran = [t for t in members if self.state[t] in (State.PASSED, State.FAILED)]
+        if len(ran) >= 2 and all(self.state[t] == State.FAILED for t in ran):
+            self.sequential_fallback = True
+            self.events.append(f"every worker of wave {wave} failed: the rest of the run is "
+                               "sequential")
+
+    def blocking_failures(self) -> list[str]:
+        """Failed tasks that blocked others (for the fail-fast result)."""
+        roots = {b.split(":")[0].removeprefix("blocked by ").strip() for b in
+                 self.blockers.values()}
+        failed = [n for n, s in self.state.items() if s == State.FAILED]
+        return [n for n in failed if n in roots] or failed

@@ -1,0 +1,173 @@
+"""Prefect task definitions: one task run per worker attempt series.
+
+``run_worker`` launches one agent for one spec task, streams its output into the task run's
+log (prefixed with the task id), parses the result and records the attempt in the run folder.
+Every non-pass outcome ends the task run in a ``Failed`` state carrying the attempt record;
+Prefect retries it only when the outcome is retryable (crashed, timeout, parse_error) — an
+agent's own ``fail`` / ``blocked`` is final. A timed-out attempt's retry gets double the
+timeout (the original design's rule).
+
+Kills are ours: Prefect's ``timeout_seconds`` does not kill subprocesses, so the agent runs
+under agents.process, which kills the whole process tree on timeout, on cancellation of this
+coroutine (flow cancelled, SIGTERM) and after a normal exit (no daemons left behind).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Callable
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+from prefect.states import Failed
+from pydantic import BaseModel, Field
+
+from tasks_lib.agents import make_agent
+from tasks_lib.agents.base import AgentRequest, redact
+from tasks_lib.agents.process import AgentLaunchError
+from tasks_lib.results import RETRYABLE_OUTCOMES, Outcome, parse_worker_output, tail
+from tasks_lib.runfolder import RunFolder
+
+
+def agent_task(fn: Callable | None = None, **kwargs: Any):
+    """``prefect.task`` with the defaults every agent task wants: no caching (an agent run is
+    never a pure function of its inputs), results kept in memory, logs from print captured."""
+    defaults: dict[str, Any] = dict(cache_policy=NO_CACHE, persist_result=False,
+                                    log_prints=False)
+    defaults.update(kwargs)
+    if fn is None:
+        return lambda f: task(f, **defaults)
+    return task(fn, **defaults)
+
+
+class WorkerInput(BaseModel):
+    """Everything one worker needs; plain values, so it can run anywhere."""
+
+    task_id: str = Field(description="Spec task id.")
+    prompt: str = Field(description="Worker prompt.")
+    agent: dict[str, Any] = Field(description="Agent config ({'kind': ..., ...}).")
+    workdir: str = Field(description="Repository directory the agent works in.")
+    spec_dir: str = Field(description="Spec folder.")
+    run_id: str = Field(description="Run folder id.")
+    timeout_seconds: float = Field(description="Timeout of the first attempt.")
+
+
+def _retry_condition(task_obj: Any, task_run: Any, state: Any) -> bool:
+    record = state.data if isinstance(state.data, dict) else None
+    if record is None:  # an exception in our own code: retrying will not help
+        return False
+    return record.get("outcome") in {o.value for o in RETRYABLE_OUTCOMES} and not record.get(
+        "final")
+
+
+def attempt_timeout(base: float, previous: list[dict[str, Any]]) -> float:
+    """Double the timeout for every earlier attempt that timed out."""
+    n = sum(1 for a in previous if a.get("outcome") == Outcome.TIMEOUT.value)
+    return base * (2 ** n)
+
+
+@agent_task(retries=1, retry_condition_fn=_retry_condition)
+async def run_worker(inp: WorkerInput) -> dict[str, Any]:
+    """Run one agent attempt for one spec task; returns the attempt record (a plain dict)."""
+    from prefect import get_run_logger
+
+    logger = get_run_logger()
+    folder = RunFolder(inp.spec_dir, inp.run_id)
+    previous = folder.attempts(inp.task_id)
+    attempt = len(previous) + 1
+    timeout = attempt_timeout(inp.timeout_seconds, previous)
+    prompt_file = folder.prompt_path(inp.task_id)
+    if not prompt_file.exists():
+        folder.write_prompt(inp.task_id, inp.prompt)
+    log_path = folder.log_path(inp.task_id, attempt)
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    scratch = folder.task_dir(inp.task_id) / f"scratch-{attempt}"
+
+    agent = make_agent(inp.agent)
+    secrets = secret_values_for(inp.agent)
+    request = AgentRequest(task_id=inp.task_id, prompt=inp.prompt, prompt_file=str(prompt_file),
+                           workdir=inp.workdir, spec_dir=inp.spec_dir, timeout_seconds=timeout,
+                           attempt=attempt, log_path=str(log_path), scratch_dir=str(scratch))
+    logger.info(f"[{inp.task_id}] attempt {attempt}: starting {agent.kind} agent "
+                f"(timeout {timeout:g} s) in {inp.workdir}")
+
+    log_fh = open(log_path, "a", encoding="utf-8")
+
+    def on_line(stream: str, line: str) -> None:
+        line = redact(line, secrets)
+        log_fh.write(line + "\n")
+        log_fh.flush()
+        if stream == "stderr":
+            logger.warning(f"[{inp.task_id}] {line}")
+        else:
+            logger.info(f"[{inp.task_id}] {line}")
+
+    def on_start(info: Any) -> None:
+        folder.record_agent({**info.to_dict(), "task_id": inp.task_id, "attempt": attempt})
+
+    started = time.time()
+    try:
+        run = await agent.run(request, on_line=on_line, on_start=on_start)
+    except AgentLaunchError as exc:
+        ended = time.time()
+        record = _record(inp, attempt, timeout, started, ended, outcome=Outcome.CRASHED.value,
+                         reason=redact(str(exc), secrets), final=True, log_path=str(log_path))
+        folder.write_attempt(inp.task_id, attempt, record)
+        logger.error(f"[{inp.task_id}] {record['reason']}")
+        return Failed(message=f"{inp.task_id}: crashed: {record['reason']}", data=record)
+    finally:
+        log_fh.close()
+    ended = time.time()
+
+    parsed = parse_worker_output(run.output, exit_code=run.exit_code, timed_out=run.timed_out,
+                                 signals=run.signals)
+    record = _record(
+        inp, attempt, timeout, started, ended, outcome=parsed.outcome.value,
+        reason=redact(parsed.reason, secrets),
+        result=parsed.result.model_dump(mode="json") if parsed.result else None,
+        exit_code=run.exit_code, info=run.info, killed_pids=run.killed_pids,
+        final=run.final, log_path=str(log_path),
+        output_tail=redact(tail(run.output + ("\n" + run.stderr_tail if run.stderr_tail
+                                              else ""), 40, 4000), secrets),
+        retry_after_s=run.retry_after_s)
+    folder.write_attempt(inp.task_id, attempt, record)
+    if run.killed_pids and not run.timed_out:
+        logger.warning(f"[{inp.task_id}] the agent left {len(run.killed_pids)} processes "
+                       "running; they were killed")
+    if parsed.outcome == Outcome.PASS:
+        logger.info(f"[{inp.task_id}] pass in {ended - started:.1f} s")
+        return record
+    logger.error(f"[{inp.task_id}] {parsed.outcome.value}: {record['reason']}")
+    if record.get("retry_after_s") and parsed.outcome in RETRYABLE_OUTCOMES:
+        import asyncio
+
+        await asyncio.sleep(min(float(record["retry_after_s"]), 60.0))
+    return Failed(message=f"{inp.task_id}: {parsed.outcome.value}: {record['reason']}",
+                  data=record)
+
+
+def secret_values_for(agent_config: dict[str, Any]) -> list[str]:
+    """Values to redact from everything we write: API keys and tokens from our environment
+    and the agent's env additions."""
+    import os
+
+    from tasks_lib.agents.base import secret_values
+
+    env = dict(os.environ)
+    env.update({k: str(v) for k, v in (agent_config.get("env") or {}).items()})
+    return secret_values(env)
+
+
+def _record(inp: WorkerInput, attempt: int, timeout: float, started: float, ended: float,
+            **fields: Any) -> dict[str, Any]:
+    record: dict[str, Any] = {
+        "task_id": inp.task_id, "attempt": attempt, "timeout_seconds": timeout,
+        "started": started, "ended": ended, "duration_s": round(ended - started, 3),
+        "outcome": None, "reason": "", "result": None, "exit_code": None, "info": {},
+        "killed_pids": [], "final": False, "output_tail": "",
+    }
+    record.update(fields)
+    return record
+
+
+__all__ = ["WorkerInput", "agent_task", "attempt_timeout", "run_worker"]
