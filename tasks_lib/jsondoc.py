@@ -38,9 +38,10 @@ class JsonStyle:
     compact_separators: bool = False  # one-line files: "," and ":" with no spaces
 
 
-_INDENT_RE = re.compile(r"\n([ \t]+)[\"\[{\]}]")
-_INLINE_ARRAY_RE = re.compile(r":\s*\[[^\[\]{}\n]*[^\s\[\]{}][^\[\]{}\n]*\]")
-_MULTILINE_SCALAR_ARRAY_RE = re.compile(r"\[[ \t]*\r?\n[ \t]*(\"|-?\d|true|false|null)")
+_INDENT_RE = re.compile(r"\n([ \t]*)\S")  # the first line after the first line break
+_SPACE_RUN_RE = re.compile(r"\n( +)\S")
+_STRING_RE = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"')
+_TOKEN_RE = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"|[\[\]{}]')
 
 
 def detect_style(text: str) -> JsonStyle:
@@ -50,25 +51,57 @@ def detect_style(text: str) -> JsonStyle:
     newline = "\r\n" if "\r\n" in body else "\n"
     stripped = body.rstrip(" \t")
     final_newline = stripped.endswith("\n")
-    m = _INDENT_RE.search(body.replace("\r\n", "\n"))
+    lf_body = body.replace("\r\n", "\n")
+    m = _INDENT_RE.search(lf_body)
     if m is None:
-        compact = not re.search(r"[,:] ", body)
+        # separators are looked for outside strings ("a, b" in a value says nothing)
+        compact = not re.search(r"[,:] ", _STRING_RE.sub('""', body))
         return JsonStyle(indent=None, ensure_ascii=_looks_ascii_escaped(body), newline=newline,
                          final_newline=final_newline, bom=bom, compact_separators=compact)
     indent = m.group(1)
     if " " in indent and "\t" not in indent:
         # the smallest leading run of spaces is the unit
-        runs = [len(x) for x in re.findall(r"\n( +)[\"\[{\]}]", body.replace("\r\n", "\n"))]
-        indent = " " * min(runs)
-    inline = len(_INLINE_ARRAY_RE.findall(body)) > len(_MULTILINE_SCALAR_ARRAY_RE.findall(body))
-    return JsonStyle(indent=indent, inline_scalar_arrays=inline,
+        indent = " " * min(len(x) for x in _SPACE_RUN_RE.findall(lf_body))
+    inline, multiline = _scalar_array_layout(lf_body)
+    return JsonStyle(indent=indent, inline_scalar_arrays=inline > multiline,
                      ensure_ascii=_looks_ascii_escaped(body), newline=newline,
                      final_newline=final_newline, bom=bom)
 
 
+def _scalar_array_layout(body: str) -> tuple[int, int]:
+    """Count non-empty arrays of scalars written on one line vs. over several lines.
+
+    Brackets inside strings are skipped; arrays that hold objects or arrays are not counted
+    (they are multi-line in every style).
+    """
+    inline = multiline = 0
+    stack: list[list] = []  # per open container: [is_array, content start, holds a container]
+    for m in _TOKEN_RE.finditer(body):
+        c = m.group()[0]
+        if c == '"':
+            continue
+        if c in "[{":
+            if stack:
+                stack[-1][2] = True
+            stack.append([c == "[", m.end(), False])
+        elif stack:
+            is_array, start, holds_container = stack.pop()
+            if is_array and not holds_container:
+                inner = body[start:m.start()]
+                if inner.strip():
+                    if "\n" in inner:
+                        multiline += 1
+                    else:
+                        inline += 1
+    return inline, multiline
+
+
+_RAW_NON_ASCII_RE = re.compile(r"[^\x00-\x7e]")  # json.dumps(ensure_ascii=True) escapes \x7f too
+
+
 def _looks_ascii_escaped(body: str) -> bool:
     has_escape = re.search(r"\\u[0-9a-fA-F]{4}", body) is not None
-    has_raw_non_ascii = any(ord(c) > 127 for c in body)
+    has_raw_non_ascii = _RAW_NON_ASCII_RE.search(body) is not None
     return has_escape and not has_raw_non_ascii
 
 
