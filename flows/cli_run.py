@@ -1,0 +1,333 @@
+"""``specwave run`` and ``specwave status``.
+
+``run`` executes the ``execute_spec`` flow in this process: against ``PREFECT_API_URL`` when it
+is set, else on Prefect's ephemeral API. While it runs, a thread redraws a live table from the
+plan file (the flow writes every change there), so the display works the same whatever runs
+the flow. SIGTERM/SIGINT cancel the flow: every agent tree is killed, running tasks go back to
+``pending``, the exit code is 130 (SIGINT) or 143 (SIGTERM).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from flows.cli import (
+    EXIT_INCOMPLETE,
+    EXIT_INVALID,
+    EXIT_OK,
+    FormatOpt,
+    ParallelOpt,
+    SpecPath,
+    TagOpt,
+    _err,
+    _fail,
+    app,
+    load_and_plan,
+)
+from tasks_lib.errors import SpecError
+
+STATUS_STYLE = {"pass": "green", "done": "green", "fail": "red", "blocked": "yellow",
+                "in_progress": "cyan", "pending": "dim", "skipped": "green"}
+
+
+def _quiet_prefect(verbose: bool) -> None:
+    """Prefect's console logs would drown the live table; the API still gets every log."""
+    if not verbose:
+        os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "WARNING")
+        os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_FLOW_RUNS_LEVEL", "WARNING")
+        os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_TASK_RUNS_LEVEL", "WARNING")
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+
+
+def build_agent(agent: str, command: Optional[str], agent_json: Optional[str]) -> dict:
+    if agent_json:
+        try:
+            cfg = json.loads(agent_json)
+        except json.JSONDecodeError as exc:
+            raise SpecError.single("--agent-json", f"invalid JSON: {exc.msg}",
+                                   where=f"1:{exc.colno}", hint="pass a JSON object") from None
+        if not isinstance(cfg, dict):
+            raise SpecError.single("--agent-json", "must be a JSON object",
+                                   hint='e.g. {"kind": "command", "command": "..."}')
+        return cfg
+    if agent == "command":
+        if not command:
+            raise SpecError.single("--command", "the command agent needs --command",
+                                   hint='e.g. --command "python my_agent.py {prompt_file}"')
+        return {"kind": "command", "command": command}
+    cfg: dict = {"kind": agent}
+    if command:
+        cfg["command"] = command
+    return cfg
+
+
+def _statuses(tasks_file: Path, ids: list[str]) -> dict[str, dict]:
+    from tasks_lib.formats import load_spec
+
+    try:
+        spec = load_spec(tasks_file.parent if tasks_file.name == "tasks.json" else tasks_file)
+    except Exception:  # noqa: BLE001 - a half-written view is fine to skip
+        return {}
+    return {u.id: {"status": u.status.value} for u in spec.units}
+
+
+class LiveView:
+    """A rich Live table redrawn from the plan file twice a second."""
+
+    def __init__(self, spec, plan, enabled: bool):
+        self.spec = spec
+        self.plan = plan
+        self.enabled = enabled
+        self.started = time.time()
+        self.first_seen: dict[str, float] = {}
+        self.ended: dict[str, float] = {}
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def _table(self, statuses: dict[str, dict]):
+        from rich.table import Table
+
+        t = Table(title=f"{self.spec.name} — elapsed {time.time() - self.started:.0f} s",
+                  title_justify="left")
+        t.add_column("wave", justify="right")
+        t.add_column("task")
+        t.add_column("description")
+        t.add_column("status")
+        t.add_column("time", justify="right")
+        now = time.time()
+        counts: dict[str, int] = {}
+        for u in self.spec.units:
+            st = statuses.get(u.id, {}).get("status", u.status.value)
+            counts[st] = counts.get(st, 0) + 1
+            if st == "in_progress":
+                self.first_seen.setdefault(u.id, now)
+            elif u.id in self.first_seen:
+                self.ended.setdefault(u.id, now)
+            el = ""
+            if u.id in self.first_seen:
+                el = f"{self.ended.get(u.id, now) - self.first_seen[u.id]:.0f} s"
+            style = STATUS_STYLE.get(st, "")
+            label = "running" if st == "in_progress" else st
+            desc = " ".join(u.description.split())
+            t.add_row(str(self.plan.wave_of.get(u.id, "")), u.id,
+                      desc[:60] + ("…" if len(desc) > 60 else ""),
+                      f"[{style}]{label}[/{style}]" if style else label, el)
+        t.caption = "  ".join(f"{k}: {v}" for k, v in sorted(counts.items()))
+        return t
+
+    def _loop(self) -> None:
+        from rich.live import Live
+
+        with Live(self._table({}), refresh_per_second=4, transient=True) as live:
+            while not self._stop.wait(0.5):
+                live.update(self._table(_statuses(self.spec.tasks_path, [])))
+
+    def __enter__(self):
+        if self.enabled:
+            self._thread = threading.Thread(target=self._loop, daemon=True)
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        if self._thread:
+            self._thread.join(timeout=5)
+
+
+def print_final(result: dict, spec) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    t = Table(title=f"{spec.name}: {result['status']}", title_justify="left")
+    for col in ("task", "status", "outcome", "attempts", "blocker"):
+        t.add_column(col)
+    for tid, info in result["tasks"].items():
+        st = info["status"]
+        style = STATUS_STYLE.get(st, "")
+        t.add_row(tid, f"[{style}]{st}[/{style}]" if style else st, info.get("outcome") or "",
+                  str(info.get("attempts") or 0), (info.get("blocker") or "")[:90])
+    console.print(t)
+    m = result["metrics"]
+    console.print(f"wall {m['wall_seconds']:.1f} s · worker time {m['worker_seconds_sum']:.1f} s"
+                  f" · measured speed-up {m['measured_speedup']}× · max concurrent "
+                  f"{m['max_concurrent_observed']} · workers {m['workers_spawned']} "
+                  f"(retried {m['workers_retried']})")
+    for e in m.get("events") or []:
+        console.print(f"note: {e}")
+    console.print(f"tasks file: {result['tasks_file']}")
+    console.print(f"run logs:   {result['run_dir']}")
+
+
+@app.command()
+def run(
+    spec_dir: Path = SpecPath,
+    agent: str = typer.Option("command", "--agent", help="Agent kind: command or claude."),
+    command: Optional[str] = typer.Option(None, "--command",
+                                          help="Command agent: the command line; placeholders "
+                                               "{prompt_file} {task_id} {workdir} {spec_dir}."),
+    agent_json: Optional[str] = typer.Option(None, "--agent-json",
+                                             help="The full agent config as JSON."),
+    repo: Optional[Path] = typer.Option(None, "--repo", help="Repository the agents work in "
+                                                             "(default: current directory)."),
+    max_concurrency: Optional[int] = typer.Option(None, "--max-concurrency", "-j", min=1),
+    timeout: float = typer.Option(1800, "--timeout", min=0.1, help="Seconds per attempt "
+                                                                  "(doubled on a retry)."),
+    retries: int = typer.Option(1, "--retries", min=0, help="Retries of crashed / timed-out / "
+                                                            "unparseable workers."),
+    fail_fast: bool = typer.Option(False, "--fail-fast", help="Start no new worker after a "
+                                                              "failure."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan and prompts; "
+                                                          "launch nothing."),
+    scheduler: str = typer.Option("eager", "--scheduler", help="eager or waves."),
+    replan: bool = typer.Option(False, "--replan", help="Ignore the declared waves."),
+    format: Optional[str] = FormatOpt,
+    tag: Optional[str] = TagOpt,
+    parallel: bool = ParallelOpt,
+    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Show Prefect's logs."),
+) -> None:
+    """Run every pending task of a spec through coding agents, in parallel."""
+    if scheduler not in ("eager", "waves"):
+        _err(f'--scheduler: unknown scheduler "{scheduler}" — use eager or waves')
+        raise typer.Exit(EXIT_INVALID)
+    try:
+        spec, plan = load_and_plan(spec_dir, max_concurrency=max_concurrency, replan=replan,
+                                   format=format, tag=tag, parallel=parallel)
+        agent_cfg = None if dry_run else build_agent(agent, command, agent_json)
+        if agent_cfg is not None:
+            from tasks_lib.agents import parse_agent_config
+
+            try:
+                parse_agent_config(agent_cfg)
+            except Exception as exc:  # pydantic ValidationError
+                raise SpecError.single("agent", f"invalid agent config: "
+                                                f"{str(exc).splitlines()[-1].strip()}",
+                                       hint="see `specwave run --help`") from None
+        if repo is not None and not repo.is_dir():
+            raise SpecError.single(str(repo), "repository folder not found",
+                                   hint="pass an existing folder with --repo")
+    except SpecError as exc:
+        _fail(exc)
+
+    if dry_run:
+        from tasks_lib.prompt import build_prompt
+
+        from flows.render import render_plan
+
+        render_plan(spec, plan)
+        for w in plan.waves:
+            for tid in w.tasks:
+                print(f"\n{'=' * 30} prompt for task {tid} (wave {w.wave_id}) {'=' * 30}")
+                print(build_prompt(spec, spec.unit(tid), wave=w.wave_id,
+                                   concurrent=[t for t in w.tasks if t != tid]))
+        return
+
+    _quiet_prefect(verbose)
+    from flows.execute_spec import execute_spec
+
+    params = dict(spec_folder=str(spec_dir), agent=agent_cfg,
+                  repo=str(repo) if repo else None, max_concurrency=max_concurrency,
+                  retries=retries, timeout_seconds=timeout, fail_fast=fail_fast,
+                  scheduler=scheduler, replan=replan, format=format, tag=tag,
+                  parallel=parallel)
+    interactive = not as_json and os.isatty(1)
+    code = {"value": EXIT_INCOMPLETE}
+
+    async def main() -> dict | None:
+        loop = asyncio.get_running_loop()
+        current = asyncio.current_task()
+        got: dict[str, int] = {}
+
+        def on_signal(signum: int) -> None:
+            got.setdefault("signal", signum)
+            _err(f"specwave: {signal.Signals(signum).name}: stopping the agents…")
+            current.cancel()
+
+        for s in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(s, on_signal, s)
+        try:
+            state = await execute_spec(**params, return_state=True)
+        except asyncio.CancelledError:
+            code["value"] = 128 + got.get("signal", signal.SIGTERM)
+            return None
+        result = await state.result(raise_on_failure=False)
+        if isinstance(result, BaseException):
+            if isinstance(result, SpecError):
+                raise result
+            _err(f"specwave: the run failed: {type(result).__name__}: {result}")
+            return None
+        code["value"] = EXIT_OK if result.get("status") == "success" else EXIT_INCOMPLETE
+        return result
+
+    try:
+        with LiveView(spec, plan, interactive):
+            result = asyncio.run(main())
+    except SpecError as exc:
+        _fail(exc)
+    if result is None:
+        raise typer.Exit(code["value"])
+    if as_json:
+        print(json.dumps(result, indent=2, default=str))
+    else:
+        print_final(result, spec)
+    raise typer.Exit(code["value"])
+
+
+@app.command()
+def status(
+    spec_dir: Path = SpecPath,
+    as_json: bool = typer.Option(False, "--json", help="Print the state as JSON."),
+    format: Optional[str] = FormatOpt,
+    tag: Optional[str] = TagOpt,
+) -> None:
+    """Show each task's state as recorded in the plan file."""
+    from tasks_lib.formats import load_spec
+
+    try:
+        spec = load_spec(spec_dir, format=format, tag=tag)
+    except SpecError as exc:
+        _fail(exc)
+    from tasks_lib.runfolder import RunFolder, read_json
+
+    runs = sorted(RunFolder.runs_dir(spec.folder).glob("*/run.json"),
+                  key=lambda p: p.stat().st_mtime)
+    last_run = read_json(runs[-1]) if runs else None
+    tasks = {u.id: {"description": u.description, "status": u.status.value,
+                    "raw_status": u.raw_status, "attempts": u.attempts,
+                    "subtasks": {s.id: s.status.value for s in u.subtasks}}
+             for u in spec.units}
+    counts: dict[str, int] = {}
+    for t in tasks.values():
+        counts[t["status"]] = counts.get(t["status"], 0) + 1
+    if as_json:
+        print(json.dumps({"spec": spec.name, "format": spec.format,
+                          "tasks_file": str(spec.tasks_path), "counts": counts,
+                          "tasks": tasks, "last_run": last_run}, indent=2, default=str))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(title=f"{spec.name} ({spec.format})", title_justify="left")
+    for col in ("task", "status", "attempts", "description"):
+        t.add_column(col)
+    for tid, info in tasks.items():
+        st = info["status"]
+        style = STATUS_STYLE.get(st, "")
+        t.add_row(tid, f"[{style}]{st}[/{style}]" if style else st, str(info["attempts"]),
+                  " ".join(info["description"].split())[:70])
+    console = Console()
+    console.print(t)
+    console.print("  ".join(f"{k}: {v}" for k, v in sorted(counts.items())))
+    if last_run:
+        console.print(f"last run: {last_run.get('status')} (started {last_run.get('started_at')}"
+                      f", run {last_run.get('run_id')})")
