@@ -24,6 +24,7 @@ from tasks_lib.errors import Problem
 from tasks_lib.spec import LoadedSpec
 
 DEFAULT_MAX_CONCURRENCY = 4
+DOWNSTREAM_EXACT_LIMIT = 10_000  # units; above it Plan.downstream is all 0
 
 
 @dataclass(frozen=True)
@@ -176,7 +177,8 @@ def _mode_for(waves: list[PlannedWave]) -> str:
 
 
 def _weights(spec: LoadedSpec, ids: list[str]) -> tuple[dict[str, float], str]:
-    units = [spec.unit(i) for i in ids]
+    by_id = {u.id: u for u in spec.units}  # spec.unit() is a linear scan: O(n^2) for 5,000
+    units = [by_id[i] for i in ids]
     if units and all(u.estimate_minutes for u in units):
         return {u.id: float(u.estimate_minutes) for u in units}, "minutes"
     if spec.declared_waves and units:
@@ -200,7 +202,9 @@ def _cycle_text(cycle: Iterable[tuple[str, str]]) -> str:
 def plan_spec(spec: LoadedSpec, *, max_concurrency: int | None = None,
               replan: bool = False) -> Plan:
     """Plan a spec. Problems go to ``plan.errors`` / ``plan.warnings``; nothing is raised."""
-    file = spec.tasks_path.name
+    from tasks_lib.store import display_path
+
+    file = display_path(spec.tasks_path)  # the same label the loader's problems carry
     ids = [u.id for u in spec.units]
     index = {uid: i for i, uid in enumerate(ids)}
     errors: list[Problem] = []
@@ -302,9 +306,20 @@ def plan_spec(spec: LoadedSpec, *, max_concurrency: int | None = None,
     for n in reversed(order):
         succ = list(graph.successors(n))
         remaining[n] = weights[n] + max((remaining[s] for s in succ), default=0.0)
-    # a tie-breaker for the eager scheduler; exact counts cost O(n^2), so big specs skip it
-    for n in ids:
-        downstream[n] = len(nx.descendants(dep, n)) if len(ids) <= 2000 else 0
+    # a tie-breaker for the eager scheduler: how many units wait (transitively) on each one.
+    # Reachability as int bitsets in reverse topological order: O(edges * n / 64) word
+    # operations (tens of ms for 5,000 units); the memory is n^2 bits, so huge specs skip it.
+    if len(ids) <= DOWNSTREAM_EXACT_LIMIT:
+        reach: dict[str, int] = {}
+        for n in reversed(order):  # a topological order of graph is one of dep too
+            r = 0
+            for s in dep.successors(n):
+                r |= reach[s] | (1 << index[s])
+            reach[n] = r
+        for n in ids:
+            downstream[n] = reach[n].bit_count()
+    else:
+        downstream = {n: 0 for n in ids}
     critical: list[str] = []
     if order:
         end = max(order, key=lambda x: (finish[x], -index[x]))
