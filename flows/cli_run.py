@@ -195,6 +195,15 @@ def run(
     parallel: bool = ParallelOpt,
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Show Prefect's logs."),
+    approve_waves: bool = typer.Option(False, "--approve-waves",
+                                       help="Pause after each wave until it is approved in "
+                                            "the Prefect UI (needs a Prefect server: "
+                                            "PREFECT_API_URL); implies --scheduler waves."),
+    concurrency_limit: Optional[str] = typer.Option(
+        None, "--concurrency-limit", metavar="NAME",
+        help="A Prefect global concurrency limit every agent launch occupies, shared with "
+             "other runs (e.g. specwave-agents; create it with `specwave deploy "
+             "--agent-slots N`)."),
 ) -> None:
     """Run every pending task of a spec through coding agents, in parallel."""
     if scheduler not in ("eager", "waves"):
@@ -239,7 +248,8 @@ def run(
                   repo=str(repo) if repo else None, max_concurrency=max_concurrency,
                   retries=retries, timeout_seconds=timeout, fail_fast=fail_fast,
                   scheduler=scheduler, replan=replan, format=format, tag=tag,
-                  parallel=parallel)
+                  parallel=parallel, approve_waves=approve_waves,
+                  concurrency_limit=concurrency_limit)
     interactive = not as_json and os.isatty(1)
     code = {"value": EXIT_INCOMPLETE}
 

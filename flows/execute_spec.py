@@ -28,7 +28,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 from prefect import flow, get_run_logger
-from prefect.states import Completed, Failed
+from prefect.input import RunInput
+from prefect.states import Cancelled, Completed, Failed
+from pydantic import Field
 
 from tasks_lib.agents import parse_agent_config
 from tasks_lib.agents.process import ProcessInfo, reap
@@ -51,6 +53,40 @@ from tasks_lib.store import PlanStore, RunLock, TaskUpdate
 from tasks_lib.tasks import WorkerInput, agent_task, run_worker
 
 DEFAULT_MAX_CONCURRENCY = 4
+#: approve_waves: how long a paused run waits for a decision before it fails, and how often
+#: it checks for one.
+APPROVAL_TIMEOUT_SECONDS = 24 * 3600
+APPROVAL_POLL_SECONDS = 1
+
+
+class WaveApproval(RunInput):
+    """The form the Prefect UI shows when a run pauses between waves (approve_waves)."""
+
+    continue_: bool = Field(True, alias="continue", title="Continue",
+                            description="Start the next wave (untick to stop the run; the "
+                                        "remaining tasks stay pending).")
+    note: str = Field("", title="Note", description="Optional note, kept in the run's log "
+                                                    "and summary.")
+
+    model_config = {"populate_by_name": True}
+
+
+async def approve_next_wave(done_wave: int, next_wave: int, waves: int) -> WaveApproval:
+    """Pause the flow run until someone answers the form (UI: "Resume"; API:
+    ``resume_flow_run(id, run_input={"continue": true, "note": "..."})``). Workers are idle
+    meanwhile; the task table artifact shows the finished wave. Raises
+    ``prefect.exceptions.FlowPauseTimeout`` (the run fails, nothing is running) when nobody
+    answers within APPROVAL_TIMEOUT_SECONDS."""
+    from prefect.flow_runs import apause_flow_run
+
+    logger = get_run_logger()
+    logger.info(f"wave {done_wave} of {waves} finished: waiting for approval to start wave "
+                f"{next_wave} (resume the flow run in the Prefect UI: continue or stop)")
+    answer = await apause_flow_run(wait_for_input=WaveApproval,
+                                   timeout=APPROVAL_TIMEOUT_SECONDS,
+                                   poll_interval=APPROVAL_POLL_SECONDS,
+                                   key=f"approve-wave-{done_wave}")
+    return answer
 
 
 def _flow_run_name() -> str:
@@ -101,6 +137,8 @@ async def execute_spec(
     format: str | None = None,
     tag: str | None = None,
     parallel: bool = False,
+    approve_waves: bool = False,
+    concurrency_limit: str | None = None,
 ) -> dict[str, Any]:
     """Run every pending task of a spec through coding-agent workers, concurrently.
 
@@ -117,6 +155,14 @@ async def execute_spec(
         scheduler: ``eager`` (start each task when its dependencies pass) or ``waves``.
         replan: ignore the declared waves and compute them.
         format, tag, parallel: input format options (see ``specwave run --help``).
+        approve_waves: pause after each wave until someone approves the next one in the
+            Prefect UI (a form: continue / stop, an optional note); implies the ``waves``
+            scheduler. Stopping leaves the remaining tasks ``pending``.
+        concurrency_limit: name of a Prefect global concurrency limit that every agent
+            launch occupies (one slot per running agent), shared by every flow run that
+            names it, e.g. ``specwave-agents``. It must exist (``specwave deploy
+            --agent-slots N`` or ``prefect gcl create NAME --limit N``). None: no shared
+            limit (``max_concurrency`` still bounds this run).
 
     Returns:
         A dict with ``status``, ``tasks`` (per-task status, outcome, attempts, blocker),
@@ -145,9 +191,34 @@ async def execute_spec(
                                     "(or --agent/--command on the CLI)")
     agent_cfg = parse_agent_config(agent)
     agent_dict = agent_cfg.model_dump(mode="json")
+    if concurrency_limit:
+        await _check_concurrency_limit(concurrency_limit)
+    if approve_waves and scheduler != "waves":
+        logger.info("approve_waves: using the waves scheduler (approval happens between waves)")
+        scheduler = "waves"
     return await _run(spec, plan, agent_dict, agent_cfg.kind, workdir=workdir, retries=retries,
                       timeout_seconds=timeout_seconds, fail_fast=fail_fast, policy=scheduler,
-                      template=template)
+                      template=template, approve_waves=approve_waves,
+                      concurrency_limit=concurrency_limit)
+
+
+async def _check_concurrency_limit(name: str) -> None:
+    """Fail early (not in every worker) when the shared limit does not exist; warn when it is
+    inactive (Prefect then lets every acquisition through)."""
+    from prefect.client.orchestration import get_client
+    from prefect.exceptions import ObjectNotFound
+
+    async with get_client() as client:
+        try:
+            limit = await client.read_global_concurrency_limit_by_name(name)
+        except ObjectNotFound:
+            raise SpecError.single(
+                "concurrency_limit", f'global concurrency limit "{name}" does not exist',
+                hint=f"create it: prefect gcl create {name} --limit 4 "
+                     f"(or specwave deploy --agent-slots 4 --limit-name {name})") from None
+    if not limit.active:
+        get_run_logger().warning(f'global concurrency limit "{name}" is inactive: agent '
+                                 "launches are not limited by it")
 
 
 def _template(spec: LoadedSpec) -> str | None:
@@ -166,7 +237,8 @@ def _run_id() -> str:
 
 async def _run(spec: LoadedSpec, plan: Plan, agent: dict[str, Any], agent_kind: str, *,
                workdir: str, retries: int, timeout_seconds: float, fail_fast: bool,
-               policy: str, template: str | None) -> Any:
+               policy: str, template: str | None, approve_waves: bool = False,
+               concurrency_limit: str | None = None) -> Any:
     logger = get_run_logger()
     run_id = _run_id()
     lock = RunLock(spec.folder)
@@ -176,7 +248,8 @@ async def _run(spec: LoadedSpec, plan: Plan, agent: dict[str, Any], agent_kind: 
         _reap_earlier_agents(spec, run_id)
         return await _execute(spec, plan, agent, agent_kind, run_id=run_id, workdir=workdir,
                               retries=retries, timeout_seconds=timeout_seconds,
-                              fail_fast=fail_fast, policy=policy, template=template)
+                              fail_fast=fail_fast, policy=policy, template=template,
+                              approve_waves=approve_waves, concurrency_limit=concurrency_limit)
     finally:
         lock.release()
         logger.debug("run lock released")
@@ -206,7 +279,8 @@ def _reap_earlier_agents(spec: LoadedSpec, run_id: str) -> None:
 
 async def _execute(spec: LoadedSpec, plan: Plan, agent: dict[str, Any], agent_kind: str, *,
                    run_id: str, workdir: str, retries: int, timeout_seconds: float,
-                   fail_fast: bool, policy: str, template: str | None) -> Any:
+                   fail_fast: bool, policy: str, template: str | None,
+                   approve_waves: bool = False, concurrency_limit: str | None = None) -> Any:
     logger = get_run_logger()
     folder = RunFolder(spec.folder, run_id)
     folder.root.mkdir(parents=True, exist_ok=True)
@@ -247,8 +321,7 @@ async def _execute(spec: LoadedSpec, plan: Plan, agent: dict[str, Any], agent_ki
     async def run_one(tid: str) -> list[dict[str, Any]]:
         unit = units[tid]
         wave = plan.wave_of.get(tid)
-        mates = [t for t in plan.waves[wave - 1].tasks if t != tid] if wave and wave <= len(
-            plan.waves) else []
+        mates = [t for w in plan.waves if w.wave_id == wave for t in w.tasks if t != tid]
         prompt = build_prompt(spec, unit, wave=wave, concurrent=mates, template=template)
         name = f"{tid}: {' '.join(unit.description.split())}"
         worker = run_worker.with_options(
@@ -256,7 +329,8 @@ async def _execute(spec: LoadedSpec, plan: Plan, agent: dict[str, Any], agent_ki
             tags=[spec.name, f"wave-{wave}", agent_kind])
         inp = WorkerInput(task_id=tid, prompt=prompt, agent=agent, workdir=workdir,
                           spec_dir=str(spec.folder), run_id=run_id,
-                          timeout_seconds=timeout_seconds)
+                          timeout_seconds=timeout_seconds,
+                          concurrency_limit=concurrency_limit)
         state = await worker(inp, return_state=True)
         recs = folder.attempts(tid)
         if not recs:  # our own code failed before the first attempt record
@@ -269,9 +343,30 @@ async def _execute(spec: LoadedSpec, plan: Plan, agent: dict[str, Any], agent_ki
         return recs
 
     pending: dict[asyncio.Task, str] = {}
+    wave_running: int | None = None  # approve_waves: the wave whose workers were started
+    stopped_by_reviewer: str | None = None
     try:
         while True:
+            if approve_waves and not pending and wave_running is not None:
+                # Nothing runs: if the wave is over and another follows, ask before it starts.
+                nxt = sched.current_wave()
+                if nxt != wave_running:
+                    done_wave, wave_running = wave_running, None
+                    if nxt is not None and not sched.stopped:
+                        await ui.table(table_rows(spec.units, plan.wave_of, status, records,
+                                                  blockers), force=True)
+                        decision = await approve_next_wave(done_wave, nxt, len(plan.waves))
+                        label = f"wave {done_wave} reviewed: " + (
+                            "continue" if decision.continue_ else "stop") + (
+                            f" ({decision.note})" if decision.note else "")
+                        sched.events.append(label)
+                        logger.info(label)
+                        if not decision.continue_:
+                            sched.stopped = True
+                            stopped_by_reviewer = label
             for tid in sched.ready():
+                if approve_waves and wave_running is None:
+                    wave_running = sched.current_wave()
                 sched.start(tid)
                 status[tid] = "in_progress"
                 prior = units[tid].attempts
@@ -352,6 +447,8 @@ async def _execute(spec: LoadedSpec, plan: Plan, agent: dict[str, Any], agent_ki
     not_passed = [t for t, s in status.items() if s not in ("pass", "done")]
     if not not_passed:
         run_status = "success"
+    elif stopped_by_reviewer:
+        run_status = "stopped"
     elif sched.stopped:
         run_status = "blocked"
     else:
@@ -364,6 +461,8 @@ async def _execute(spec: LoadedSpec, plan: Plan, agent: dict[str, Any], agent_ki
     await ui.progress(total, total)
     status_line = {"success": f"all {total} tasks passed",
                    "partial": f"{len(not_passed)} of {total} tasks did not pass",
+                   "stopped": f"{stopped_by_reviewer}; {len(not_passed)} of {total} tasks "
+                              "did not run or did not pass",
                    "blocked": f"stopped after failures ({', '.join(sched.blocking_failures())}); "
                               f"{len(not_passed)} of {total} tasks did not pass"}[run_status]
     await ui.summary(summary_markdown(spec_name=spec.name, plan_json=plan.to_json(),
@@ -389,4 +488,6 @@ async def _execute(spec: LoadedSpec, plan: Plan, agent: dict[str, Any], agent_ki
                 f"{metrics['measured_speedup']}×")
     if run_status == "success":
         return Completed(message=status_line, data=result)
+    if run_status == "stopped":
+        return Cancelled(message=status_line, data=result)
     return Failed(message=status_line, data=result)

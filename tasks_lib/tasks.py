@@ -50,6 +50,9 @@ class WorkerInput(BaseModel):
     spec_dir: str = Field(description="Spec folder.")
     run_id: str = Field(description="Run folder id.")
     timeout_seconds: float = Field(description="Timeout of the first attempt.")
+    concurrency_limit: str | None = Field(None, description="Prefect global concurrency "
+                                                            "limit each agent launch occupies "
+                                                            "(shared across flow runs).")
 
 
 def _retry_condition(task_obj: Any, task_run: Any, state: Any) -> bool:
@@ -107,7 +110,9 @@ async def run_worker(inp: WorkerInput) -> dict[str, Any]:
 
     started = time.time()
     try:
-        run = await agent.run(request, on_line=on_line, on_start=on_start)
+        async with _shared_slot(inp.concurrency_limit):
+            started = time.time()  # the attempt's time starts when the agent does
+            run = await agent.run(request, on_line=on_line, on_start=on_start)
     except AgentLaunchError as exc:
         ended = time.time()
         record = _record(inp, attempt, timeout, started, ended, outcome=Outcome.CRASHED.value,
@@ -144,6 +149,20 @@ async def run_worker(inp: WorkerInput) -> dict[str, Any]:
         await asyncio.sleep(min(float(record["retry_after_s"]), 60.0))
     return Failed(message=f"{inp.task_id}: {parsed.outcome.value}: {record['reason']}",
                   data=record)
+
+
+def _shared_slot(name: str | None):
+    """One slot of the shared global concurrency limit ``name`` for the agent's lifetime
+    (waiting for a free slot does not count against the attempt's timeout); a no-op without
+    a name. strict: a limit deleted mid-run fails this attempt instead of running unlimited.
+    The slot is released when the agent ends, is killed, or this coroutine is cancelled."""
+    import contextlib
+
+    if not name:
+        return contextlib.nullcontext()
+    from prefect.concurrency.asyncio import concurrency
+
+    return concurrency(name, occupy=1, strict=True)
 
 
 def secret_values_for(agent_config: dict[str, Any]) -> list[str]:
