@@ -29,7 +29,11 @@ STATE_DIR = ".specwave"
 def display_path(path: Path) -> str:
     """A path as the user would type it (relative to the current dir when inside it)."""
     try:
-        return str(path.resolve().relative_to(Path.cwd().resolve()))
+        path = Path(path)
+        # resolve the folders but not the file itself: a message about a symlinked tasks.json
+        # names the link the user passed, not its target
+        full = path.parent.resolve() / path.name if path.name else path.resolve()
+        return str(full.relative_to(Path.cwd().resolve()))
     except (ValueError, OSError):
         return str(path)
 

@@ -267,6 +267,20 @@ def _to_loaded(model: TasksFile, folder: Path, tasks_path: Path, label: str,
             errors.append(Problem(label, "is a subtask with no parent", task_id=tid,
                                   hint='set "parent", or make it a parent task'))
 
+    # a parent chain that loops (a is the parent of b, b of a) would silently drop its tasks
+    in_cycle: set[str] = set()
+    for tid in by_id:
+        chain, cur = [tid], tid
+        while cur in parent_of and parent_of[cur] not in chain:
+            cur = parent_of[cur]
+            chain.append(cur)
+        if cur in parent_of and not in_cycle.intersection(chain):
+            loop = chain[chain.index(parent_of[cur]):]
+            in_cycle.update(loop)
+            errors.append(Problem(label, "parent/subtask cycle " + " → ".join(
+                f'"{x}"' for x in loop + loop[:1]), task_id=loop[0],
+                hint="a subtask's parent must be a task that is not under it"))
+
     def root(tid: str) -> str:
         seen = set()
         while tid in parent_of and tid not in seen:
