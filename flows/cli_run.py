@@ -16,7 +16,7 @@ import signal
 import threading
 import time
 from pathlib import Path
-from typing import Optional
+from typing import Annotated, Optional
 
 import typer
 
@@ -48,7 +48,52 @@ def _quiet_prefect(verbose: bool) -> None:
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
 
-def build_agent(agent: str, command: Optional[str], agent_json: Optional[str]) -> dict:
+def agent_overrides(*, model: Optional[str] = None, permission_mode: Optional[str] = None,
+                    max_turns: Optional[int] = None, max_budget_usd: Optional[float] = None,
+                    allowed_tools: Optional[str] = None, agent_arg: Optional[list[str]] = None,
+                    agent_env: Optional[list[str]] = None) -> dict:
+    """Agent config fields given as flags (``--model`` ... ``--agent-env``); unset ones omitted."""
+    out: dict = {}
+    for key, value in (("model", model), ("permission_mode", permission_mode),
+                       ("max_turns", max_turns), ("max_budget_usd", max_budget_usd)):
+        if value is not None:
+            out[key] = value
+    if allowed_tools is not None:
+        out["allowed_tools"] = [t.strip() for t in allowed_tools.split(",") if t.strip()]
+    if agent_arg:
+        out["extra_args"] = list(agent_arg)
+    if agent_env:
+        env = {}
+        for item in agent_env:
+            key, sep, value = item.partition("=")
+            if not sep or not key:
+                raise SpecError.single("--agent-env", f"{item!r} is not KEY=VALUE",
+                                       hint="e.g. --agent-env IS_SANDBOX=1")
+            env[key] = value
+        out["env"] = env
+    return out
+
+
+def build_agent(agent: str, command: Optional[str], agent_json: Optional[str],
+                overrides: Optional[dict] = None) -> dict:
+    """The agent config from the flags; ``overrides`` (see :func:`agent_overrides`) are laid
+    over it (``env`` merged)."""
+    cfg = _base_agent(agent, command, agent_json)
+    claude_only = sorted(set(overrides or {}) - {"env"})
+    if claude_only and cfg.get("kind") != "claude":
+        flags = ", ".join("--" + k.replace("_", "-").replace("extra-args", "agent-arg")
+                          for k in claude_only)
+        raise SpecError.single(flags, f'only the claude agent takes {flags} (agent kind is '
+                                      f'"{cfg.get("kind")}")', hint="add --agent claude")
+    for key, value in (overrides or {}).items():
+        if key == "env":
+            cfg["env"] = {**(cfg.get("env") or {}), **value}
+        else:
+            cfg[key] = value
+    return cfg
+
+
+def _base_agent(agent: str, command: Optional[str], agent_json: Optional[str]) -> dict:
     if agent_json:
         try:
             cfg = json.loads(agent_json)
@@ -195,15 +240,37 @@ def run(
     parallel: bool = ParallelOpt,
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Show Prefect's logs."),
-    approve_waves: bool = typer.Option(False, "--approve-waves",
-                                       help="Pause after each wave until it is approved in "
-                                            "the Prefect UI (needs a Prefect server: "
-                                            "PREFECT_API_URL); implies --scheduler waves."),
-    concurrency_limit: Optional[str] = typer.Option(
-        None, "--concurrency-limit", metavar="NAME",
+    # Annotated, so callers of run() as a function (specwave demo) get plain defaults.
+    approve_waves: Annotated[bool, typer.Option(
+        "--approve-waves", help="Pause after each wave until it is approved in the Prefect UI "
+                                "(needs a Prefect server: PREFECT_API_URL); implies "
+                                "--scheduler waves.")] = False,
+    concurrency_limit: Annotated[Optional[str], typer.Option(
+        "--concurrency-limit", metavar="NAME",
         help="A Prefect global concurrency limit every agent launch occupies, shared with "
              "other runs (e.g. specwave-agents; create it with `specwave deploy "
-             "--agent-slots N`)."),
+             "--agent-slots N`).")] = None,
+    model: Optional[str] = typer.Option(None, "--model", help="claude agent: model alias or "
+                                                              "full name."),
+    permission_mode: Optional[str] = typer.Option(
+        None, "--permission-mode", help="claude agent: acceptEdits (default: edits inside the "
+                                        "repository only), plan, dontAsk, manual, auto, "
+                                        "bypassPermissions (as root only with --agent-env "
+                                        "IS_SANDBOX=1)."),
+    max_turns: Optional[int] = typer.Option(None, "--max-turns", min=1,
+                                            help="claude agent: turn limit per attempt."),
+    max_budget_usd: Optional[float] = typer.Option(None, "--max-budget-usd", min=0.0001,
+                                                   help="claude agent: spend limit per "
+                                                        "attempt, in USD."),
+    allowed_tools: Optional[str] = typer.Option(
+        None, "--allowed-tools", help="claude agent: comma-separated tools allowed without a "
+                                      "prompt (default Bash,Read,Glob,Grep,TodoWrite)."),
+    agent_arg: list[str] = typer.Option([], "--agent-arg", metavar="ARG",
+                                        help="claude agent: one more CLI argument "
+                                             "(repeatable)."),
+    agent_env: list[str] = typer.Option([], "--agent-env", metavar="KEY=VALUE",
+                                        help="One more environment variable for the agent "
+                                             "(repeatable; visible in the UI: no secrets)."),
 ) -> None:
     """Run every pending task of a spec through coding agents, in parallel."""
     if scheduler not in ("eager", "waves"):
@@ -212,7 +279,12 @@ def run(
     try:
         spec, plan = load_and_plan(spec_dir, max_concurrency=max_concurrency, replan=replan,
                                    format=format, tag=tag, parallel=parallel)
-        agent_cfg = None if dry_run else build_agent(agent, command, agent_json)
+        agent_cfg = None if dry_run else build_agent(
+            agent, command, agent_json,
+            overrides=agent_overrides(model=model, permission_mode=permission_mode,
+                                      max_turns=max_turns, max_budget_usd=max_budget_usd,
+                                      allowed_tools=allowed_tools, agent_arg=agent_arg,
+                                      agent_env=agent_env))
         if agent_cfg is not None:
             from tasks_lib.agents import parse_agent_config
 
