@@ -7,12 +7,14 @@ from typing import Annotated, Any, Union
 from pydantic import Field, TypeAdapter
 
 from tasks_lib.agents.base import Agent, AgentRequest, AgentRun, AgentSettings
+from tasks_lib.agents.claude import ClaudeAgent, ClaudeAgentConfig
 from tasks_lib.agents.command import CommandAgent, CommandAgentConfig
 
-AgentConfig = Annotated[Union[CommandAgentConfig], Field(discriminator="kind")]
+AgentConfig = Annotated[Union[CommandAgentConfig, ClaudeAgentConfig],
+                        Field(discriminator="kind")]
 
 _ADAPTER: TypeAdapter = TypeAdapter(AgentConfig)
-_KINDS: dict[str, Any] = {"command": CommandAgent}
+_KINDS: dict[str, Any] = {"command": CommandAgent, "claude": ClaudeAgent}
 
 
 def parse_agent_config(value: Any) -> Any:
@@ -28,5 +30,5 @@ def make_agent(config: Any) -> Agent:
     return _KINDS[config.kind](config)
 
 
-__all__ = ["Agent", "AgentConfig", "AgentRequest", "AgentRun", "CommandAgent",
-           "CommandAgentConfig", "make_agent", "parse_agent_config"]
+__all__ = ["Agent", "AgentConfig", "AgentRequest", "AgentRun", "ClaudeAgent", "ClaudeAgentConfig",
+           "CommandAgent", "CommandAgentConfig", "make_agent", "parse_agent_config"]
