@@ -193,15 +193,24 @@ def print_final(result: dict, spec) -> None:
     from rich.table import Table
 
     console = Console()
+    costs = _attempt_costs(result)
     t = Table(title=f"{spec.name}: {result['status']}", title_justify="left")
-    for col in ("task", "status", "outcome", "attempts", "blocker"):
+    for col in ("task", "status", "outcome", "attempts", *(("cost", "turns") if costs else ()),
+                "blocker"):
         t.add_column(col)
     for tid, info in result["tasks"].items():
         st = info["status"]
         style = STATUS_STYLE.get(st, "")
+        extra = ()
+        if costs:
+            cost, turns = costs.get(tid, (None, None))
+            extra = (f"${cost:.4f}" if cost else "", str(turns or ""))
         t.add_row(tid, f"[{style}]{st}[/{style}]" if style else st, info.get("outcome") or "",
-                  str(info.get("attempts") or 0), (info.get("blocker") or "")[:90])
+                  str(info.get("attempts") or 0), *extra, (info.get("blocker") or "")[:90])
     console.print(t)
+    if costs:
+        console.print(f"total cost ${sum(c for c, _ in costs.values()):.4f} (as reported by "
+                      "the agent)")
     m = result["metrics"]
     console.print(f"wall {m['wall_seconds']:.1f} s · worker time {m['worker_seconds_sum']:.1f} s"
                   f" · measured speed-up {m['measured_speedup']}× · max concurrent "
@@ -211,6 +220,25 @@ def print_final(result: dict, spec) -> None:
         console.print(f"note: {e}")
     console.print(f"tasks file: {result['tasks_file']}")
     console.print(f"run logs:   {result['run_dir']}")
+
+
+def _attempt_costs(result: dict) -> dict[str, tuple[float, int | None]]:
+    """task id -> (cost in USD over every attempt, last attempt's turns), from the run folder's
+    attempt records; empty when the agent reports no cost (the command agent)."""
+    from tasks_lib.runfolder import read_json
+
+    out: dict[str, tuple[float, int | None]] = {}
+    for path in sorted(Path(result.get("run_dir") or ".").glob("tasks/*/attempt-*.json")):
+        rec = read_json(path)
+        if not isinstance(rec, dict) or not isinstance(rec.get("info"), dict):
+            continue
+        cost = rec["info"].get("total_cost_usd")
+        if not isinstance(cost, (int, float)):
+            continue
+        tid = str(rec.get("task_id"))
+        prev, _ = out.get(tid, (0.0, None))
+        out[tid] = (prev + cost, rec["info"].get("num_turns"))
+    return out
 
 
 @app.command()
@@ -250,27 +278,29 @@ def run(
         help="A Prefect global concurrency limit every agent launch occupies, shared with "
              "other runs (e.g. specwave-agents; create it with `specwave deploy "
              "--agent-slots N`).")] = None,
-    model: Optional[str] = typer.Option(None, "--model", help="claude agent: model alias or "
-                                                              "full name."),
-    permission_mode: Optional[str] = typer.Option(
-        None, "--permission-mode", help="claude agent: acceptEdits (default: edits inside the "
-                                        "repository only), plan, dontAsk, manual, auto, "
-                                        "bypassPermissions (as root only with --agent-env "
-                                        "IS_SANDBOX=1)."),
-    max_turns: Optional[int] = typer.Option(None, "--max-turns", min=1,
-                                            help="claude agent: turn limit per attempt."),
-    max_budget_usd: Optional[float] = typer.Option(None, "--max-budget-usd", min=0.0001,
-                                                   help="claude agent: spend limit per "
-                                                        "attempt, in USD."),
-    allowed_tools: Optional[str] = typer.Option(
-        None, "--allowed-tools", help="claude agent: comma-separated tools allowed without a "
-                                      "prompt (default Bash,Read,Glob,Grep,TodoWrite)."),
-    agent_arg: list[str] = typer.Option([], "--agent-arg", metavar="ARG",
-                                        help="claude agent: one more CLI argument "
-                                             "(repeatable)."),
-    agent_env: list[str] = typer.Option([], "--agent-env", metavar="KEY=VALUE",
-                                        help="One more environment variable for the agent "
-                                             "(repeatable; visible in the UI: no secrets)."),
+    model: Annotated[Optional[str], typer.Option(
+        "--model", help="claude agent: model alias or full name.")] = None,
+    permission_mode: Annotated[Optional[str], typer.Option(
+        "--permission-mode", help="claude agent: acceptEdits (default: edits inside the "
+                                  "repository only), plan, dontAsk, manual, auto, "
+                                  "bypassPermissions (as root only with --agent-env "
+                                  "IS_SANDBOX=1).")] = None,
+    max_turns: Annotated[Optional[int], typer.Option(
+        "--max-turns", min=1, help="claude agent: turn limit per attempt.")] = None,
+    max_budget_usd: Annotated[Optional[float], typer.Option(
+        "--max-budget-usd", min=0.0001,
+        help="claude agent: spend limit per attempt, in USD.")] = None,
+    allowed_tools: Annotated[Optional[str], typer.Option(
+        "--allowed-tools", help="claude agent: comma-separated tools allowed without a "
+                                "prompt (default Bash,Read,Glob,Grep,TodoWrite).")] = None,
+    agent_arg: Annotated[Optional[list[str]], typer.Option(
+        "--agent-arg", metavar="ARG",
+        help="claude agent: one more CLI argument, e.g. --agent-arg=--fallback-model=sonnet "
+             "(repeatable).")] = None,
+    agent_env: Annotated[Optional[list[str]], typer.Option(
+        "--agent-env", metavar="KEY=VALUE",
+        help="One more environment variable for the agent (repeatable; visible in the UI: "
+             "no secrets).")] = None,
 ) -> None:
     """Run every pending task of a spec through coding agents, in parallel."""
     if scheduler not in ("eager", "waves"):
