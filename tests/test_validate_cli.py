@@ -262,8 +262,9 @@ def test_a_folder_without_tasks_json(tmp_path, monkeypatch):
     (tmp_path / "spec").mkdir()
     (tmp_path / "spec" / "spec.md").write_text("# a spec\n")
     result = check("spec", code=2)
-    assert result.lines == ["spec: has no tasks.json — pass an Agent OS spec folder (it holds "
-                            "tasks.json)"]
+    # the hint lists the formats specwave reads, which grows; the problem itself is fixed
+    assert len(result.lines) == 1
+    assert result.lines[0].startswith("spec: has no tasks.json") and " — pass " in result.lines[0]
 
 
 @pytest.mark.parametrize("via", VIAS)
@@ -719,3 +720,26 @@ def test_copy_of_base_is_independent():
     a, b = base_tasks(), base_tasks()
     tasks_of(a)["1"]["status"] = "pass"
     assert tasks_of(b)["1"]["status"] == "pending" and copy.deepcopy(b) == base_tasks()
+
+
+def test_loading_restores_the_garbage_collector_state(spec_dir):
+    # read_agent_os pauses the cyclic GC for speed; it must hand back the state it found
+    import gc
+
+    from tasks_lib.errors import SpecError
+    from tasks_lib.formats import load_spec
+
+    good = spec_dir(context=base_context())
+    bad = spec_dir(text="{", name="bad")
+    assert gc.isenabled()
+    assert len(load_spec(good).units) == 3
+    assert gc.isenabled()
+    with pytest.raises(SpecError):
+        load_spec(bad)
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        load_spec(good)
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
