@@ -223,8 +223,8 @@ def test_summaries_are_one_compact_line_per_piece():
     assert summarize_event({"type": "result", "subtype": "success", "is_error": True,
                             "num_turns": 1, "total_cost_usd": 0, "api_error_status": 529,
                             "terminal_reason": "api_error"}) == [
-        "result: success is_error=True turns=1 cost=$0.0000 api_error_status=529 "
-        "terminal_reason=api_error"]
+        ("result: success is_error=True turns=1 cost=$0.0000 api_error_status=529 "
+         "terminal_reason=api_error")]
     assert summarize_event({"type": "stream_event", "event": {}}) == []
     long = summarize_event({"type": "assistant", "message": {"content": [
         {"type": "text", "text": "x" * 5000}]}})[0]
