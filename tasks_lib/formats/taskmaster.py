@@ -315,7 +315,7 @@ class TaskMasterJson:
             return
         _, kstart, kend, last = members[-1]
         before_start = members[-2][3].end if len(members) > 1 else obj.start + 1
-        gap = doc.text[before_start:kstart].lstrip(",") or " "
+        gap = doc.text[before_start:kstart].lstrip(",")  # "\n      ", " " or ""
         sep = doc.text[kend:last.start]
         doc.edits[(last.end, last.end)] = f',{gap}"status"{sep}{new}'
 
