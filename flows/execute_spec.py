@@ -29,6 +29,7 @@ from typing import Any, Literal
 
 from prefect import flow, get_run_logger
 from prefect.input import RunInput
+from prefect.settings import PREFECT_API_URL
 from prefect.states import Cancelled, Completed, Failed
 from pydantic import Field
 
@@ -193,6 +194,11 @@ async def execute_spec(
     agent_dict = agent_cfg.model_dump(mode="json")
     if concurrency_limit:
         await _check_concurrency_limit(concurrency_limit)
+    if approve_waves and not PREFECT_API_URL.value():
+        raise SpecError.single("approve_waves", "approving waves needs a Prefect server (its UI "
+                               "or API answers the pause form); this run uses an ephemeral one",
+                               hint="start one (prefect server start) and set PREFECT_API_URL="
+                                    "http://127.0.0.1:4200/api")
     if approve_waves and scheduler != "waves":
         logger.info("approve_waves: using the waves scheduler (approval happens between waves)")
         scheduler = "waves"
