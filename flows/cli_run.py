@@ -241,6 +241,37 @@ def _attempt_costs(result: dict) -> dict[str, tuple[float, int | None]]:
     return out
 
 
+def _run_off_main_thread(main, on_signal) -> dict | None:
+    """``asyncio.run(main())`` in a helper thread while the main thread handles SIGINT/SIGTERM.
+
+    Prefect's flow engine, when it runs in the main thread, installs its own SIGTERM handler
+    that raises ``TerminationSignal`` wherever the main thread happens to be — often inside the
+    event loop itself, outside any task — which aborts ``asyncio.run`` before the flow's cleanup
+    (kill every agent tree, put running tasks back to pending) is done and ends in a traceback.
+    Off the main thread Prefect installs no handler, and ours just cancels the run.
+    """
+    box: dict = {}
+
+    def target() -> None:
+        try:
+            box["result"] = asyncio.run(main())
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the main thread
+            box["error"] = exc
+
+    old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        thread = threading.Thread(target=target, name="specwave-run", daemon=True)
+        thread.start()
+        while thread.is_alive():
+            thread.join(0.2)
+    finally:
+        for s, handler in old.items():
+            signal.signal(s, handler)
+    if "error" in box:
+        raise box["error"]
+    return box.get("result")
+
+
 @app.command()
 def run(
     spec_dir: Path = SpecPath,
@@ -355,18 +386,24 @@ def run(
     interactive = not as_json and os.isatty(1)
     code = {"value": EXIT_INCOMPLETE}
 
+    got: dict[str, int] = {}
+    running: dict = {}
+
+    def on_signal(signum: int, frame=None) -> None:
+        got.setdefault("signal", signum)
+        _err(f"specwave: {signal.Signals(signum).name}: stopping the agents…")
+        loop, task = running.get("loop"), running.get("task")
+        if loop is not None and task is not None:
+            try:
+                loop.call_soon_threadsafe(task.cancel)
+            except RuntimeError:  # the loop already closed: nothing left to stop
+                pass
+
     async def main() -> dict | None:
-        loop = asyncio.get_running_loop()
-        current = asyncio.current_task()
-        got: dict[str, int] = {}
-
-        def on_signal(signum: int) -> None:
-            got.setdefault("signal", signum)
-            _err(f"specwave: {signal.Signals(signum).name}: stopping the agents…")
-            current.cancel()
-
-        for s in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(s, on_signal, s)
+        running["loop"], running["task"] = asyncio.get_running_loop(), asyncio.current_task()
+        if got:  # a signal arrived before the loop started
+            code["value"] = 128 + got["signal"]
+            return None
         try:
             state = await execute_spec(**params, return_state=True)
         except asyncio.CancelledError:
@@ -383,7 +420,7 @@ def run(
 
     try:
         with LiveView(spec, plan, interactive):
-            result = asyncio.run(main())
+            result = _run_off_main_thread(main, on_signal)
     except SpecError as exc:
         _fail(exc)
     if result is None:
