@@ -1,0 +1,5 @@
+"""textkit: small, dependency-free text helpers."""
+
+__version__ = "0.1.0"
+
+__all__ = ["__version__"]
