@@ -600,7 +600,9 @@ class ClaudeAgent:
             "terminal_reason": result.get("terminal_reason"),
             "api_error_status": status,
             "api_error_type": result.get("api_error_type"),
-            "total_cost_usd": result.get("total_cost_usd"),
+            "total_cost_usd": (round(result["total_cost_usd"], 6)
+                               if isinstance(result.get("total_cost_usd"), (int, float))
+                               else None),
             "num_turns": result.get("num_turns"),
             "usage": _usage(result.get("usage")),
             "permission_denials": result.get("permission_denials") or [],
