@@ -1,4 +1,5 @@
-"""``specwave deploy``: create the work pools (and the shared agent limit) and deploy prefect.yaml.
+"""``specwave deploy``: create the work pools (and the shared agent limit) and deploy
+prefect.yaml; ``specwave approve``: answer a run paused between waves.
 
     specwave deploy                              # pool specwave-process; specwave, specwave-nightly
     specwave deploy --repo ~/app --spec ~/app/.agent-os/specs/x --activate-schedule
@@ -10,6 +11,11 @@ It talks to the Prefect API of ``PREFECT_API_URL`` (start one with ``prefect ser
 creates what is missing (idempotent), then runs ``prefect --no-prompt deploy`` on the
 project's prefect.yaml — the same file a user can deploy by hand — with ``SPECWAVE_REPO``,
 ``SPECWAVE_SPEC`` and ``SPECWAVE_SKIP_BUILD`` set from the flags.
+
+    specwave approve FLOW_RUN_ID [--stop] [--note TEXT]
+
+does what the UI's form does for a run paused by ``--approve-waves`` (Prefect's CLI has no
+command that resumes a run with input).
 """
 
 from __future__ import annotations
@@ -225,3 +231,48 @@ def deploy(
     if docker_names:
         print(f"  prefect worker start --pool {docker_pool}   # needs a Docker engine")
     print(f"  prefect deployment run {FLOW_NAME}/specwave --param spec_folder=/path/to/spec")
+
+
+async def answer_pause(flow_run_id: str, proceed: bool, note: str) -> str:
+    """Resume a flow run paused by ``approve_waves`` with the form's answer; returns the
+    state name it was in. Raises ValueError when it is not waiting for an answer."""
+    from uuid import UUID
+
+    from prefect.client.orchestration import get_client
+
+    try:
+        run_id = UUID(flow_run_id)
+    except ValueError:
+        raise ValueError(f'"{flow_run_id}" is not a flow run id — copy it from the UI or '
+                         "`prefect flow-run ls --state PAUSED`") from None
+    async with get_client() as client:
+        fr = await client.read_flow_run(run_id)
+        if not (fr.state and fr.state.is_paused()):
+            state = fr.state.name if fr.state else "no state"
+            raise ValueError(f"flow run {fr.name} ({run_id}) is not waiting for approval "
+                             f"(state {state})")
+        result = await client.resume_flow_run(run_id,
+                                              run_input={"continue": proceed, "note": note})
+    if result.status.value != "ACCEPT":
+        reason = getattr(result.details, "reason", "") or result.status.value
+        raise ValueError(f"the server did not accept the answer: {reason}")
+    return fr.state.name
+
+
+@app.command()
+def approve(
+    flow_run_id: Annotated[str, typer.Argument(help="The paused flow run's id.",
+                                               show_default=False)],
+    stop: Annotated[bool, typer.Option(
+        "--stop", help="Stop the run instead: the remaining tasks stay pending.")] = False,
+    note: Annotated[str, typer.Option("--note", help="A note kept in the run's log and "
+                                                     "summary.")] = "",
+) -> None:
+    """Answer a run paused between waves (--approve-waves), as the UI's form does."""
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    try:
+        asyncio.run(answer_pause(flow_run_id, not stop, note))
+    except ValueError as exc:
+        _err(f"specwave approve: {exc}")
+        raise typer.Exit(EXIT_INVALID)
+    print(f"{flow_run_id}: {'stop' if stop else 'continue'}" + (f" ({note})" if note else ""))
