@@ -30,6 +30,7 @@ its line (see :mod:`tasks_lib.formats.markdown`).
 
 from __future__ import annotations
 
+import itertools
 import os
 import re
 from dataclasses import dataclass, field
@@ -284,10 +285,10 @@ def read_agent_os_md(folder: Path, tasks_path: Path | None = None, *,
         else:
             status = note_status(t.note) or TaskStatus.PENDING
         if status == TaskStatus.PASS and open_subs:
-            warnings.append(Problem(label, f"is ticked but subtask{'s' if len(open_subs) > 1 else ''}"
-                                           f" {', '.join(open_subs)} "
-                                           f"{'are' if len(open_subs) > 1 else 'is'} not "
-                                           "— treated as done", task_id=t.id,
+            many = len(open_subs) > 1
+            warnings.append(Problem(label, f"is ticked but subtask{'s' if many else ''} "
+                                           f"{', '.join(open_subs)} {'are' if many else 'is'} "
+                                           "not — treated as done", task_id=t.id,
                                     where=str(t.line + 1), severity="warning",
                                     hint="untick the task to run it again"))
         if not t.has_box and not subs:
@@ -305,7 +306,7 @@ def read_agent_os_md(folder: Path, tasks_path: Path | None = None, *,
                               files=files, subtasks=subs,
                               details="\n".join(t.details) or None))
     if not parallel:
-        for prev, unit in zip(units, units[1:]):
+        for prev, unit in itertools.pairwise(units):
             unit.deps.append(prev.id)
     spec = LoadedSpec(name=folder.resolve().name, folder=folder, tasks_path=tasks_path,
                       format=FORMAT, units=units, warnings=warnings,

@@ -17,8 +17,8 @@ read as tasks (templates keep sample tasks in comments; notes keep ``T006~T010``
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Iterator
 
 from tasks_lib.spec import TaskStatus
 from tasks_lib.store import TaskUpdate
@@ -32,7 +32,8 @@ HEADING_RE = re.compile(r"^ {0,3}(?P<hashes>#{1,6})[ \t]+(?P<text>.*?)[ \t#]*$")
 _FENCE_RE = re.compile(r"^ {0,3}(?P<fence>`{3,}|~{3,})")
 
 NOTE_PREFIX = " — specwave: "
-NOTE_RE = re.compile(r" — specwave: (?P<kind>failed|blocked)(?:: (?P<reason>.*?))?(?P<ws>[ \t]*)$")
+NOTE_RE = re.compile(
+    r" — specwave: (?P<kind>failed|blocked)(?:: (?P<reason>.*?))?(?P<ws>[ \t]*)$")
 NOTE_MAX = 120
 
 
@@ -163,11 +164,13 @@ def short_reason(reason: str | None) -> str | None:
     return r or None
 
 
-_EXTENSIONS = frozenset(
-    "py pyi ts tsx js jsx mjs cjs md mdx json jsonc yaml yml toml go rs java kt kts rb php cs "
-    "cpp cc c h hpp swift sql sh bash zsh css scss sass less html htm vue svelte txt cfg ini "
-    "lock xml gradle proto env prisma graphql gql dart ex exs erl scala clj lua r jl tf hcl "
-    "ipynb csv tsv mk cmake bat ps1".split())
+_EXTENSION_LIST = """
+    py pyi ts tsx js jsx mjs cjs md mdx json jsonc yaml yml toml go rs java kt kts rb php cs cpp
+    cc c h hpp swift sql sh bash zsh css scss sass less html htm vue svelte txt cfg ini lock xml
+    gradle proto env prisma graphql gql dart ex exs erl scala clj lua r jl tf hcl ipynb csv tsv
+    mk cmake bat ps1
+"""
+_EXTENSIONS = frozenset(_EXTENSION_LIST.split())
 _FRAMEWORK_RE = re.compile(r"^[A-Z][A-Za-z0-9]*\.js$")  # Node.js, Next.js, Vue.js
 _BAD_PATH_CHARS = set("[]{}<>*?$%|\\\"'`,;()")
 
@@ -185,8 +188,7 @@ def find_paths(text: str) -> list[str]:
     out: list[str] = []
     for tok, is_quoted in [(q, True) for q in quoted] + [(b, False) for b in bare]:
         tok = tok.strip().strip("'\"()<>,;:*").rstrip(".")
-        if tok.startswith("./"):
-            tok = tok[2:]
+        tok = tok.removeprefix("./")
         if not tok or any(c.isspace() for c in tok) or "://" in tok \
                 or tok.startswith(("@", "~", "/", "-")) or _BAD_PATH_CHARS & set(tok):
             continue
@@ -287,7 +289,7 @@ class MarkdownChecklist:
 
     def _set_note(self, doc: MdDoc, i: int, kind: str | None, reason: str | None) -> None:
         raw = doc.lines[i]
-        text, old = split_note(content_of(raw))
+        text, _old = split_note(content_of(raw))
         if kind is not None:
             m = re.match(r"^(.*?)([ \t]*)$", text)
             body, ws = m.group(1), m.group(2)

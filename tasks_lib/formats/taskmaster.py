@@ -1,4 +1,4 @@
-"""Task Master ``tasks.json`` (``.taskmaster/tasks/tasks.json``, or the legacy ``tasks/tasks.json``).
+"""Task Master ``tasks.json``: ``.taskmaster/tasks/tasks.json``, or the legacy ``tasks/tasks.json``.
 
 Both layouts are read: tagged, ``{"master": {"tasks": [...], "metadata": {...}}, "<tag>": ...}``
 (``--tag`` picks a tag; the default is ``currentTag`` in ``.taskmaster/state.json``, else
@@ -90,7 +90,7 @@ class TaskMasterSpec(LoadedSpec):
 class JNode:
     """A JSON value with its span in the text. Objects keep their members in file order."""
 
-    __slots__ = ("start", "end", "value", "members", "items")
+    __slots__ = ("end", "items", "members", "start", "value")
 
     def __init__(self, start: int):
         self.start = start
@@ -114,7 +114,7 @@ _LITERALS = {"true": True, "false": False, "null": None}
 
 def scan_json(text: str, pos: int = 0) -> JNode:
     """Parse already-validated JSON text into JNodes (raises ValueError on bad input)."""
-    node, end = _scan(text, _WS_RE.match(text, pos).end())
+    node, _end = _scan(text, _WS_RE.match(text, pos).end())
     return node
 
 

@@ -120,13 +120,13 @@ def test_a_repository_with_several_features_asks_for_one(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("setup, message", [
-    (lambda p: None, "x: has no tasks.json or tasks.md — pass an Agent OS or spec-kit spec "
-                     "folder, or a Task Master project (.taskmaster/tasks/tasks.json)"),
+    (lambda p: None, ("x: has no tasks.json or tasks.md — pass an Agent OS or spec-kit spec "
+                     "folder, or a Task Master project (.taskmaster/tasks/tasks.json)")),
     (lambda p: (p / ".taskmaster" / "docs").mkdir(parents=True),
-     "x: has a .taskmaster folder but no .taskmaster/tasks/tasks.json — create the tasks "
-     "first (task-master parse-prd)"),
-    (lambda p: put(p / "notes.txt", "x"), "x: has no tasks.json or tasks.md — pass an Agent "
-     "OS or spec-kit spec folder, or a Task Master project (.taskmaster/tasks/tasks.json)"),
+     ("x: has a .taskmaster folder but no .taskmaster/tasks/tasks.json — create the tasks "
+     "first (task-master parse-prd)")),
+    (lambda p: put(p / "notes.txt", "x"), ("x: has no tasks.json or tasks.md — pass an Agent "
+     "OS or spec-kit spec folder, or a Task Master project (.taskmaster/tasks/tasks.json)")),
 ])
 def test_folders_without_a_plan(tmp_path, monkeypatch, setup, message):
     monkeypatch.chdir(tmp_path)
@@ -190,21 +190,21 @@ def test_attempts_are_counted_from_the_run_records(tmp_path):
 def specwave(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-c", "from flows.cli import main; main()", *args],
                           cwd=cwd,
-                          capture_output=True, text=True, timeout=120,
+                          capture_output=True, text=True, timeout=120, check=False,
                           env={**__import__("os").environ, "PYTHONPATH": str(ROOT)})
 
 
 @pytest.mark.parametrize("files, args, lines", [
     ({".taskmaster/tasks/tasks.json": json.dumps({"master": {"tasks": [
         tm_task(1, dependencies=[9])]}})}, ["validate", "."],
-     ['.taskmaster/tasks/tasks.json: task "1": depends on unknown task "9" — fix the id or '
-      "remove it (task-master fix-dependencies)"]),
+     [('.taskmaster/tasks/tasks.json: task "1": depends on unknown task "9" — fix the id or '
+      "remove it (task-master fix-dependencies)")]),
     ({"specs/001-a/tasks.md": "- [ ] T001 a\n- [ ] T001 b\n"}, ["plan", "specs/001-a"],
-     ['specs/001-a/tasks.md:2: task "T001": two tasks have this id (lines 1 and 2) — '
-      "renumber one of them"]),
+     [('specs/001-a/tasks.md:2: task "T001": two tasks have this id (lines 1 and 2) — '
+      "renumber one of them")]),
     ({"s/tasks.md": "## Tasks\n"}, ["status", "s"],
-     ['s/tasks.md: has no tasks — write them as "- [ ] 1. Title" with indented "  - [ ] 1.1 '
-      'Step" lines under a "## Tasks" heading']),
+     [('s/tasks.md: has no tasks — write them as "- [ ] 1. Title" with indented "  - [ ] 1.1 '
+      'Step" lines under a "## Tasks" heading')]),
     ({"s/tasks.md": AGENTOS_MD}, ["validate", "s", "--format", "jira"],
      ['--format: unknown format "jira" — use one of: ' + ", ".join(FORMATS)]),
     ({".taskmaster/tasks/tasks.json": json.dumps({"master": {"tasks": [tm_task(1)]}})},

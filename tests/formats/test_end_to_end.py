@@ -134,3 +134,15 @@ async def test_agent_os_tasks_md_parallel(tmp_path, parallel, waves):
     assert len(json.loads((Path(result["run_dir"]) / "run.json").read_text())["plan"]["waves"]) \
         == waves
     assert (folder / "tasks.md").read_text() == "## Tasks\n- [x] 1. a\n- [x] 2. b\n"
+
+
+async def test_task_master_other_tag(fixture_copy, tmp_path):
+    root = fixture_copy("taskmaster/tagged")
+    path = root / ".taskmaster" / "tasks" / "tasks.json"
+    before = json.loads(path.read_bytes())
+    result, ran = await run(root, tmp_path, tag="feature-checkout")
+    assert result["status"] == "success" and sorted(ran) == ["14", "15", "17"]
+    after = json.loads(path.read_bytes())
+    assert after["master"] == before["master"]
+    assert [t["status"] for t in after["feature-checkout"]["tasks"]] == ["done"] * 3
+    assert load_spec(root, tag="feature-checkout").name == "tagged:feature-checkout"

@@ -4,10 +4,13 @@ follows spec-kit's templates/tasks-template.md, plus the quirks of real files.""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from tasks_lib.errors import SpecError
 from tasks_lib.formats import document_format, load_spec
+from tasks_lib.formats.speckit import SpecKitMarkdown
 from tasks_lib.planner import plan_spec
 from tasks_lib.prompt import build_prompt
 from tasks_lib.spec import TaskStatus
@@ -50,8 +53,8 @@ def test_the_fixture_maps_to_units(fixture_copy):
         "- keep files under `data/photos/`",
         "- thumbnails are generated lazily"]
     assert u["T010"].details.splitlines()[:2] == [
-        "Phase: Phase 3: User Story 1 - Create albums (Priority: P1) 🎯 MVP › "
-        "Implementation for User Story 1",
+        ("Phase: Phase 3: User Story 1 - Create albums (Priority: P1) 🎯 MVP › "
+        "Implementation for User Story 1"),
         "User story: US1 (see spec.md)"]
     assert list(spec.documents) == ["spec.md", "plan.md", "data-model.md"]
 
@@ -155,12 +158,12 @@ def test_write_back_is_byte_exact(fixture_copy):
         32: (b"- [ ] T003 [P] Configure ruff and pytest in pyproject.toml",
              b"- [X] T003 [P] Configure ruff and pytest in pyproject.toml"),
         33: (b"- [ ] T004 [P] Add the CI workflow in .github/workflows/ci.yml",
-             b"- [ ] T004 [P] Add the CI workflow in .github/workflows/ci.yml"
-             b" \xe2\x80\x94 specwave: failed: ci.yml: tests fail"),
-        41: (b"- [ ] T005 Setup SQLite schema and migrations framework in "
-             b"src/db/migrations.py",
-             b"- [ ] T005 Setup SQLite schema and migrations framework in "
-             b'src/db/migrations.py \xe2\x80\x94 specwave: blocked: dependency "T004" failed')}
+             (b"- [ ] T004 [P] Add the CI workflow in .github/workflows/ci.yml"
+             b" \xe2\x80\x94 specwave: failed: ci.yml: tests fail")),
+        41: ((b"- [ ] T005 Setup SQLite schema and migrations framework in "
+             b"src/db/migrations.py"),
+             (b"- [ ] T005 Setup SQLite schema and migrations framework in "
+             b'src/db/migrations.py \xe2\x80\x94 specwave: blocked: dependency "T004" failed'))}
     again = load_spec(path.parent)
     assert again.unit("T004").status == TaskStatus.FAIL
     assert again.unit("T005").status == TaskStatus.BLOCKED
@@ -189,3 +192,30 @@ def test_a_lowercase_file_keeps_its_lowercase_tick(tmp_path):
     spec = load_spec(folder)
     PlanStore(spec.tasks_path, document_format(spec)).apply(TaskUpdate("T003", status="pass"))
     assert (folder / "tasks.md").read_text() == "- [x] T001 a\n- [x] T002 b\n- [x] T003 c\n"
+
+
+def _writer(path: str, tid: str, barrier) -> None:
+    store = PlanStore(Path(path), SpecKitMarkdown())
+    barrier.wait()
+    for k in range(5):
+        store.apply(TaskUpdate(tid, status="fail", blocker=f"try {k}"))
+    store.apply(TaskUpdate(tid, status="pass", clear_blocker=True))
+
+
+def test_concurrent_writers_lose_no_update(tmp_path):
+    import multiprocessing
+
+    text = "# Tasks\r\n" + "".join(f"- [ ] T{i:03d} [P] task {i}\r\n" for i in range(1, 5))
+    path = tmp_path / "tasks.md"
+    path.write_bytes(text.encode())
+    ctx = multiprocessing.get_context("spawn")
+    barrier = ctx.Barrier(4)
+    procs = [ctx.Process(target=_writer, args=(str(path), f"T{i:03d}", barrier))
+             for i in range(1, 5)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+        assert p.exitcode == 0
+    assert path.read_bytes().decode() == text.replace("- [ ]", "- [X]")
+    assert not list(tmp_path.glob(".tasks.md.*.tmp"))

@@ -8,9 +8,12 @@ final newline) with a ``state.json``, and a legacy ``tasks/tasks.json``.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from tasks_lib.errors import SpecError
 from tasks_lib.formats import document_format, load_spec
@@ -74,7 +77,8 @@ def test_the_tagged_fixture_maps_to_units(fixture_copy):
         ("2.3", "Write the seed script", TaskStatus.PENDING)]
     assert two.subtasks[0].details == "User and Session models"
     assert units["3"].test_strategy is None  # empty testStrategy
-    assert units["3"].subtasks[2].details == "Create a Session row\nTest strategy: Unit test the handler"
+    assert units["3"].subtasks[2].details == ("Create a Session row\n"
+                                              "Test strategy: Unit test the handler")
     assert units["4"].subtasks == []  # no "subtasks" key
     assert list(spec.documents) == ["../docs/prd.txt"]
     warnings = [(w.task_id, w.message) for w in spec.warnings]
@@ -304,8 +308,8 @@ def test_pass_keeps_cancelled_and_deferred_subtasks(tmp_path):
 @pytest.mark.parametrize("text, expected", [
     # multi-line object: a new member in the object's own layout
     ('{"master": {"tasks": [\n    {\n      "id": 1,\n      "title": "a"\n    }\n  ]}}',
-     '{"master": {"tasks": [\n    {\n      "id": 1,\n      "title": "a",\n      '
-     '"status": "done"\n    }\n  ]}}'),
+     ('{"master": {"tasks": [\n    {\n      "id": 1,\n      "title": "a",\n      '
+     '"status": "done"\n    }\n  ]}}')),
     # one-line, compact
     ('{"tasks":[{"id":1,"title":"a"}]}', '{"tasks":[{"id":1,"title":"a","status":"done"}]}'),
     # one-line with spaces, CRLF file
@@ -320,11 +324,11 @@ def test_a_missing_status_key_is_inserted_in_place(tmp_path, text, expected):
 
 
 @pytest.mark.parametrize("text", [
-    '\ufeff{\n\t"tasks": [\n\t\t{"id": 1, "title": "ü €", "status": "pending", '
-    '"n": 1.50, "e": 1E3}\n\t]\n}',
+    ('\ufeff{\n\t"tasks": [\n\t\t{"id": 1, "title": "ü €", "status": "pending", '
+    '"n": 1.50, "e": 1E3}\n\t]\n}'),
     '{"tasks":[{"id":"1","title":"\\u00fc","status" : "pending","dependencies":[]}]}\n\n',
-    '{\r\n    "tasks": [\r\n        {\r\n            "id": 1,\r\n            "status": '
-    '"pending",\r\n            "title": "x"\r\n        }\r\n    ]\r\n}\r\n',
+    ('{\r\n    "tasks": [\r\n        {\r\n            "id": 1,\r\n            "status": '
+    '"pending",\r\n            "title": "x"\r\n        }\r\n    ]\r\n}\r\n'),
 ])
 def test_any_layout_keeps_every_other_byte(tmp_path, text):
     root = project(tmp_path, None, text=text)
@@ -363,3 +367,57 @@ def test_the_span_scanner_agrees_with_json_loads():
     assert root.member("a").value == "last"
     node = root.members[0][3].items[5]
     assert text[node.start:node.end] == '"x\\"y"'
+
+
+_status = st.sampled_from(["pending", "in-progress", "done", "review", "blocked", None])
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(statuses=st.lists(_status, min_size=1, max_size=6),
+       sub_statuses=st.lists(_status, max_size=4),
+       indent=st.sampled_from([None, 2, 4, "\t"]), compact=st.booleans(),
+       ensure_ascii=st.booleans(), tagged=st.booleans(), final_newline=st.booleans(),
+       update=st.sampled_from(["pending", "in_progress", "pass", "fail", "blocked"]),
+       pick=st.integers(0, 5))
+def test_random_layouts_change_only_the_status(tmp_path_factory, statuses, sub_statuses, indent,
+                                               compact, ensure_ascii, tagged, final_newline,
+                                               update, pick):
+    tasks = []
+    for i, s in enumerate(statuses, 1):
+        t = {"id": i, "title": f"t{i} ü", "n": 1.5}
+        if s is not None:
+            t["status"] = s
+        if i == 1:
+            t["subtasks"] = [{"id": k, "title": "s", **({"status": x} if x else {})}
+                             for k, x in enumerate(sub_statuses, 1)]
+        tasks.append(t)
+    data = {"master": {"tasks": tasks}, "other": {"tasks": [{"id": 1, "status": "pending"}]}} \
+        if tagged else {"tasks": tasks, "metadata": {"x": 1}}
+    text = json.dumps(data, indent=indent, ensure_ascii=ensure_ascii,
+                      separators=(",", ":") if compact and indent is None else None)
+    text += "\n" if final_newline else ""
+    root = project(tmp_path_factory.mktemp("tm"), None, text=text)
+    spec = load_spec(root)
+    tid = spec.units[pick % len(spec.units)].id
+    PlanStore(spec.tasks_path, document_format(spec)).apply(
+        TaskUpdate(tid, status=update, subtasks_status="pass" if update == "pass" else None))
+    after = spec.tasks_path.read_text()
+    word = {"pending": "pending", "in_progress": "in-progress", "pass": "done",
+            "fail": "blocked", "blocked": "blocked"}[update]
+    expected = json.loads(text)
+    holder = expected["master"] if tagged else expected
+    target = next(t for t in holder["tasks"] if str(t["id"]) == tid)
+    target["status"] = word
+    if update == "pass":
+        for s in target.get("subtasks", []):
+            if s.get("status") != "done":
+                s["status"] = "done"
+    assert json.loads(after) == expected
+    # outside the edited values, the text is the original text
+    old_tokens = re.split(r'"status"\s*:\s*"[a-z-]*"', text)
+    new_tokens = re.split(r'"status"\s*:\s*"[a-z-]*"', after)
+    if len(old_tokens) == len(new_tokens):
+        assert old_tokens == new_tokens
+    else:  # a status key was inserted: only separators and the new member differ
+        assert re.sub(r'[,\s]*"status"\s*:\s*"[a-z-]*"', "", after) == \
+            re.sub(r'[,\s]*"status"\s*:\s*"[a-z-]*"', "", text)
