@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import sys
 import tempfile
 import time
 import uuid
@@ -52,10 +53,14 @@ def request(tmp_path: Path, prompt: str = "- **ID**: 1\ndo it", *, timeout: floa
 def fake_cli(tmp_path):
     """The agent config + where the fake CLI dumps its argv/env/stdin."""
     dump = tmp_path / "dump.json"
+    # This interpreter, whatever `python3` on PATH is.
+    exe = tmp_path / "fake-claude"
+    exe.write_text(f"#!{sys.executable}\n" + FAKE.read_text())
+    exe.chmod(0o755)
 
     def config(**kw: Any) -> dict[str, Any]:
         env = {"FAKE_CLAUDE_DUMP": str(dump), **kw.pop("env", {})}
-        return {"kind": "claude", "executable": str(FAKE), "env": env, **kw}
+        return {"kind": "claude", "executable": str(exe), "env": env, **kw}
 
     def dumped() -> dict[str, Any]:
         return json.loads(dump.read_text())
