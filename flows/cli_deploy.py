@@ -83,8 +83,25 @@ def prefect_deploy(project: Path, names: list[str], env: dict, pool: Optional[st
         raise RuntimeError(f"prefect deploy {' '.join(names)} failed with exit code "
                            f"{proc.returncode}:\n{tail}")
     for line in out.splitlines():
-        if "successfully created" in line or "Warning" in line or "SKIP_BUILD" in line:
+        if "Warning" in line or "SKIP_BUILD" in line:
             echo("  " + line.strip(" │"))
+
+
+async def describe(names: list[str]) -> list[dict]:
+    """id, pool, schedules and UI link of each deployment (as the API has them now)."""
+    from prefect.client.orchestration import get_client
+    from prefect.settings import PREFECT_UI_URL
+
+    ui = PREFECT_UI_URL.value()
+    out = []
+    async with get_client() as client:
+        for name in names:
+            dep = await client.read_deployment_by_name(name)
+            out.append({"name": name, "id": str(dep.id), "pool": dep.work_pool_name,
+                        "schedules": [{"cron": getattr(s.schedule, "cron", None),
+                                       "active": s.active} for s in dep.schedules],
+                        "url": f"{ui}/deployments/deployment/{dep.id}" if ui else None})
+    return out
 
 
 async def activate_schedules(deployment: str, active: bool = True) -> int:
@@ -219,6 +236,12 @@ def deploy(
             n = asyncio.run(activate_schedules(f"{FLOW_NAME}/{SCHEDULED_DEPLOYMENT}"))
             report["schedule_activated"] = True
             say(f"schedule of {SCHEDULED_DEPLOYMENT}: active ({n} switched on)")
+        report["details"] = asyncio.run(describe(report["deployments"]))
+        for d in report["details"]:
+            sched = "".join(f", schedule {s['cron']} ({'on' if s['active'] else 'off'})"
+                            for s in d["schedules"])
+            say(f"deployment {d['name']} (pool {d['pool']}{sched})"
+                + (f": {d['url']}" if d["url"] else ""))
     except (RuntimeError, ValueError, subprocess.TimeoutExpired) as exc:
         _err(f"specwave deploy: {exc}")
         raise typer.Exit(EXIT_INCOMPLETE)
