@@ -139,7 +139,7 @@ async def test_process_deployment_from_prefect_yaml(server, deployed, repo):
                                {"directory": str(ROOT)}}]
     assert dep.enforce_parameter_schema is True
     assert dep.parameters["repo"] == str(repo.resolve())
-    assert dep.parameters["agent"]["env_allow"] == ["ANTHROPIC_API_KEY"]
+    assert dep.parameters["agent"] == {"kind": "claude"}  # the key: the worker's env
     props = dep.parameter_openapi_schema["properties"]
     assert {"spec_folder", "agent", "repo", "max_concurrency", "approve_waves",
             "concurrency_limit"} <= set(props)
