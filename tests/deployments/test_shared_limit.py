@@ -64,3 +64,34 @@ async def test_missing_limit_fails_the_run_with_a_hint(spec_copy, tmp_path, uniq
     assert f'global concurrency limit "{name}" does not exist' in str(err.value)
     assert "prefect gcl create" in str(err.value)
     assert read_trace(trace) == []  # no agent was launched
+
+
+async def test_run_cli_flag_occupies_the_named_limit(spec_copy, tmp_path, unique):
+    """``specwave run --concurrency-limit NAME``: with one slot, the two tasks of wave 1 run one
+    after the other although the run itself allows two."""
+    import json
+    import os
+    import shlex
+    import subprocess
+    import sys
+
+    from prefect.settings import PREFECT_API_URL
+
+    name = unique("specwave-agents")
+    await _create_limit(name, 1)
+    trace = tmp_path / "trace.jsonl"
+    command = shlex.join(fake_agent(trace, sleep=0.5)["command"])
+    env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value()}
+    try:
+        proc = await asyncio.to_thread(subprocess.run, [
+            sys.executable, "-c", "from flows.cli import main; main()", "run",
+            str(spec_copy("small-feature")), "--command", command, "--repo", str(tmp_path),
+            "-j", "2", "--concurrency-limit", name, "--json"],
+            env=env, capture_output=True, text=True, timeout=300)
+    finally:
+        await _delete_limit(name)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["status"] == "success"
+    runs = read_trace(trace)
+    assert len(runs) == 3
+    assert max_overlap([(r["start"], r["end"]) for r in runs]) == 1
