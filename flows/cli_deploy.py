@@ -26,7 +26,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -39,7 +39,7 @@ DOCKER_DEPLOYMENT = "specwave-docker"
 SCHEDULED_DEPLOYMENT = "specwave-nightly"
 
 
-def project_dir(explicit: Optional[Path]) -> Path:
+def project_dir(explicit: Path | None) -> Path:
     """The folder holding prefect.yaml: --project, else this checkout, else the current dir."""
     for cand in ([explicit] if explicit else [PROJECT, Path.cwd()]):
         if cand and (cand / "prefect.yaml").is_file():
@@ -49,7 +49,7 @@ def project_dir(explicit: Optional[Path]) -> Path:
                              "pass --project DIR", param_hint="--project")
 
 
-def deploy_env(repo: Path, spec: Optional[Path], skip_build: bool, image: Optional[str]) -> dict:
+def deploy_env(repo: Path, spec: Path | None, skip_build: bool, image: str | None) -> dict:
     """The environment prefect.yaml's placeholders read (see its header)."""
     env = dict(os.environ)
     env.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
@@ -66,7 +66,7 @@ def deploy_env(repo: Path, spec: Optional[Path], skip_build: bool, image: Option
     return env
 
 
-def prefect_deploy(project: Path, names: list[str], env: dict, pool: Optional[str] = None,
+def prefect_deploy(project: Path, names: list[str], env: dict, pool: str | None = None,
                    timeout: float = 600, echo=print) -> None:
     """``prefect --no-prompt deploy -n NAME...`` in the project folder (raises on failure)."""
     argv = [sys.executable, "-m", "prefect", "--no-prompt", "deploy",
@@ -75,7 +75,7 @@ def prefect_deploy(project: Path, names: list[str], env: dict, pool: Optional[st
         argv += ["-n", n]
     if pool:
         argv += ["--pool", pool]
-    proc = subprocess.run(argv, cwd=project, env=env, capture_output=True, text=True,
+    proc = subprocess.run(argv, cwd=project, env=env, capture_output=True, text=True, check=False,
                           timeout=timeout)
     out = (proc.stdout + proc.stderr).strip()
     if proc.returncode != 0:
@@ -120,10 +120,10 @@ async def activate_schedules(deployment: str, active: bool = True) -> int:
 
 @app.command()
 def deploy(
-    repo: Annotated[Optional[Path], typer.Option(
+    repo: Annotated[Path | None, typer.Option(
         "--repo", help="The repository the agents work in (default: the current directory); "
                        "docker: mounted at /repo.")] = None,
-    spec: Annotated[Optional[Path], typer.Option(
+    spec: Annotated[Path | None, typer.Option(
         "--spec", help="Spec folder of the scheduled deployment (specwave-nightly).")] = None,
     pool: Annotated[str, typer.Option(
         "--pool", help="Process work pool (created if missing).")] = "specwave-process",
@@ -133,12 +133,12 @@ def deploy(
         "--docker-pool", help="Docker work pool (created if missing).")] = "specwave-docker",
     no_build: Annotated[bool, typer.Option(
         "--no-build", help="Docker: do not build the image, use --image as it is.")] = False,
-    image: Annotated[Optional[str], typer.Option(
+    image: Annotated[str | None, typer.Option(
         "--image", help="Docker image NAME[:TAG] (default specwave:latest).")] = None,
-    names: Annotated[Optional[list[str]], typer.Option(
+    names: Annotated[list[str] | None, typer.Option(
         "--name", "-n", help="Deploy only these deployments of prefect.yaml (repeatable).")
     ] = None,
-    agent_slots: Annotated[Optional[int], typer.Option(
+    agent_slots: Annotated[int | None, typer.Option(
         "--agent-slots", min=1, help="Create (or resize) the global concurrency limit every "
                                      "agent launch occupies when a run sets "
                                      "concurrency_limit.")] = None,
@@ -147,7 +147,7 @@ def deploy(
     activate_schedule: Annotated[bool, typer.Option(
         "--activate-schedule", help="Switch the schedule of specwave-nightly on (needs "
                                     "--spec).")] = False,
-    project: Annotated[Optional[Path], typer.Option(
+    project: Annotated[Path | None, typer.Option(
         "--project", help="Folder with prefect.yaml (default: this specwave checkout).")
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print what was done as JSON.")

@@ -31,7 +31,7 @@ from prefect import flow, get_run_logger
 from prefect.input import RunInput
 from prefect.settings import PREFECT_API_URL
 from prefect.states import Cancelled, Completed, Failed
-from pydantic import Field
+from pydantic import ConfigDict, Field
 
 from tasks_lib.agents import parse_agent_config
 from tasks_lib.agents.process import ProcessInfo, reap
@@ -69,7 +69,7 @@ class WaveApproval(RunInput):
     note: str = Field("", title="Note", description="Optional note, kept in the run's log "
                                                     "and summary.")
 
-    model_config = {"populate_by_name": True}
+    model_config = ConfigDict(populate_by_name=True)
 
 
 async def approve_next_wave(done_wave: int, next_wave: int, waves: int) -> WaveApproval:

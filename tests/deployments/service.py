@@ -41,7 +41,7 @@ class PrefectProcess:
         self.argv = argv
         self.log_path = log
         self.terms = terms
-        self._log = open(log, "wb")
+        self._log = open(log, "wb")  # noqa: SIM115 - open for the process's lifetime
         self.proc = subprocess.Popen(argv, env=env, cwd=cwd, stdout=self._log,
                                      stderr=subprocess.STDOUT, start_new_session=True)
         self.pid = self.proc.pid
@@ -130,4 +130,4 @@ class PrefectServer(PrefectProcess):
             env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
         """Run a command against this server (its env), capturing output."""
         return subprocess.run(list(argv), cwd=cwd, env={**self.env, **(env or {})},
-                              capture_output=True, text=True, timeout=timeout)
+                              capture_output=True, text=True, timeout=timeout, check=False)

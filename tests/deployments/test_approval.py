@@ -91,7 +91,7 @@ async def test_pause_after_each_wave_then_continue(spec_copy, tmp_path):
     assert state.state_details.pause_key == "approve-wave-1"
     keyset = state.state_details.run_input_keyset
     async with get_client() as client:
-        schema = json.loads((await client.read_flow_run_input(paused.id, keyset["schema"])))
+        schema = json.loads(await client.read_flow_run_input(paused.id, keyset["schema"]))
     assert set(schema["properties"]) == {"continue", "note"}
 
     await _resume(paused.id, {"continue": True, "note": "wave 1 looks good"})
