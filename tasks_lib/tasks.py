@@ -53,6 +53,9 @@ class WorkerInput(BaseModel):
     concurrency_limit: str | None = Field(None, description="Prefect global concurrency "
                                                             "limit each agent launch occupies "
                                                             "(shared across flow runs).")
+    tags: list[str] = Field(default_factory=list,
+                            description="Tags of the worker's task run (spec, wave-N, agent "
+                                        "kind); see label_task_run.")
 
 
 def _retry_condition(task_obj: Any, task_run: Any, state: Any) -> bool:
@@ -75,6 +78,7 @@ async def run_worker(inp: WorkerInput) -> dict[str, Any]:
     from prefect import get_run_logger
 
     logger = get_run_logger()
+    label_task_run(inp.tags)
     folder = RunFolder(inp.spec_dir, inp.run_id)
     previous = folder.attempts(inp.task_id)
     attempt = len(previous) + 1
@@ -95,15 +99,10 @@ async def run_worker(inp: WorkerInput) -> dict[str, Any]:
                 f"(timeout {timeout:g} s) in {inp.workdir}")
 
     log_fh = open(log_path, "a", encoding="utf-8")
+    lines = AgentOutputLog(logger, inp.task_id, log_fh)
 
     def on_line(stream: str, line: str) -> None:
-        line = redact(line, secrets)
-        log_fh.write(line + "\n")
-        log_fh.flush()
-        if stream == "stderr":
-            logger.warning(f"[{inp.task_id}] {line}")
-        else:
-            logger.info(f"[{inp.task_id}] {line}")
+        lines.add(stream, redact(line, secrets))
 
     def on_start(info: Any) -> None:
         folder.record_agent({**info.to_dict(), "task_id": inp.task_id, "attempt": attempt})
@@ -114,6 +113,7 @@ async def run_worker(inp: WorkerInput) -> dict[str, Any]:
             started = time.time()  # the attempt's time starts when the agent does
             run = await agent.run(request, on_line=on_line, on_start=on_start)
     except AgentLaunchError as exc:
+        lines.flush()
         ended = time.time()
         record = _record(inp, attempt, timeout, started, ended, outcome=Outcome.CRASHED.value,
                          reason=redact(str(exc), secrets), final=True, log_path=str(log_path))
@@ -121,6 +121,7 @@ async def run_worker(inp: WorkerInput) -> dict[str, Any]:
         logger.error(f"[{inp.task_id}] {record['reason']}")
         return Failed(message=f"{inp.task_id}: crashed: {record['reason']}", data=record)
     finally:
+        lines.flush()
         log_fh.close()
     ended = time.time()
 
@@ -149,6 +150,77 @@ async def run_worker(inp: WorkerInput) -> dict[str, Any]:
         await asyncio.sleep(min(float(record["retry_after_s"]), 60.0))
     return Failed(message=f"{inp.task_id}: {parsed.outcome.value}: {record['reason']}",
                   data=record)
+
+
+class AgentOutputLog:
+    """An agent's output lines → the attempt's log file and the task run's log, batched.
+
+    Every line is written to the file at once (flushed with each batch); in the run log the
+    lines of one stream arriving within ``interval`` seconds become one record, each line
+    still prefixed with ``[task id]`` (stderr at warning level). One log record costs about
+    130 µs of the event loop's time (measured: benchmarks/probe_latency.py and docs/
+    benchmarks.md), so per-line records made a chatty agent slow every other worker; a
+    batch of 50 lines costs about what one line did. Must be used from the event loop
+    (the agents.process line callbacks run there); call ``flush()`` when the agent ends.
+    """
+
+    def __init__(self, logger: Any, task_id: str, fh: Any, *, interval: float = 0.2,
+                 max_lines: int = 200):
+        self.logger = logger
+        self.prefix = f"[{task_id}] "
+        self.fh = fh
+        self.interval = interval
+        self.max_lines = max_lines
+        self._stream = "stdout"
+        self._lines: list[str] = []
+        self._timer: Any = None
+
+    def add(self, stream: str, line: str) -> None:
+        self.fh.write(line + "\n")
+        if self._lines and stream != self._stream:
+            self.flush()
+        self._stream = stream
+        self._lines.append(line)
+        if len(self._lines) >= self.max_lines:
+            self.flush()
+        elif self._timer is None:
+            import asyncio
+
+            self._timer = asyncio.get_running_loop().call_later(self.interval, self.flush)
+
+    def flush(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if not self._lines:
+            return
+        text = "\n".join(self.prefix + line for line in self._lines)
+        self._lines = []
+        try:
+            self.fh.flush()
+        except (OSError, ValueError):  # closed or failing file: the run log still gets it
+            pass
+        (self.logger.warning if self._stream == "stderr" else self.logger.info)(text)
+
+
+def label_task_run(tags: list[str]) -> None:
+    """Give the current task run its tags from inside (spec name, ``wave-N``, agent kind).
+
+    Not at creation, on purpose: a task run created with tags makes Prefect's task engine
+    acquire a tag concurrency limit before the run starts (an ``increment-with-lease`` API
+    write per tag set, cached 5 s). On a SQLite-backed server that write collides with the
+    other workers' task-run writes; the server answers 503 and the client backs off 2 s —
+    measured as a 2 s delay between the scheduler starting a task and its agent starting
+    (benchmarks/probe_latency.py). Set here, the tags reach the API with the task run's next
+    state (its final state, or AwaitingRetry) and show in the UI from then on; the flow's
+    task table shows each task's wave meanwhile. Tag concurrency limits therefore do not
+    apply to workers: use the flow's ``concurrency_limit`` (a global concurrency limit).
+    """
+    from prefect.context import TaskRunContext
+
+    ctx = TaskRunContext.get()
+    if ctx is not None and tags:
+        ctx.task_run.tags = sorted(set(ctx.task_run.tags) | set(tags))
 
 
 def _shared_slot(name: str | None):
@@ -189,4 +261,4 @@ def _record(inp: WorkerInput, attempt: int, timeout: float, started: float, ende
     return record
 
 
-__all__ = ["WorkerInput", "agent_task", "attempt_timeout", "run_worker"]
+__all__ = ["WorkerInput", "agent_task", "attempt_timeout", "label_task_run", "run_worker"]
