@@ -17,10 +17,15 @@ Failure semantics (both policies):
   (one worker at a time), the original design's "all workers fail → fall back to sequential";
 * tasks already done in the file (pass, skipped) are not run; everything else (pending,
   in_progress left by a dead run, fail, blocked) runs again.
+
+Cost: every transition is O(log n + its edges) — a count of unmet predecessors per task and
+a heap of the ready ones — so a 5,000-task run does not pay O(n) per started task
+(tests/test_scheduler.py checks every decision against the O(n) definition).
 """
 
 from __future__ import annotations
 
+import heapq
 from dataclasses import dataclass, field
 from enum import Enum
 
@@ -59,36 +64,84 @@ class Scheduler:
     def __post_init__(self) -> None:
         if self.policy not in ("eager", "waves"):
             raise ValueError(f'unknown scheduler "{self.policy}" — use "eager" or "waves"')
-        self._deps: dict[str, list[str]] = {n: [] for n in self.plan.order}
-        self._dependents: dict[str, list[str]] = {n: [] for n in self.plan.order}
+        order = self.plan.order
+        self._rank = {n: i for i, n in enumerate(order)}
+        self._dependents: dict[str, list[str]] = {n: [] for n in order}
+        self._conflict_after: dict[str, list[str]] = {n: [] for n in order}
+        # predecessors not yet good enough: a dependency until it passed (or was done), a
+        # conflicting task ordered first until it finished (whatever the outcome)
+        self._unmet: dict[str, int] = {n: 0 for n in order}
         for a, b in self.plan.dependency_edges:
-            self._deps[b].append(a)
             self._dependents[a].append(b)
-        self._after: dict[str, list[str]] = {n: [] for n in self.plan.order}
+            self._unmet[b] += 1
         for a, b in self.plan.conflict_edges:
-            self._after[b].append(a)
-        self._rank = {n: i for i, n in enumerate(self.plan.order)}
-        for n in self.plan.order:
-            done = self.initial.get(n) in DONE_STATUSES
-            self.state[n] = State.DONE if done else State.WAITING
-        self._wave_index = 0
+            self._conflict_after[a].append(b)
+            self._unmet[b] += 1
+        self._running: set[str] = set()
         self._waves = [w.tasks for w in self.plan.waves]
+        self._wave_index = 0
+        self._wave_pos: dict[str, int] = {}  # task -> index in self._waves (waves policy)
+        for i, w in enumerate(self._waves):
+            for t in w:
+                self._wave_pos.setdefault(t, i)
+        self._wave_members: dict[int, list[str]] = {}
+        for t, w in self.plan.wave_of.items():
+            self._wave_members.setdefault(w, []).append(t)
         self._fallback_checked: set[int] = set()
+        # ready tasks (WAITING, nothing unmet): one heap (eager: best first) or one heap per
+        # wave (waves: plan order). Entries are never removed in place: a popped entry whose
+        # task is no longer WAITING is dropped.
+        self._heaps: dict[int, list[tuple]] = {}
+        for n in order:
+            self.state[n] = State.DONE if self.initial.get(n) in DONE_STATUSES else State.WAITING
+        for n in order:  # done before the run: counts as passed (pushed once, just below)
+            if self.state[n] == State.DONE:
+                for s in self._dependents[n] + self._conflict_after[n]:
+                    self._unmet[s] -= 1
+        for n in order:
+            if self.state[n] == State.WAITING and self._unmet[n] == 0:
+                self._push(n)
+
+    # ------------------------------------------------------------------ bookkeeping
+
+    def _key(self, n: str) -> tuple:
+        if self.policy == "waves":
+            return (self._rank[n], n)
+        return (-self.plan.remaining.get(n, 0.0), -self.plan.downstream.get(n, 0),
+                self._rank[n], n)
+
+    def _push(self, n: str) -> None:
+        slot = self._wave_pos.get(n, -1) if self.policy == "waves" else 0
+        heapq.heappush(self._heaps.setdefault(slot, []), self._key(n))
+
+    def _release(self, successors: list[str]) -> None:
+        for s in successors:
+            self._unmet[s] -= 1
+            if self._unmet[s] == 0 and self.state[s] == State.WAITING:
+                self._push(s)
+
+    def _satisfied(self, n: str) -> None:
+        """n passed (or was done): its dependents and its conflict successors may go."""
+        self._release(self._dependents[n])
+        self._release(self._conflict_after[n])
+
+    def _finished_unsatisfied(self, n: str) -> None:
+        """n failed or was blocked: only its conflict successors may go (its dependents are
+        blocked by the caller)."""
+        self._release(self._conflict_after[n])
 
     # ------------------------------------------------------------------ queries
 
     @property
     def running(self) -> list[str]:
-        return [n for n, s in self.state.items() if s == State.RUNNING]
+        return sorted(self._running, key=self._rank.__getitem__)
 
     @property
     def limit(self) -> int:
         return 1 if self.sequential_fallback else self.max_concurrency
 
     def _can_start(self, n: str) -> bool:
-        return (self.state[n] == State.WAITING
-                and all(self.state[d] in SATISFIED for d in self._deps[n])
-                and all(self.state[c] in FINISHED for c in self._after[n]))
+        return self.state[n] == State.WAITING and self._unmet[n] == 0
 
     def current_wave(self) -> int | None:
         """(waves policy) the wave being run, 1-based; None when all are done."""
@@ -105,24 +158,29 @@ class Scheduler:
         """Tasks to start now (at most the free slots), best first. Call start() on each."""
         if self.stopped:
             return []
-        free = self.limit - len(self.running)
+        free = self.limit - len(self._running)
         if free <= 0:
             return []
         if self.policy == "waves":
             self._advance()
             if self._wave_index >= len(self._waves):
                 return []
-            pool = self._waves[self._wave_index]
-            cands = [n for n in pool if self._can_start(n)]
-            cands.sort(key=self._rank.__getitem__)
+            heap = self._heaps.get(self._wave_index)
         else:
-            cands = [n for n in self.plan.order if self._can_start(n)]
-            cands.sort(key=lambda n: (-self.plan.remaining.get(n, 0.0),
-                                      -self.plan.downstream.get(n, 0), self._rank[n]))
-        return cands[:free]
+            heap = self._heaps.get(0)
+        if not heap:
+            return []
+        out: list[tuple] = []
+        while heap and len(out) < free:
+            entry = heapq.heappop(heap)
+            if self._can_start(entry[-1]):
+                out.append(entry)
+        for entry in out:  # a peek: the caller starts them (or not)
+            heapq.heappush(heap, entry)
+        return [e[-1] for e in out]
 
     def is_finished(self) -> bool:
-        if self.running:
+        if self._running:
             return False
         if self.ready():
             return False
@@ -137,15 +195,20 @@ class Scheduler:
         if not self._can_start(n):
             raise RuntimeError(f'task "{n}" cannot start now (state {self.state[n].value})')
         self.state[n] = State.RUNNING
-        self.max_running_seen = max(self.max_running_seen, len(self.running))
+        self._running.add(n)
+        self.max_running_seen = max(self.max_running_seen, len(self._running))
 
     def finish(self, n: str, passed: bool, reason: str = "") -> list[str]:
         """Record a finished worker. Returns the tasks this newly blocks."""
         if self.state[n] != State.RUNNING:
             raise RuntimeError(f'task "{n}" is not running')
+        self._running.discard(n)
         self.state[n] = State.PASSED if passed else State.FAILED
         blocked: list[str] = []
-        if not passed:
+        if passed:
+            self._satisfied(n)
+        else:
+            self._finished_unsatisfied(n)
             root_reason = f"blocked by {n}: {reason}" if reason else f"blocked by {n}"
             stack = list(self._dependents[n])
             while stack:
@@ -154,6 +217,7 @@ class Scheduler:
                     self.state[d] = State.BLOCKED
                     self.blockers[d] = root_reason
                     blocked.append(d)
+                    self._finished_unsatisfied(d)
                     stack.extend(self._dependents[d])
             if self.fail_fast and not self.stopped:
                 self.stopped = True
@@ -165,7 +229,7 @@ class Scheduler:
         wave = self.plan.wave_of.get(n)
         if wave is None or wave in self._fallback_checked or self.sequential_fallback:
             return
-        members = [t for t, w in self.plan.wave_of.items() if w == wave]
+        members = self._wave_members.get(wave, [])
         if any(self.state[t] in (State.WAITING, State.RUNNING) for t in members):
             return
         self._fallback_checked.add(wave)
