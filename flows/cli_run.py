@@ -272,6 +272,65 @@ def _run_off_main_thread(main, on_signal) -> dict | None:
     return box.get("result")
 
 
+#: After a signal: how long to let Prefect record the flow run's end once our own records
+#: (agents killed, running tasks back to pending, run.json) are written. A terminal's Ctrl-C
+#: reaches the whole foreground process group, so Prefect's ephemeral API server (our child)
+#: dies with it, and Prefect's client would retry for more than a minute before giving up.
+PREFECT_GRACE_AFTER_SIGNAL_S = 5.0
+#: After a signal, stop waiting for anything after this long.
+MAX_WAIT_AFTER_SIGNAL_S = 90.0
+
+
+def _bound_wait_after_signal(spec_folder: Path, cancel_again, fired: dict) -> None:
+    """Cancel the run once more (cutting Prefect's API retries short) when the run folder
+    says the run is stopped and PREFECT_GRACE_AFTER_SIGNAL_S more have passed, or at
+    MAX_WAIT_AFTER_SIGNAL_S. The second cancel cannot cut our own cleanup short: the agents'
+    kill is shielded and the records are already written."""
+    from tasks_lib.runfolder import RunFolder, read_json
+    from tasks_lib.store import RunLock
+
+    def recorded() -> bool:
+        holder = RunLock(spec_folder).holder() or {}
+        if holder.get("pid") != os.getpid() or not holder.get("flow_run_id"):
+            return False
+        run = RunFolder(spec_folder, str(holder["flow_run_id"]))
+        return (read_json(run.root / "run.json") or {}).get("status") not in (None, "running")
+
+    def watch() -> None:
+        start, seen = time.monotonic(), None
+        while True:
+            time.sleep(0.2)
+            now = time.monotonic()
+            if seen is None and recorded():
+                seen = now
+            if (seen is not None and now - seen >= PREFECT_GRACE_AFTER_SIGNAL_S) or (
+                    now - start >= MAX_WAIT_AFTER_SIGNAL_S):
+                fired["yes"] = True
+                cancel_again()
+                return
+
+    threading.Thread(target=watch, name="specwave-signal-deadline", daemon=True).start()
+
+
+def _exit_now(code: int) -> None:
+    """Exit without Prefect's at-exit drain: after a signal cut the run short because the
+    Prefect API did not answer, its event and log workers would retry for minutes against
+    an API that is gone. Our own records are on disk; stop the ephemeral API server (if it
+    is still alive) so nothing is left running, then leave."""
+    import sys
+
+    try:
+        from prefect.server.api.server import SubprocessASGIServer
+
+        for server in list(SubprocessASGIServer._instances.values()):
+            server.stop()
+    except Exception:  # noqa: BLE001 - best effort: it is normally dead already
+        pass
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 @app.command()
 def run(
     spec_dir: Path = SpecPath,
@@ -358,6 +417,12 @@ def run(
         if repo is not None and not repo.is_dir():
             raise SpecError.single(str(repo), "repository folder not found",
                                    hint="pass an existing folder with --repo")
+        if not dry_run:
+            from tasks_lib.store import RunLock
+
+            # refuse at once, in one line, when another run holds the spec (the flow takes
+            # the lock itself; this only spares the user a Prefect start-up and its traceback)
+            RunLock(spec.folder).check()
     except SpecError as exc:
         _fail(exc)
 
@@ -389,15 +454,23 @@ def run(
     got: dict[str, int] = {}
     running: dict = {}
 
-    def on_signal(signum: int, frame=None) -> None:
-        got.setdefault("signal", signum)
-        _err(f"specwave: {signal.Signals(signum).name}: stopping the agents…")
+    cut_short: dict[str, bool] = {}
+
+    def cancel_run() -> None:
         loop, task = running.get("loop"), running.get("task")
         if loop is not None and task is not None:
             try:
                 loop.call_soon_threadsafe(task.cancel)
             except RuntimeError:  # the loop already closed: nothing left to stop
                 pass
+
+    def on_signal(signum: int, frame=None) -> None:
+        first = "signal" not in got
+        got.setdefault("signal", signum)
+        _err(f"specwave: {signal.Signals(signum).name}: stopping the agents…")
+        cancel_run()
+        if first:
+            _bound_wait_after_signal(spec.folder, cancel_run, cut_short)
 
     async def main() -> dict | None:
         running["loop"], running["task"] = asyncio.get_running_loop(), asyncio.current_task()
@@ -408,6 +481,15 @@ def run(
             state = await execute_spec(**params, return_state=True)
         except asyncio.CancelledError:
             code["value"] = 128 + got.get("signal", signal.SIGTERM)
+            return None
+        except Exception as exc:  # noqa: BLE001
+            if not got:
+                raise
+            # stopped by a signal, then Prefect could not record it (its API is gone: a
+            # terminal's Ctrl-C also stops the ephemeral API server): our records are written
+            _err(f"specwave: stopped; Prefect could not record the end of the flow run "
+                 f"({type(exc).__name__}) — tasks.json and the run folder are up to date")
+            code["value"] = 128 + got["signal"]
             return None
         result = await state.result(raise_on_failure=False)
         if isinstance(result, BaseException):
@@ -423,6 +505,8 @@ def run(
             result = _run_off_main_thread(main, on_signal)
     except SpecError as exc:
         _fail(exc)
+    if cut_short:
+        _exit_now(code["value"])
     if result is None:
         raise typer.Exit(code["value"])
     if as_json:

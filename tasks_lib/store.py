@@ -45,8 +45,12 @@ def check_plan_file(path: Path, *, root: Path | None = None, what: str = "plan f
     """
     label = display_path(path)
     if path.is_symlink():
-        target = path.resolve()
-        base = (root or path.parent).resolve()
+        try:
+            target = path.resolve()
+            base = (root or path.parent).resolve()
+        except (RuntimeError, OSError):  # RuntimeError: Python 3.11's "Symlink loop"
+            raise SpecError.single(label, "is a symlink loop (it never reaches a file)",
+                                   hint="point the link at a real file") from None
         if not target.is_relative_to(base):
             raise SpecError.single(label, f"is a symlink to {target}, outside the spec folder",
                                    hint="copy the file into the folder instead of linking it")
@@ -67,7 +71,18 @@ def check_plan_file(path: Path, *, root: Path | None = None, what: str = "plan f
 def read_text(path: Path, *, root: Path | None = None, what: str = "plan file") -> str:
     """Read a UTF-8 text file (a byte-order mark is kept in the returned text)."""
     check_plan_file(path, root=root, what=what)
-    data = path.read_bytes()
+    try:
+        # never more than the limit, even if the file grew after check_plan_file's stat
+        with open(path, "rb") as fh:
+            data = fh.read(MAX_PLAN_BYTES + 1)
+    except OSError as exc:
+        raise SpecError.single(display_path(path), f"cannot be read ({exc.strerror or exc})",
+                               hint="check the file's permissions") from None
+    if len(data) > MAX_PLAN_BYTES:
+        raise SpecError.single(display_path(path), "grew larger than the "
+                                                   f"{MAX_PLAN_BYTES // (1024 * 1024)} MB a plan "
+                                                   "may be while it was read",
+                               hint="split the spec, or remove embedded data")
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -194,6 +209,11 @@ class PlanStore:
             mode = target.stat().st_mode & 0o777
         except FileNotFoundError:
             mode = 0o644
+        # We hold the lock and temp files are only made under it: any left is from a writer
+        # that crashed between writing it and renaming it. Remove them so none accumulate.
+        for stray in stray_temp_files(folder, target.name):
+            with contextlib.suppress(OSError):
+                stray.unlink()
         try:
             fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=folder)
         except OSError as exc:
@@ -251,24 +271,63 @@ class RunLock:
         except (FileNotFoundError, ValueError):
             return None
 
+    def _refused(self) -> SpecError:
+        import time
+
+        h: dict[str, Any] = {}
+        for _ in range(10):  # the holder may be between truncating and writing its info
+            h = self.holder() or {}
+            if h:
+                break
+            time.sleep(0.05)
+        return SpecError.single(
+            display_path(self.path.parents[2]),
+            f"is already being run by pid {h.get('pid', '?')} on {h.get('host', '?')} "
+            f"since {h.get('started_at', '?')}" + (
+                f" (flow run {h['flow_run_id']})" if h.get("flow_run_id") else ""),
+            hint="wait for that run to finish, or cancel it")
+
+    def _unusable(self, exc: OSError) -> SpecError:
+        return SpecError.single(
+            display_path(self.path.parents[1]),
+            f"cannot hold specwave's run state ({exc.strerror or exc})",
+            hint=f"remove or rename whatever is at {display_path(self.path.parents[1])}, "
+                 "or fix the folder's permissions")
+
+    def check(self) -> None:
+        """Raise SpecError (naming the holder) if another process holds the lock now; create
+        nothing. A quick, advisory pre-flight for the CLI: :meth:`acquire` decides."""
+        try:
+            fd = os.open(self.path, os.O_RDWR)
+        except FileNotFoundError:
+            for p in (self.path.parents[1], self.path.parent):
+                if p.exists() and not p.is_dir():
+                    raise self._unusable(NotADirectoryError(20, "not a folder")) from None
+            return
+        except OSError as exc:
+            raise self._unusable(exc) from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise self._refused() from None
+        finally:
+            os.close(fd)  # closing drops our flock, if we got it
+
     def acquire(self, info: dict[str, Any]) -> dict[str, Any] | None:
         """Take the lock or raise SpecError naming the holder. Returns the previous (dead)
         holder's info when a stale lock was taken over, else None."""
         import json
 
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:  # e.g. .specwave is a file: a clear line, not a traceback
+            raise self._unusable(exc) from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(fd)
-            h = self.holder() or {}
-            raise SpecError.single(
-                display_path(self.path.parents[2]),
-                f"is already being run by pid {h.get('pid', '?')} on {h.get('host', '?')} "
-                f"since {h.get('started_at', '?')}" + (
-                    f" (flow run {h['flow_run_id']})" if h.get("flow_run_id") else ""),
-                hint="wait for that run to finish, or cancel it") from None
+            raise self._refused() from None
         previous = self.holder()
         os.ftruncate(fd, 0)
         os.pwrite(fd, json.dumps(info).encode(), 0)

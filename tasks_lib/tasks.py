@@ -22,8 +22,8 @@ from prefect.cache_policies import NO_CACHE
 from prefect.states import Failed
 from pydantic import BaseModel, Field
 
-from tasks_lib.agents import make_agent
-from tasks_lib.agents.base import AgentRequest, redact
+from tasks_lib.agents import make_agent, parse_agent_config
+from tasks_lib.agents.base import AgentRequest, aload_secrets, redact
 from tasks_lib.agents.process import AgentLaunchError
 from tasks_lib.results import RETRYABLE_OUTCOMES, Outcome, parse_worker_output, tail
 from tasks_lib.runfolder import RunFolder
@@ -91,7 +91,9 @@ async def run_worker(inp: WorkerInput) -> dict[str, Any]:
     scratch = folder.task_dir(inp.task_id) / f"scratch-{attempt}"
 
     agent = make_agent(inp.agent)
-    secrets = secret_values_for(inp.agent)
+    # values from env_secrets are secrets whatever their names: redact them too
+    loaded = await aload_secrets(parse_agent_config(inp.agent))
+    secrets = secret_values_for(inp.agent) + [v for v in loaded.values() if v]
     request = AgentRequest(task_id=inp.task_id, prompt=inp.prompt, prompt_file=str(prompt_file),
                            workdir=inp.workdir, spec_dir=inp.spec_dir, timeout_seconds=timeout,
                            attempt=attempt, log_path=str(log_path), scratch_dir=str(scratch))

@@ -7,6 +7,7 @@ are plain pydantic values, so a worker can later run on another machine or in it
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Any, Callable, Protocol
@@ -108,13 +109,20 @@ def base_env(settings: AgentSettings, request: AgentRequest,
     return env
 
 
-def load_secrets(settings: AgentSettings) -> dict[str, str]:
-    """Resolve env_secrets from Prefect Secret blocks (only when some are configured)."""
+async def aload_secrets(settings: AgentSettings) -> dict[str, str]:
+    """Resolve env_secrets from Prefect Secret blocks (only when some are configured).
+
+    Async on purpose: inside a running event loop ``Secret.load`` returns a coroutine."""
     if not settings.env_secrets:
         return {}
     from prefect.blocks.system import Secret
 
-    return {env: str(Secret.load(block).get()) for env, block in settings.env_secrets.items()}
+    out: dict[str, str] = {}
+    for env, block in settings.env_secrets.items():
+        secret = await Secret.aload(block)
+        value = secret.get()
+        out[env] = value if isinstance(value, str) else json.dumps(value)
+    return out
 
 
 def secret_values(env: dict[str, str]) -> list[str]:

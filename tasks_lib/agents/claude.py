@@ -70,7 +70,7 @@ from tasks_lib.agents.base import (
     LineSink,
     StartSink,
     base_env,
-    load_secrets,
+    aload_secrets,
     redact,
     secret_values,
 )
@@ -480,14 +480,14 @@ class ClaudeAgent:
         self.config = config
 
     def _env(self, request: AgentRequest, eff: _Effective, config_dir: Path,
-             tmpdir: Path) -> dict[str, str]:
+             tmpdir: Path, secrets: dict[str, str]) -> dict[str, str]:
         provider: dict[str, str] = {}
         if self.config.pass_provider_env:
             for k, v in os.environ.items():
                 if k.startswith(PROVIDER_ENV_PREFIXES) or k in PROVIDER_ENV_NAMES:
                     provider[k] = v
         settings = self.config.model_copy(update={"env": {**QUIET_ENV, **provider, **eff.env}})
-        env = base_env(settings, request, load_secrets(self.config))
+        env = base_env(settings, request, secrets)
         env.update({
             "CLAUDE_CONFIG_DIR": str(config_dir),
             "TMPDIR": str(tmpdir),
@@ -513,7 +513,7 @@ class ClaudeAgent:
         config_dir, tmpdir = root / "config", root / "tmp"
         config_dir.mkdir()
         tmpdir.mkdir()
-        env = self._env(request, eff, config_dir, tmpdir)
+        env = self._env(request, eff, config_dir, tmpdir, await aload_secrets(self.config))
         if _bypass_requested(eff) and os.geteuid() == 0 and env.get("IS_SANDBOX") != "1":
             raise AgentLaunchError(
                 "cannot start agent: permission mode bypassPermissions as root — the Claude "

@@ -21,7 +21,7 @@ from tasks_lib.agents.base import (
     LineSink,
     StartSink,
     base_env,
-    load_secrets,
+    aload_secrets,
     substitute,
 )
 from tasks_lib.agents.process import run_process_group
@@ -55,7 +55,7 @@ class CommandAgent:
     async def run(self, request: AgentRequest, *, on_line: LineSink | None = None,
                   on_start: StartSink | None = None) -> AgentRun:
         argv = [substitute(a, request) for a in self.config.argv()]
-        env = base_env(self.config, request, load_secrets(self.config))
+        env = base_env(self.config, request, await aload_secrets(self.config))
         res = await run_process_group(
             argv, cwd=request.workdir, env=env, stdin_data=request.prompt.encode("utf-8"),
             timeout=request.timeout_seconds, grace_seconds=self.config.grace_seconds,

@@ -6,18 +6,12 @@ from __future__ import annotations
 
 import uuid
 
-import pytest
 from prefect.blocks.system import Secret
 
 from flows.execute_spec import execute_spec
 from tests.deployments.conftest import fake_agent
 
 
-@pytest.mark.xfail(strict=False, reason=(
-    "tasks_lib/agents/base.py load_secrets() calls Secret.load() inside the async agent, where it "
-    "returns a coroutine ('coroutine' object has no attribute 'get') — fix: "
-    "Secret.load(block, _sync=True) or await Secret.aload(block); and tasks.secret_values_for() "
-    "must also redact the values loaded from env_secrets"))
 async def test_env_secrets_reach_the_agent_and_never_the_disk(spec_copy, tmp_path):
     value = "sk-ant-test-" + uuid.uuid4().hex
     block = f"anthropic-api-key-{uuid.uuid4().hex[:8]}"
