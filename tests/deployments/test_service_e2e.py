@@ -50,11 +50,19 @@ SECRET_VALUE = "sk-ant-e2e-" + uuid.uuid4().hex  # must never appear in a job co
 def server(tmp_path_factory):
     # The scheduler service looks for schedules to fill every 60 s by default; every 2 s here,
     # so a schedule switched on gets its runs within the test's patience.
-    srv = PrefectServer(tmp_path_factory.mktemp("prefect-home"),
-                        extra_env={"PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS": "2"})
+    for attempt in range(3):  # the free port may be taken before the server binds it
+        srv = PrefectServer(tmp_path_factory.mktemp("prefect-home"),
+                            extra_env={"PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS": "2"})
+        try:
+            seconds = srv.wait_healthy()
+            break
+        except RuntimeError:
+            exited = not srv.alive()  # e.g. "address already in use"; a hang is not retried
+            srv.stop()
+            if attempt == 2 or not exited:
+                raise
+    print(f"\nprefect server healthy after {seconds:.1f} s on {srv.url}")
     try:
-        seconds = srv.wait_healthy()
-        print(f"\nprefect server healthy after {seconds:.1f} s on {srv.url}")
         yield srv
     finally:
         srv.stop()
