@@ -21,6 +21,7 @@ interface of deployments and scripts.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import socket
 import time
@@ -290,7 +291,10 @@ class _PlanWriter:
     for a 16-task spec, 130–350 ms for 500 tasks (measured; benchmarks/). Done inline, every
     start and every finish stalled every other worker's start and completion. Here updates
     are queued and written by one dedicated thread: while a write runs the next updates
-    gather, and go together in the next write (at most one write per ``min_interval``).
+    gather, and go together in the next write. Between two writes the writer rests
+    ``min_interval`` or twice the last write's duration, whichever is longer, so the writing
+    thread (pure-Python rendering: it holds the GIL) takes at most a third of the
+    orchestrator's time however large the file.
 
     Failure semantics: updates reach the file in the order submitted (one writer, one lock),
     so the file always shows a prefix of the run's history. A failed write is raised by the
@@ -307,6 +311,8 @@ class _PlanWriter:
         self.store = store
         self.min_interval = min_interval
         self.writes = 0
+        self.write_seconds = 0.0
+        self._last_write = 0.0
         self._pending: list[TaskUpdate] = []
         self._run_state: dict[str, Any] | None = None
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="specwave-plan-writer")
@@ -354,7 +360,7 @@ class _PlanWriter:
                 await self._write_pending()
             if self._error is not None:
                 return
-            await asyncio.sleep(self.min_interval)
+            await asyncio.sleep(max(self.min_interval, 2.0 * self._last_write))
 
     async def _write_pending(self) -> None:
         if self._error is not None or (not self._pending and self._run_state is None):
@@ -365,10 +371,13 @@ class _PlanWriter:
 
         self._inflight = self._executor.submit(partial(self.store.apply, *updates,
                                                        run_state=run_state))
+        t0 = time.perf_counter()
         try:
             # if we are cancelled here the thread's write still lands; close() waits for it
             await asyncio.shield(asyncio.wrap_future(self._inflight))
             self.writes += 1
+            self._last_write = time.perf_counter() - t0
+            self.write_seconds += self._last_write
         except Exception as exc:  # noqa: BLE001 - raised to the flow by the next submit/flush
             self._error = exc
         finally:
@@ -439,9 +448,12 @@ async def _execute(spec: LoadedSpec, plan: Plan, agent: dict[str, Any], agent_ki
                           concurrency_limit=concurrency_limit,
                           tags=[spec.name, f"wave-{wave}", agent_kind])
         state = await worker(inp, return_state=True)
+        result = await state.result(raise_on_failure=False)
+        if isinstance(result, dict) and result.get("task_id") == tid and result.get(
+                "attempt") == 1:  # one attempt: its record is the result (skip the files)
+            return [json.loads(json.dumps(result, default=str))]
         recs = folder.attempts(tid)
         if not recs:  # our own code failed before the first attempt record
-            result = await state.result(raise_on_failure=False)
             msg = result.get("reason") if isinstance(result, dict) else repr(result)
             recs = [{"task_id": tid, "attempt": 1, "outcome": "crashed",
                      "reason": f"worker failed before launching the agent: {msg}",

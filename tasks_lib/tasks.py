@@ -104,10 +104,16 @@ async def run_worker(inp: WorkerInput) -> dict[str, Any]:
     lines = AgentOutputLog(logger, inp.task_id, log_fh)
 
     def on_line(stream: str, line: str) -> None:
-        lines.add(stream, redact(line, secrets))
+        lines.add(stream, redact_edges(redact(line, secrets), secrets))
 
     def on_start(info: Any) -> None:
-        folder.record_agent({**info.to_dict(), "task_id": inp.task_id, "attempt": attempt})
+        # Off the event loop: the record is fsynced (milliseconds, more on a busy disk) and
+        # every other worker's start and completion would wait for it. It is only read by a
+        # later run reaping orphans, which also finds them by the run's marker.
+        import asyncio
+
+        record = {**info.to_dict(), "task_id": inp.task_id, "attempt": attempt}
+        asyncio.get_running_loop().run_in_executor(None, folder.record_agent, record)
 
     started = time.time()
     try:
@@ -249,6 +255,36 @@ def secret_values_for(agent_config: dict[str, Any]) -> list[str]:
     env = dict(os.environ)
     env.update({k: str(v) for k, v in (agent_config.get("env") or {}).items()})
     return secret_values(env)
+
+
+#: A piece of a line that starts or ends with at least this much of a secret is masked there.
+_MIN_SECRET_EDGE = 4
+
+
+def redact_edges(text: str, secrets: list[str]) -> str:
+    """Mask the part of a secret cut off at either end of ``text``.
+
+    A line longer than the process runner's piece size (1 MiB) reaches ``on_line`` in pieces;
+    a secret that straddles two pieces is whole in neither, so :func:`redact` misses it. Mask
+    a piece's tail that is the start of a secret and a piece's head that is the end of one
+    (at least _MIN_SECRET_EDGE characters: shorter ends reveal nothing useful).
+
+    Example:
+        >>> redact_edges("key: sk-ant-ab", ["sk-ant-abcdef"])
+        'key: ***'
+        >>> redact_edges("cdef and more", ["sk-ant-abcdef"])
+        '*** and more'
+    """
+    for s in secrets:
+        for n in range(min(len(s) - 1, len(text)), _MIN_SECRET_EDGE - 1, -1):
+            if text.endswith(s[:n]):
+                text = text[:-n] + "***"
+                break
+        for n in range(min(len(s) - 1, len(text)), _MIN_SECRET_EDGE - 1, -1):
+            if text.startswith(s[-n:]):
+                text = "***" + text[n:]
+                break
+    return text
 
 
 def _record(inp: WorkerInput, attempt: int, timeout: float, started: float, ended: float,
