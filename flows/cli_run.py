@@ -498,6 +498,11 @@ def run(
             _err(f"specwave: the run failed: {type(result).__name__}: {result}")
             return None
         code["value"] = EXIT_OK if result.get("status") == "success" else EXIT_INCOMPLETE
+        if "metrics" not in result:  # the run stopped early (write failure, Prefect cancel)
+            _err(f"specwave: {result.get('message') or result.get('status')}")
+            if as_json:
+                print(json.dumps(result, indent=2, default=str))
+            return None
         return result
 
     try:

@@ -140,8 +140,17 @@ def _scalar(value: Any, style: JsonStyle) -> str:
     if isinstance(value, int):
         return str(int(value))
     if isinstance(value, str):
-        return json.dumps(value, ensure_ascii=style.ensure_ascii)
+        return _string(value, style)
     raise TypeError(f"cannot write {type(value).__name__} to JSON")
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _string(text: str, style: JsonStyle) -> str:
+    # a lone surrogate (the file wrote "\ud800") cannot be written as UTF-8: keep it escaped
+    ascii_only = style.ensure_ascii or _SURROGATE.search(text) is not None
+    return json.dumps(text, ensure_ascii=ascii_only)
 
 
 def _is_scalar(value: Any) -> bool:
@@ -158,7 +167,7 @@ def _write(obj: Any, style: JsonStyle, level: int, out: list[str]) -> None:
         items = list(obj.items())
         for i, (key, value) in enumerate(items):
             out.append(ind * (level + 1))
-            out.append(json.dumps(str(key), ensure_ascii=style.ensure_ascii))
+            out.append(_string(str(key), style))
             out.append(": ")
             _write(value, style, level + 1, out)
             out.append(",\n" if i < len(items) - 1 else "\n")
@@ -187,7 +196,7 @@ def _write_flat(obj: Any, style: JsonStyle, out: list[str]) -> None:
         for i, (key, value) in enumerate(obj.items()):
             if i:
                 out.append(item_sep)
-            out.append(json.dumps(str(key), ensure_ascii=style.ensure_ascii) + key_sep)
+            out.append(_string(str(key), style) + key_sep)
             _write_flat(value, style, out)
         out.append("}")
     elif isinstance(obj, list):

@@ -322,11 +322,34 @@ def _content_text(content: Any) -> str:
     return "" if content is None else str(content)
 
 
+def _blocks(event: dict[str, Any]) -> list[dict[str, Any]]:
+    """The content blocks of a message event, whatever shape the line has."""
+    message = event.get("message")
+    content = message.get("content") if isinstance(message, dict) else None
+    return [b for b in content if isinstance(b, dict)] if isinstance(content, list) else []
+
+
+def _as_list(value: Any) -> list[Any]:
+    """A field the CLI documents as a list, whatever the line holds."""
+    if isinstance(value, list):
+        return value
+    return [value] if value else []
+
+
 def summarize_event(event: dict[str, Any]) -> list[str]:
+    """Like :func:`_summarize_event`, but a line of an unexpected shape can never stop the
+    worker (this runs for every line the agent prints): it is logged as compact JSON."""
+    try:
+        return _summarize_event(event)
+    except Exception:  # noqa: BLE001 - a log summary must not kill the agent
+        return [_one_line(json.dumps(event, ensure_ascii=False, default=str), 200)]
+
+
+def _summarize_event(event: dict[str, Any]) -> list[str]:
     """One compact log line per meaningful piece of a stream-json event (may be empty).
 
     Example:
-        >>> summarize_event({"type": "system", "subtype": "api_retry", "attempt": 1,
+        >>> _summarize_event({"type": "system", "subtype": "api_retry", "attempt": 1,
         ...                  "max_retries": 2, "retry_delay_ms": 567, "error_status": 529,
         ...                  "error": "overloaded"})
         ['API retry 1/2 in 567 ms: HTTP 529 overloaded']
@@ -345,9 +368,7 @@ def summarize_event(event: dict[str, Any]) -> list[str]:
         return [f"system {sub}"]
     if kind == "assistant":
         out = []
-        for block in (event.get("message") or {}).get("content") or []:
-            if not isinstance(block, dict):
-                continue
+        for block in _blocks(event):
             btype = block.get("type")
             if btype == "text" and str(block.get("text", "")).strip():
                 out.append("assistant: " + _one_line(block["text"]))
@@ -359,9 +380,8 @@ def summarize_event(event: dict[str, Any]) -> list[str]:
         return out
     if kind == "user":
         out = []
-        content = (event.get("message") or {}).get("content")
-        for block in content if isinstance(content, list) else []:
-            if isinstance(block, dict) and block.get("type") == "tool_result":
+        for block in _blocks(event):
+            if block.get("type") == "tool_result":
                 flag = " (error)" if block.get("is_error") else ""
                 out.append(f"tool result{flag}: "
                            f"{_one_line(_content_text(block.get('content')), 200)}")
@@ -373,8 +393,8 @@ def summarize_event(event: dict[str, Any]) -> list[str]:
                  f"cost=${cost:.4f}" if isinstance(cost, (int, float)) else "cost=?"]
         if event.get("api_error_status"):
             parts.append(f"api_error_status={event['api_error_status']}")
-        if event.get("permission_denials"):
-            parts.append(f"permission_denials={len(event['permission_denials'])}")
+        if _as_list(event.get("permission_denials")):
+            parts.append(f"permission_denials={len(_as_list(event['permission_denials']))}")
         if event.get("terminal_reason") not in (None, "completed"):
             parts.append(f"terminal_reason={event['terminal_reason']}")
         return [" ".join(parts)]
@@ -416,10 +436,10 @@ class StreamSummary(BaseModel):
             elif kind == "system" and sub == "api_retry":
                 s.api_retries.append(event)
             elif kind == "assistant":
-                for block in (event.get("message") or {}).get("content") or []:
-                    if isinstance(block, dict) and block.get("type") == "text":
+                for block in _blocks(event):
+                    if block.get("type") == "text":
                         s.assistant_text.append(str(block.get("text", "")))
-                    elif isinstance(block, dict) and block.get("type") == "tool_use":
+                    elif block.get("type") == "tool_use":
                         s.tool_uses += 1
         return s
 
@@ -605,14 +625,15 @@ class ClaudeAgent:
                                else None),
             "num_turns": result.get("num_turns"),
             "usage": _usage(result.get("usage")),
-            "permission_denials": result.get("permission_denials") or [],
+            "permission_denials": [d if isinstance(d, dict) else str(d)
+                                   for d in _as_list(result.get("permission_denials"))],
             "duration_api_ms": result.get("duration_api_ms"),
             "api_retries": [{k: e.get(k) for k in ("attempt", "error_status", "error",
                                                   "retry_delay_ms")}
                             for e in summary.api_retries],
             "tool_uses": summary.tool_uses,
         }
-        errors = [str(e) for e in result.get("errors") or []]
+        errors = [str(e) for e in _as_list(result.get("errors"))]
         is_error = bool(result.get("is_error"))
         final = False
         retry_after: float | None = None

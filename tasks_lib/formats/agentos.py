@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import json
+import re
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -41,25 +42,72 @@ def _json_path(loc: tuple) -> str:
 def parse_json(text: str, label: str) -> Any:
     """Parse JSON text; a syntax error becomes one line with line:col."""
     try:
-        return jsondoc.loads(text)
+        doc = jsondoc.loads(text)
     except json.JSONDecodeError as exc:
         raise SpecError.single(label, f"invalid JSON: {exc.msg}", where=f"{exc.lineno}:{exc.colno}",
                                hint="fix the syntax at that position") from None
     except RecursionError:
         raise SpecError.single(label, "invalid JSON: nested too deeply",
                                hint="flatten the structure") from None
+    if _SURROGATE_ESCAPE.search(text):
+        where = _lone_surrogate(doc, "")
+        if where is not None:
+            raise SpecError.single(label, "contains a lone UTF-16 surrogate escape (such as "
+                                          "\\ud800), which is not text", where=where or None,
+                                   hint="remove the escape or complete the surrogate pair")
+    return doc
+
+
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
+_SURROGATE_CHAR = re.compile("[\ud800-\udfff]")
+
+
+def _lone_surrogate(value: Any, path: str) -> str | None:
+    """The JSON path of the first string holding a lone surrogate, else None."""
+    if isinstance(value, str):
+        return path if _SURROGATE_CHAR.search(value) else None
+    if isinstance(value, dict):
+        for k, v in value.items():
+            if _SURROGATE_CHAR.search(str(k)):
+                return path or "$"
+            found = _lone_surrogate(v, f"{path}.{k}" if path else str(k))
+            if found is not None:
+                return found
+    if isinstance(value, list):
+        for i, v in enumerate(value):
+            found = _lone_surrogate(v, f"{path}[{i}]")
+            if found is not None:
+                return found
+    return None
+
+
+def _union_member(part: Any) -> bool:
+    """pydantic tags errors of a ``str | int`` field with the member tried ('str', 'int')."""
+    return isinstance(part, str) and (part in ("str", "int", "float", "bool", "none")
+                                      or "[" in part)
 
 
 def validation_problems(exc: ValidationError, label: str, raw: Any,
                         id_of: Any = None) -> list[Problem]:
-    """pydantic errors -> one Problem each, with the JSON path and the task id when known."""
-    problems = []
-    for err in exc.errors()[:MAX_SCHEMA_PROBLEMS]:
+    """pydantic errors -> one Problem per wrong value, with the JSON path and the task id when
+    known (the errors of every member of a union are folded into one line)."""
+    grouped: dict[tuple, list[dict]] = {}
+    for err in exc.errors():
         loc = tuple(err["loc"])
+        while loc and _union_member(loc[-1]):
+            loc = loc[:-1]
+        grouped.setdefault(loc, []).append(err)
+    problems = []
+    for loc, errs in list(grouped.items())[:MAX_SCHEMA_PROBLEMS]:
         task_id = id_of(raw, loc) if id_of else None
-        value = err.get("input")
+        value = errs[0].get("input")
         shown = json.dumps(value)[:60] if isinstance(value, (str, int, float, bool)) else None
-        msg = err["msg"] + (f" (got {shown})" if shown else "")
+        if value is None and "input" in errs[0]:
+            shown = "null"
+        wants = list(dict.fromkeys(e["msg"].removeprefix("Input should be ") for e in errs))
+        msg = (errs[0]["msg"] if len(wants) == 1
+               else "Input should be " + " or ".join(wants))
+        msg += f" (got {shown})" if shown else ""
         problems.append(Problem(label, msg, task_id=task_id, where=_json_path(loc),
                                 hint="fix the value to match the format"))
     return problems
@@ -68,6 +116,8 @@ def validation_problems(exc: ValidationError, label: str, raw: Any,
 def _task_id_at(raw: Any, loc: tuple) -> str | None:
     try:
         if loc[0] in ("tasks",) and isinstance(loc[1], int):
+            if loc[2:] == ("id",):  # the id itself is wrong: the path and value say which
+                return None
             tid = raw["tasks"][loc[1]].get("id")
             return None if tid is None else id_str(tid)
         if loc[0] == "tasks" and isinstance(loc[1], str):  # context-summary keyed by id

@@ -27,13 +27,7 @@ EXAMPLE = ROOT / "examples" / "small-feature"
 
 #: Cases the engine does not yet meet, each pinned by the bug it shows (strict: the test fails
 #: once the bug is fixed, so the mark is removed then).
-KNOWN_BUGS = {
-    "id-is-float.json": "a wrong id type gives two lines (one per member of str | int)",
-    "id-is-null.json": "a wrong id type gives two lines (one per member of str | int)",
-    "id-is-bool.json": "a wrong id type gives two lines (one per member of str | int)",
-    "lone-surrogate.json": "validate accepts a lone surrogate escape (\\ud800) and run then "
-                           "crashes writing tasks.json back (UnicodeEncodeError, exit 1)",
-}
+KNOWN_BUGS: dict[str, str] = {}  # case -> reason, for a bug pinned with a strict xfail
 CASES = [pytest.param(c, marks=pytest.mark.xfail(strict=True, reason=KNOWN_BUGS[c]))
          if c in KNOWN_BUGS else c for c in sorted(MANIFEST)]
 
@@ -88,16 +82,6 @@ def test_the_corpus_has_at_least_40_cases():
 def test_corpus_case_exits_2_with_one_line_and_touches_nothing(case, tmp_path):
     spec = materialize(case, tmp_path)
     check_rejected(spec, MANIFEST[case], cwd=tmp_path)
-
-
-@pytest.mark.parametrize("case", [c for c in sorted(KNOWN_BUGS) if c.startswith("id-")])
-def test_known_bug_cases_still_exit_2_without_traceback(case, tmp_path):
-    """Even where the message is two lines, the exit code is 2 and nothing is touched."""
-    spec = materialize(case, tmp_path)
-    before = spec_tree(spec)
-    r = specwave("validate", str(spec), cwd=tmp_path)
-    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
-    assert spec_tree(spec) == before
 
 
 # ------------------------------------------------------------------ cases built at test time
