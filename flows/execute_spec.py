@@ -35,7 +35,7 @@ from prefect.states import Cancelled, Completed, Failed
 from pydantic import ConfigDict, Field
 
 from tasks_lib.agents import parse_agent_config
-from tasks_lib.agents.process import ProcessInfo, reap
+from tasks_lib.agents.process import MARKER_ENV, ProcessInfo, reap
 from tasks_lib.errors import SpecError
 from tasks_lib.formats import document_format, load_spec
 from tasks_lib.planner import Plan, plan_spec
@@ -51,7 +51,7 @@ from tasks_lib.report import (
 from tasks_lib.runfolder import RunFolder
 from tasks_lib.scheduler import Scheduler, State
 from tasks_lib.spec import LoadedSpec
-from tasks_lib.store import PlanStore, RunLock, TaskUpdate
+from tasks_lib.store import PlanStore, RunLock, TaskUpdate, WriteFailed
 from tasks_lib.tasks import WorkerInput, agent_task, run_worker
 
 DEFAULT_MAX_CONCURRENCY = 4
@@ -249,17 +249,211 @@ async def _run(spec: LoadedSpec, plan: Plan, agent: dict[str, Any], agent_kind: 
     logger = get_run_logger()
     run_id = _run_id()
     lock = RunLock(spec.folder)
-    lock.acquire({"pid": os.getpid(), "host": socket.gethostname(),
-                  "started_at": iso(time.time()), "flow_run_id": run_id, "active": True})
+    stale = lock.acquire({"pid": os.getpid(), "host": socket.gethostname(),
+                          "started_at": iso(time.time()), "flow_run_id": run_id,
+                          "active": True})
+    if stale:
+        logger.warning(f"took over the run lock of pid {stale.get('pid')} on "
+                       f"{stale.get('host')} (started {stale.get('started_at')}): that run "
+                       "died without releasing it")
+        await _close_dead_run(spec, stale, run_id)
+    watcher: asyncio.Task | None = None
+    cancelled_from_prefect: dict[str, str] = {}
     try:
         _reap_earlier_agents(spec, run_id)
+        _recover_unrecorded_passes(spec, run_id)
+        # every agent of this run carries the run's marker (inherited by all it starts), so
+        # a later run can reap them even if we die before recording one (see _reap_...)
+        marker = _run_marker(spec, run_id)
+        agent = {**agent, "env": {**(agent.get("env") or {}), MARKER_ENV: marker}}
+        flow_run_id = _flow_run_id()
+        if flow_run_id:
+            watcher = asyncio.create_task(_watch_for_cancellation(
+                flow_run_id, asyncio.current_task(), cancelled_from_prefect),
+                name="specwave-cancel-watcher")
         return await _execute(spec, plan, agent, agent_kind, run_id=run_id, workdir=workdir,
                               retries=retries, timeout_seconds=timeout_seconds,
                               fail_fast=fail_fast, policy=policy, template=template,
                               approve_waves=approve_waves, concurrency_limit=concurrency_limit)
+    except WriteFailed as exc:
+        # the plan file cannot be written (disk full, permissions): _execute stopped every
+        # agent; the passes its attempt records prove are recorded by the next run
+        message = (f"the run stopped: {exc}. Passes already proved are kept in the run "
+                   "folder and recorded by the next run (they are not run again)")
+        logger.error(message)
+        return Failed(message=message, data={
+            "status": "failed", "spec": spec.name, "run_id": run_id,
+            "run_dir": str(RunFolder(spec.folder, run_id).root),
+            "tasks_file": str(spec.tasks_path), "error": str(exc), "message": message})
+    except asyncio.CancelledError:
+        if not cancelled_from_prefect:
+            raise  # SIGTERM/SIGINT or a caller's cancel: the flow run crashes, as Prefect does
+        # _execute has killed every agent and put the running tasks back to pending; end the
+        # flow run Cancelled (not Crashed) and say so
+        asyncio.current_task().uncancel()
+        run = RunFolder(spec.folder, run_id)
+        message = (f"cancelled from Prefect (flow run {cancelled_from_prefect['state']}): "
+                   "every agent was stopped; the running tasks are pending again")
+        logger.warning(message)
+        from tasks_lib.runfolder import read_json
+
+        record = read_json(run.root / "run.json") or {}
+        return Cancelled(message=message, data={
+            "status": "cancelled", "spec": spec.name, "run_id": run_id,
+            "run_dir": str(run.root), "tasks_file": str(spec.tasks_path),
+            "interrupted": record.get("interrupted", []), "message": message})
     finally:
+        if watcher is not None:
+            watcher.cancel()
+            await asyncio.gather(watcher, return_exceptions=True)
         lock.release()
         logger.debug("run lock released")
+
+
+async def _close_dead_run(spec: LoadedSpec, holder: dict[str, Any], run_id: str) -> None:
+    """An earlier run died holding the lock (SIGKILL, power loss): its run.json still says
+    ``running`` and its flow run is still Running in Prefect. Say what happened in both, so
+    neither the run folder nor the UI reports a run that is not running."""
+    dead = str(holder.get("flow_run_id") or "")
+    if not dead or dead == run_id:
+        return
+    from tasks_lib.runfolder import read_json
+
+    folder = RunFolder(spec.folder, dead)
+    record = read_json(folder.root / "run.json")
+    note = f"the orchestrator (pid {holder.get('pid')}) died; found by run {run_id}"
+    if isinstance(record, dict) and record.get("status") == "running":
+        folder.write_run({**record, "status": "died", "note": note})
+    try:
+        from uuid import UUID
+
+        from prefect.client.orchestration import get_client
+        from prefect.states import Crashed
+
+        async with get_client() as client:
+            run = await client.read_flow_run(UUID(dead))
+            if run.state is not None and not run.state.is_final():
+                await client.set_flow_run_state(UUID(dead), Crashed(message=note), force=True)
+    except Exception:  # noqa: BLE001 - not a flow run of this API (or no API): nothing to fix
+        pass
+
+
+#: How often a running flow asks the Prefect API whether its flow run was cancelled.
+CANCEL_POLL_SECONDS = 1.0
+
+
+def _flow_run_id() -> str | None:
+    from prefect.runtime import flow_run
+
+    return str(flow_run.id) if flow_run.id else None
+
+
+async def _watch_for_cancellation(flow_run_id: str, target: asyncio.Task,
+                                  flag: dict[str, str]) -> None:
+    """Cancel ``target`` when the flow run is cancelled from Prefect.
+
+    A flow run that this process runs itself (``specwave run``, a script, a test; no worker,
+    no runner) is not stopped by ``prefect flow-run cancel`` or the UI's Cancel: the API
+    marks it CANCELLING and nothing else happens. So the flow polls its own state every
+    CANCEL_POLL_SECONDS and, on CANCELLING or CANCELLED, cancels the flow's task — the same
+    path as SIGTERM: every agent tree is killed, the running tasks go back to ``pending``.
+    API errors (a busy SQLite server answers 503s; a restart) are retried at the next poll.
+    """
+    from uuid import UUID
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.objects import StateType
+
+    async with get_client() as client:
+        while True:
+            await asyncio.sleep(CANCEL_POLL_SECONDS)
+            try:
+                run = await client.read_flow_run(UUID(flow_run_id))
+            except Exception:  # noqa: BLE001 - try again at the next poll
+                continue
+            if run.state is not None and run.state.type in (StateType.CANCELLING,
+                                                            StateType.CANCELLED):
+                flag["state"] = run.state.name
+                target.cancel()
+                return
+
+
+def _run_marker(spec: LoadedSpec, run_id: str) -> str:
+    """This run's agent marker, written to the run folder before any agent starts."""
+    import uuid
+
+    folder = RunFolder(spec.folder, run_id)
+    folder.root.mkdir(parents=True, exist_ok=True)
+    path = folder.root / RUN_MARKER_FILE
+    if path.exists():  # the same flow run, retried: keep its marker
+        return path.read_text(encoding="utf-8").strip()
+    marker = f"run-{uuid.uuid4().hex}"
+    path.write_text(marker + "\n", encoding="utf-8")
+    return marker
+
+
+RUN_MARKER_FILE = "agent-marker"
+
+
+def _recover_unrecorded_passes(spec: LoadedSpec, run_id: str) -> list[str]:
+    """Record passes that an earlier run proved but never wrote to the plan file.
+
+    A worker passed and its attempt record says so, but the plan file does not: the status
+    write failed (disk full, permissions) or the orchestrator was killed before it landed
+    (updates are coalesced, so even the task's ``in_progress`` may not have). Running the
+    task again would redo finished work and count it twice, so the pass is recorded from the
+    attempt record (attempts, times, notes, artifacts) and the task is not run.
+
+    Only a pass the file never saw is recovered: the task is not done in the file, its latest
+    attempt (over every earlier run folder) passed, and the file's ``completed_at`` is not
+    that attempt's end. Every recorded result sets ``completed_at`` to its attempt's end, so
+    a pass someone set back by hand (to ``pending`` to run it again) keeps it and runs again;
+    a task whose latest attempt did not pass runs again too.
+    """
+    from tasks_lib.spec import DONE_STATUSES, TaskStatus, id_str
+
+    units = [u for u in spec.units if u.status not in DONE_STATUSES]
+    runs_dir = RunFolder.runs_dir(spec.folder)
+    if not units or not runs_dir.is_dir():
+        return []
+    store = PlanStore(spec.tasks_path, document_format(spec))
+    doc, _ = store.read()
+    in_file = {id_str(t.get("id")): t for t in doc.get("tasks", []) if isinstance(t, dict)}
+    earlier = [d.name for d in runs_dir.iterdir() if d.is_dir() and d.name != run_id]
+    updates, recovered = [], []
+    for unit in units:
+        latest: list[dict[str, Any]] = []
+        for name in earlier:
+            recs = RunFolder(spec.folder, name).attempts(unit.id)
+            if recs and (not latest or float(recs[-1].get("ended") or 0)
+                         > float(latest[-1].get("ended") or 0)):
+                latest = recs
+        if not latest or latest[-1].get("outcome") != "pass":
+            continue
+        last = latest[-1]
+        if (in_file.get(unit.id) or {}).get("completed_at") == iso(last.get("ended")):
+            continue  # this pass was written; someone set the task back since
+        result = last.get("result") or {}
+        arts = {k: result.get(k) for k in ("files_modified", "files_created",
+                                           "functions_created", "exports_added",
+                                           "test_files") if result.get(k)}
+        updates.append(TaskUpdate(
+            unit.id, status="pass", attempts=unit.attempts + len(latest),
+            started_at=iso(latest[0].get("started")), completed_at=iso(last.get("ended")),
+            duration_minutes=round(sum(r.get("duration_s") or 0 for r in latest) / 60, 2),
+            clear_blocker=True, notes=result.get("notes"), artifacts=arts or None,
+            subtasks_status="pass"))
+        recovered.append(unit.id)
+    if not updates:
+        return []
+    store.apply(*updates)
+    for unit, u in zip([x for x in units if x.id in recovered], updates):
+        unit.status = TaskStatus.PASS
+        unit.attempts = u.attempts or unit.attempts
+    get_run_logger().warning(
+        f"recorded {len(recovered)} pass(es) that an earlier run proved (attempt records) "
+        f"but never wrote to {spec.tasks_path.name}: {', '.join(recovered)} (not run again)")
+    return recovered
 
 
 def _reap_earlier_agents(spec: LoadedSpec, run_id: str) -> None:
@@ -279,6 +473,19 @@ def _reap_earlier_agents(spec: LoadedSpec, run_id: str) -> None:
         if killed:
             logger.warning(f"killed {len(killed)} agent processes left by an earlier run that "
                            f"died: {killed}")
+    # Run markers catch agents an earlier run started but died before recording (every
+    # process carrying the marker is killed; pid 0 never matches a live process).
+    markers = [f for f in RunFolder.runs_dir(spec.folder).glob(f"*/{RUN_MARKER_FILE}")
+               if f.parent.name != run_id]
+    if markers:
+        killed = reap([ProcessInfo(pid=0, pgid=0, create_time=-1.0, argv0="",
+                                   marker=f.read_text(encoding="utf-8").strip())
+                       for f in markers])
+        if killed:
+            logger.warning(f"killed {len(killed)} unrecorded agent processes left by an "
+                           f"earlier run that died: {killed}")
+        for f in markers:
+            f.rename(f.with_name(f.name + ".reaped"))
     for f in RunFolder.runs_dir(spec.folder).glob("*/agents.jsonl"):
         if f.parent.name != run_id:
             f.rename(f.with_suffix(".reaped"))
@@ -537,10 +744,15 @@ async def _execute(spec: LoadedSpec, plan: Plan, agent: dict[str, Any], agent_ki
                 await ui.progress(done_count, total)  # both return at once (see flows.ui)
                 await ui.table(lambda: table_rows(spec.units, plan.wave_of, status, records,
                                                   blockers))
-    except BaseException:
-        # Cancelled (flow run cancelled, SIGTERM/SIGINT) or our own bug: stop every worker —
-        # cancelling the coroutine kills its agent's process tree — and put the tasks that
-        # were running back to pending, so a rerun does them again.
+    except BaseException as exc:
+        # Cancelled (flow run cancelled, SIGTERM/SIGINT), a plan-file write that failed, or
+        # our own bug: stop every worker — cancelling the coroutine kills its agent's process
+        # tree — and put the tasks that were running back to pending, so a rerun does them
+        # again. A pass whose status could not be written is recorded by the next run from
+        # its attempt record (see _recover_unrecorded_passes).
+        cancelled = isinstance(exc, (asyncio.CancelledError, KeyboardInterrupt))
+        ending = {"status": "cancelled"} if cancelled else {
+            "status": "failed", "error": f"{type(exc).__name__}: {exc}"}
         for fut in pending:
             fut.cancel()
         await asyncio.gather(*pending, return_exceptions=True)
@@ -552,8 +764,8 @@ async def _execute(spec: LoadedSpec, plan: Plan, agent: dict[str, Any], agent_ki
             logger.error(f"could not record the last task updates: {exc!r}")
         try:
             store.apply(*[TaskUpdate(t, status="pending", completed_at=None) for t in
-                          interrupted], run_state=run_state("cancelled"))
-            folder.write_run({"status": "cancelled", "spec": spec.name,
+                          interrupted], run_state=run_state(ending["status"]))
+            folder.write_run({**ending, "spec": spec.name,
                               "started_at": iso(started_at), "ended_at": iso(time.time()),
                               **run_params, "interrupted": interrupted})
         except Exception as exc:  # noqa: BLE001 - we are already failing
@@ -579,7 +791,13 @@ async def _execute(spec: LoadedSpec, plan: Plan, agent: dict[str, Any], agent_ki
     else:
         run_status = "partial"
     final_state = "completed" if run_status == "success" else run_status
-    await writer.close()
+    try:
+        await writer.close()
+    except BaseException as exc:  # a status write failed after the last worker: say so
+        folder.write_run({"status": "failed", "error": f"{type(exc).__name__}: {exc}",
+                          "spec": spec.name, "started_at": iso(started_at),
+                          "ended_at": iso(time.time()), **run_params, "interrupted": []})
+        raise
     store.apply(run_state={**run_state(final_state), "active_workers": [],
                            "completed_at": iso(time.time())})
     rows = table_rows(spec.units, plan.wave_of, status, records, blockers)

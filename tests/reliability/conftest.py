@@ -108,6 +108,11 @@ class Rig:
         cfg.update(extra)
         return cfg
 
+    def agent_args(self, plan: dict[str, str] | None = None, default: str = "pass",
+                   **extra: Any) -> list[str]:
+        """``specwave run`` arguments for :meth:`agent` (tagged, grace 1 s)."""
+        return ["--agent-json", json.dumps(self.agent(plan, default, **extra))]
+
     def trace(self) -> list[dict[str, Any]]:
         if not self.trace_path.exists():
             return []
