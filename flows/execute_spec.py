@@ -249,6 +249,7 @@ async def _run(spec: LoadedSpec, plan: Plan, agent: dict[str, Any], agent_kind: 
     logger = get_run_logger()
     run_id = _run_id()
     lock = RunLock(spec.folder)
+    previous = lock.holder()
     stale = lock.acquire({"pid": os.getpid(), "host": socket.gethostname(),
                           "started_at": iso(time.time()), "flow_run_id": run_id,
                           "active": True})
@@ -256,7 +257,8 @@ async def _run(spec: LoadedSpec, plan: Plan, agent: dict[str, Any], agent_kind: 
         logger.warning(f"took over the run lock of pid {stale.get('pid')} on "
                        f"{stale.get('host')} (started {stale.get('started_at')}): that run "
                        "died without releasing it")
-        await _close_dead_run(spec, stale, run_id)
+    if stale or previous:
+        await _close_dead_run(spec, stale or previous, run_id, known_dead=bool(stale))
     watcher: asyncio.Task | None = None
     cancelled_from_prefect: dict[str, str] = {}
     try:
@@ -310,30 +312,48 @@ async def _run(spec: LoadedSpec, plan: Plan, agent: dict[str, Any], agent_kind: 
         logger.debug("run lock released")
 
 
-async def _close_dead_run(spec: LoadedSpec, holder: dict[str, Any], run_id: str) -> None:
-    """An earlier run died holding the lock (SIGKILL, power loss): its run.json still says
-    ``running`` and its flow run is still Running in Prefect. Say what happened in both, so
-    neither the run folder nor the UI reports a run that is not running."""
+async def _close_dead_run(spec: LoadedSpec, holder: dict[str, Any], run_id: str, *,
+                          known_dead: bool) -> None:
+    """The previous run's process is gone but its records may say otherwise: killed while
+    running (SIGKILL, power loss), its run.json says ``running`` and its flow run is Running
+    in Prefect; killed after its last write but before Prefect recorded the end, its flow
+    run is Running. Say what happened, so neither the run folder nor the UI reports a run
+    that is not running. ``known_dead``: it held the lock when it died; otherwise it is only
+    touched when it ran on this host and its pid no longer exists."""
     dead = str(holder.get("flow_run_id") or "")
     if not dead or dead == run_id:
         return
+    if not known_dead:
+        import psutil
+
+        pid = holder.get("pid")
+        if holder.get("host") != socket.gethostname() or not isinstance(pid, int) or (
+                psutil.pid_exists(pid)):
+            return
     from tasks_lib.runfolder import read_json
 
     folder = RunFolder(spec.folder, dead)
     record = read_json(folder.root / "run.json")
+    ended = record.get("status") if isinstance(record, dict) else None
     note = f"the orchestrator (pid {holder.get('pid')}) died; found by run {run_id}"
-    if isinstance(record, dict) and record.get("status") == "running":
+    if isinstance(record, dict) and ended == "running":
         folder.write_run({**record, "status": "died", "note": note})
     try:
         from uuid import UUID
 
         from prefect.client.orchestration import get_client
-        from prefect.states import Crashed
+        from prefect.states import Cancelled, Completed, Crashed, Failed
 
+        state = {"success": Completed, "cancelled": Cancelled, "stopped": Cancelled,
+                 "partial": Failed, "blocked": Failed, "failed": Failed}.get(ended, Crashed)
+        if ended not in (None, "running", "died"):
+            note = (f"the run ended {ended} (run.json), then its orchestrator (pid "
+                    f"{holder.get('pid')}) died before Prefect recorded it; found by run "
+                    f"{run_id}")
         async with get_client() as client:
             run = await client.read_flow_run(UUID(dead))
             if run.state is not None and not run.state.is_final():
-                await client.set_flow_run_state(UUID(dead), Crashed(message=note), force=True)
+                await client.set_flow_run_state(UUID(dead), state(message=note), force=True)
     except Exception:  # noqa: BLE001 - not a flow run of this API (or no API): nothing to fix
         pass
 

@@ -12,7 +12,8 @@ A trial:
 4. rerun ``specwave run`` with agents that pass at once; check: it exits 0 with every task
    ``pass``; no task the killed run had proved passed is run again, and its attempts are not
    double-counted; no process of the killed run survives the rerun; no temp file is left;
-   the dead run's run.json says ``died`` and its flow run is Crashed in the API.
+   the dead run's run.json says ``died`` and its flow run is Crashed in the API (or, when the
+   kill landed after the run's last write, ``success`` and Completed).
 
 Both runs use the Prefect API at ``api_url`` (a killed ``specwave run`` on the ephemeral API
 would leave Prefect's own server process behind: Prefect's, not an agent).
@@ -236,10 +237,10 @@ def run_trial(seed: int, workdir: Path, api_url: str, *, max_kill_after: float =
         dead_json = json.loads((spec / ".specwave" / "runs" / dead_run / "run.json")
                                .read_text())
         state = _flow_run_state(api_url, dead_run)
-        if t.finished_before_kill:  # nothing died: the run ended on its own
-            t.dead_run_reported = dead_json.get("status") == "success" and state == "COMPLETED"
-        else:
-            t.dead_run_reported = dead_json.get("status") == "died" and state == "CRASHED"
+        # killed mid-run: run.json "died", flow run Crashed; killed after its last write (or
+        # not at all, it had finished): "success" and Completed — never "running" / Running
+        expected = {"died": "CRASHED", "success": "COMPLETED"}.get(dead_json.get("status"))
+        t.dead_run_reported = expected is not None and state == expected
         if not t.dead_run_reported:
             t.error = t.error or f"dead run: run.json {dead_json.get('status')}, flow run {state}"
         return t

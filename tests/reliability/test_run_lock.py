@@ -120,3 +120,37 @@ async def test_a_stale_lock_is_taken_over_and_the_dead_run_reported(rig, tmp_pat
     assert orphan.wait(10) == -signal.SIGTERM  # reaped by the marker alone
     assert "killed 1 unrecorded agent processes left by an earlier run" in caplog.text
     assert (run_dir / "agent-marker.reaped").exists()
+
+
+async def test_a_run_killed_after_its_last_write_is_completed_in_prefect(rig, tmp_path):
+    """Killed between its final records (run.json ``success``, lock released) and Prefect
+    recording the end: the flow run would stay Running forever. The next run sees the dead
+    pid on this host and records the end run.json states (regression: kill -9 trials 14 and
+    15 of the first 30-trial benchmark)."""
+    from uuid import UUID
+
+    from prefect.client.orchestration import get_client
+    from prefect.states import Running
+
+    spec = tmp_path / "spec"
+    shutil.copytree(EXAMPLE, spec)
+    async with get_client() as client:
+        fr = await client.create_flow_run(flow=execute_spec, name="killed-at-exit",
+                                          parameters={"spec_folder": str(spec)},
+                                          state=Running())
+    dead_id = str(fr.id)
+    run_dir = spec / ".specwave" / "runs" / dead_id
+    run_dir.mkdir(parents=True)
+    (run_dir / "run.json").write_text(json.dumps({"status": "success", "run_id": dead_id}))
+    (spec / ".specwave" / "locks").mkdir(parents=True, exist_ok=True)
+    (spec / ".specwave" / "locks" / "run.lock").write_text(json.dumps(
+        {"pid": 999_999_999, "host": socket.gethostname(), "started_at": "2030-01-01T00:00:00Z",
+         "flow_run_id": dead_id, "active": False}))
+    state = await execute_spec(str(spec), agent=rig.agent(), repo=str(rig.repo),
+                               return_state=True)
+    assert state.is_completed()
+    async with get_client() as client:
+        after = await client.read_flow_run(UUID(dead_id))
+    assert after.state.is_completed(), after.state
+    assert "died before Prefect recorded it" in after.state.message
+    assert load(run_dir / "run.json")["status"] == "success"  # its own record stands
