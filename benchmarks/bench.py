@@ -59,6 +59,7 @@ from synth import SynthParams, write_spec  # noqa: E402
 SIM_AGENT = BENCH / "sim_agent.sh"
 HOOKS = BENCH / "_hooks"
 SPECWAVE = shutil.which("specwave") or "specwave"
+ENGINE = ROOT  # the specwave code that runs (--engine: another checkout, e.g. a baseline)
 
 TARGETS = {"makespan": 1.05, "overhead_ms": 10.0, "rss_mb": 300.0, "first_launch": 1.2,
            "http_503": 0}
@@ -108,6 +109,19 @@ def machine() -> dict[str, Any]:
             "os": f"{platform.system()} {platform.release()}"}
 
 
+def engine_rev() -> str:
+    try:
+        rev = subprocess.run(["git", "-C", str(ENGINE), "log", "-1", "--format=%h %cd",
+                              "--date=format:%Y-%m-%d %H:%M"], capture_output=True, text=True,
+                             timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(ENGINE), "status", "--porcelain", "--",
+                                "flows", "tasks_lib"], capture_output=True, text=True,
+                               timeout=10).stdout.strip()
+        return f"{ENGINE} @ {rev}" + (" (+ uncommitted changes)" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return str(ENGINE)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -129,7 +143,7 @@ class Prefect:
     def env(self, **extra: str) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
         env.update({"PREFECT_HOME": str(self.home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-                    "DO_NOT_TRACK": "1", "PYTHONPATH": str(ROOT)})
+                    "DO_NOT_TRACK": "1", "PYTHONPATH": str(ENGINE)})
         env.update(self.settings)
         if self.url:
             env["PREFECT_API_URL"] = self.url
@@ -190,6 +204,7 @@ def run_specwave(spec: Path, *, env: dict[str, str], j: int, scheduler: str = "e
     argv = [SPECWAVE, "run", str(spec), "--command", cmd_agent, "-j", str(j), "--scheduler",
             scheduler, "--retries", "0", "--repo", str(repo), "--json"]
     t0 = time.time()
+    cpu0 = child_cpu()
     proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, start_new_session=True)
     peak = {"hwm_kb": 0, "server_kb": 0}
@@ -222,11 +237,17 @@ def run_specwave(spec: Path, *, env: dict[str, str], j: int, scheduler: str = "e
         os.killpg(proc.pid, signal.SIGTERM)
         out, err = proc.communicate()
         raise SystemExit(f"specwave run timed out on {spec}:\n{err[-3000:]}")
+    except BaseException:  # interrupted: never leave the run (and its agents) behind
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        raise
     finally:
         stop.set()
         if th:
             th.join()
     wall = time.time() - t0
+    cpu = child_cpu() - cpu0
     try:
         result = json.loads(out)
     except json.JSONDecodeError:
@@ -235,9 +256,27 @@ def run_specwave(spec: Path, *, env: dict[str, str], j: int, scheduler: str = "e
     if result.get("status") != "success":
         raise SystemExit(f"specwave run did not succeed on {spec}: {result.get('status')}\n"
                          f"{err[-3000:]}")
-    return {"t0": t0, "wall": wall, "result": result, "stderr": err,
+    return {"t0": t0, "wall": wall, "cpu": cpu, "result": result, "stderr": err,
             "trace": read_trace(trace) if trace else {}, "peak_rss_mb": peak["hwm_kb"] / 1024,
             "server_rss_mb": peak["server_kb"] / 1024}
+
+
+def dependency_gaps(plan: Any, trace: dict[str, tuple[float, float]]) -> list[float]:
+    """For each task with predecessors: its agent's start − the end of its last predecessor's
+    agent (the engine's latency on a chain: exit seen, recorded, next task launched)."""
+    out = []
+    for tid, preds in plan.predecessors.items():
+        if preds and tid in trace and all(p in trace for p in preds):
+            out.append(trace[tid][0] - max(trace[p][1] for p in preds))
+    return out
+
+
+def child_cpu() -> float:
+    """CPU seconds (user + system) of every child process waited for so far."""
+    import resource
+
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
 
 
 def span(trace: dict[str, tuple[float, float]]) -> float:
@@ -283,6 +322,7 @@ def bench_makespan(tmp: Path, args: argparse.Namespace, raw: dict) -> str:
             lb = plan.lower_bound
             sim = {p: simulate(plan, durations, p, j)[0] for p in ("eager", "waves")}
             real: dict[str, list[float]] = {"eager": [], "waves": []}
+            gaps: list[float] = []
             for rep in range(args.repeat):
                 for policy in ("eager", "waves"):
                     spec = fresh_spec(tmp, f"ms-{n}", params)
@@ -292,22 +332,26 @@ def bench_makespan(tmp: Path, args: argparse.Namespace, raw: dict) -> str:
                                      durations=spec / "durations.txt")
                     assert len(r["trace"]) == n, (len(r["trace"]), n)
                     real[policy].append(span(r["trace"]))
+                    if policy == "eager":
+                        gaps += dependency_gaps(plan, r["trace"])
             raw.setdefault("makespan", []).append(
                 {"tasks": n, "slots": j, "params": params.label(), "lower_bound": lb,
                  "critical_path": plan.critical_path_length, "work": plan.total_work,
-                 "sim": sim, "real": real, "load": os.getloadavg()[0]})
+                 "sim": sim, "real": real, "eager_gaps_ms": [g * 1000 for g in gaps],
+                 "load": os.getloadavg()[0]})
             e, w = median(real["eager"]), median(real["waves"])
             rows.append([n, f"{lb:.1f}", f"{sim['eager'] / lb:.3f}", f"{sim['waves'] / lb:.3f}",
                          f"{e:.1f}", f"{e / lb:.3f}", f"{w:.1f}", f"{w / lb:.3f}",
-                         f"{w / e:.2f}×", f"{os.getloadavg()[0]:.1f}"])
+                         f"{w / e:.2f}×", f"{median(gaps) * 1000:.0f}",
+                         f"{os.getloadavg()[0]:.1f}"])
     return table(f"makespan / lower bound ({j} slots, lognormal durations mean {args.mean:g} s, "
                  f"median of {args.repeat}; target eager ≤ {TARGETS['makespan']})",
                  ["tasks", "LB s", "sim eager", "sim waves", "eager s", "eager/LB", "waves s",
-                  "waves/LB", "waves/eager", "load"], rows)
+                  "waves/LB", "waves/eager", "eager chain gap ms (median)", "load"], rows)
 
 
 def bench_overhead(tmp: Path, args: argparse.Namespace, raw: dict) -> str:
-    sizes = [100] if args.quick else [100, 500]
+    sizes = args.sizes or ([100] if args.quick else [100, 500])
     j = 16
     rows = []
     with Prefect(tmp, "overhead", server=True) as pf:
@@ -315,6 +359,7 @@ def bench_overhead(tmp: Path, args: argparse.Namespace, raw: dict) -> str:
             params = SynthParams(tasks=n, deps=0, window=0, conflicts=0, durations="constant",
                                  mean=0.0, seed=1)
             got: dict[str, list[float]] = {"plain": [], "prefect": [], "specwave": []}
+            cpus: dict[str, list[float]] = {"plain": [], "prefect": [], "specwave": []}
             walls = []
             for rep in range(args.repeat):
                 folder = tmp / f"launchers-{n}"
@@ -324,10 +369,12 @@ def bench_overhead(tmp: Path, args: argparse.Namespace, raw: dict) -> str:
                     trace = folder / f"trace-{name}.txt"
                     trace.unlink(missing_ok=True)
                     log(f"overhead: {name} launcher, {n} agents, repeat {rep + 1}")
+                    c0 = child_cpu()
                     subprocess.run([sys.executable, str(BENCH / script), str(n), "-j", str(j),
                                     "--trace", str(trace)], check=True, cwd=folder,
                                    env=pf.env(), stdout=subprocess.DEVNULL,
                                    stderr=subprocess.DEVNULL)
+                    cpus[name].append(child_cpu() - c0)
                     t = read_trace(trace)
                     assert len(t) == n, (name, len(t))
                     got[name].append(span(t))
@@ -337,6 +384,7 @@ def bench_overhead(tmp: Path, args: argparse.Namespace, raw: dict) -> str:
                 r = run_specwave(spec, env=pf.env(), j=j, trace=trace)
                 assert len(r["trace"]) == n
                 got["specwave"].append(span(r["trace"]))
+                cpus["specwave"].append(r["cpu"])
                 walls.append(r["wall"])
 
             def per(a: str, b: str) -> list[float]:
@@ -344,20 +392,26 @@ def bench_overhead(tmp: Path, args: argparse.Namespace, raw: dict) -> str:
 
             sw_plain, pf_plain, sw_pf = per("specwave", "plain"), per("prefect", "plain"), per(
                 "specwave", "prefect")
+            cpu_sw = [(x - y) / n * 1000 for x, y in zip(cpus["specwave"], cpus["plain"])]
+            cpu_pf = [(x - y) / n * 1000 for x, y in zip(cpus["prefect"], cpus["plain"])]
             raw.setdefault("overhead", []).append(
-                {"tasks": n, "j": j, **got, "walls": walls, "specwave_minus_plain_ms": sw_plain,
+                {"tasks": n, "j": j, **got, "cpu": cpus, "cpu_specwave_minus_plain_ms": cpu_sw,
+                 "cpu_prefect_minus_plain_ms": cpu_pf, "walls": walls,
+                 "specwave_minus_plain_ms": sw_plain,
                  "prefect_minus_plain_ms": pf_plain, "specwave_minus_prefect_ms": sw_pf,
                  "load": os.getloadavg()[0]})
             rows.append([n, f"{median(got['plain']):.2f}", f"{median(got['prefect']):.2f}",
                          f"{median(got['specwave']):.2f}", f"{median(sw_plain):.1f}",
                          f"{min(sw_plain):.1f}–{max(sw_plain):.1f}", f"{median(pf_plain):.1f}",
-                         f"{median(sw_pf):.1f}", f"{os.getloadavg()[0]:.1f}"])
+                         f"{median(sw_pf):.1f}", f"{median(cpu_pf):.1f}",
+                         f"{median(cpu_sw):.1f}", f"{os.getloadavg()[0]:.1f}"])
     return table(f"engine overhead, zero-work agents, concurrency {j}, first agent start → last "
                  f"agent end (median of {args.repeat}; target specwave − plain ≤ "
                  f"{TARGETS['overhead_ms']:g} ms/task)",
                  ["agents", "plain s", "prefect tasks s", "specwave s",
                   "specwave − plain ms/task", "range", "prefect − plain ms/task",
-                  "specwave − prefect ms/task", "load"], rows)
+                  "specwave − prefect ms/task", "CPU prefect − plain ms/task",
+                  "CPU specwave − plain ms/task", "load"], rows)
 
 
 def bench_rss(tmp: Path, args: argparse.Namespace, raw: dict) -> str:
@@ -416,13 +470,15 @@ def bench_first_launch(tmp: Path, args: argparse.Namespace, raw: dict) -> str:
 
 
 def bench_backpressure(tmp: Path, args: argparse.Namespace, raw: dict) -> str:
-    n = 100 if args.quick else 500
+    n = args.bp_tasks or (100 if args.quick else 500)
     params = SynthParams(tasks=n, deps=1.0, window=30, conflicts=0.1, durations="lognormal",
                          mean=args.bp_mean, seed=args.seed)
     j = 16
     rows = []
     for cfg_name, settings in SERVER_CONFIGS.items():
-        for mode in ("ephemeral", "server"):
+        if args.configs and cfg_name not in args.configs:
+            continue
+        for mode in args.modes:
             counts503, counts_all, walls = [], [], []
             with Prefect(tmp, f"bp-{mode}-{len(rows)}", server=mode == "server",
                          settings=settings) as pf:
@@ -431,7 +487,7 @@ def bench_backpressure(tmp: Path, args: argparse.Namespace, raw: dict) -> str:
                     prefix = spec.parent / "http"
                     log(f"backpressure: {n} tasks, {mode}, {cfg_name}, repeat {rep + 1}")
                     env = pf.env(SPECWAVE_BENCH_HTTP_LOG=str(prefix),
-                                 PYTHONPATH=f"{HOOKS}{os.pathsep}{ROOT}")
+                                 PYTHONPATH=f"{HOOKS}{os.pathsep}{ENGINE}")
                     r = run_specwave(spec, env=env, j=j, trace=spec.parent / "trace.txt",
                                      durations=spec / "durations.txt")
                     walls.append(r["wall"])
@@ -472,21 +528,39 @@ def main() -> int:
     ap.add_argument("--mean", type=float, default=1.0, help="makespan: mean task seconds")
     ap.add_argument("--bp-mean", type=float, default=0.3,
                     help="backpressure: mean task seconds")
+    ap.add_argument("--bp-tasks", type=int, help="backpressure: tasks (default 500)")
+    ap.add_argument("--configs", nargs="+", choices=list(SERVER_CONFIGS),
+                    help="backpressure: server settings to try (default: all)")
+    ap.add_argument("--modes", nargs="+", choices=["ephemeral", "server"],
+                    default=["ephemeral", "server"], help="backpressure: API modes")
     ap.add_argument("--rss-sleep", type=float, default=5.0)
+    ap.add_argument("--sizes", type=int, nargs="+", help="overhead: agent counts "
+                                                             "(default 100 500)")
+    ap.add_argument("--engine", type=Path, help="run `specwave` from this checkout (e.g. a git "
+                                                "worktree of an older commit, for a baseline)")
     ap.add_argument("--json", type=Path, help="write raw measurements here")
     ap.add_argument("--keep", type=Path, help="work here and keep the files")
     args = ap.parse_args()
     if args.quick:
         args.repeat = 1
+    global ENGINE
+    if args.engine:
+        ENGINE = args.engine.resolve()
     chosen = args.measures or list(MEASURES)
+
+    def on_term(signum: int, frame: Any) -> None:  # run the cleanups (finally blocks)
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    signal.signal(signal.SIGTERM, on_term)
     info = machine()
-    raw: dict[str, Any] = {"machine": info, "argv": sys.argv[1:]}
+    raw: dict[str, Any] = {"machine": info, "argv": sys.argv[1:], "engine": str(ENGINE)}
     tmp = args.keep or Path(tempfile.mkdtemp(prefix="specwave-bench-"))
     tmp.mkdir(parents=True, exist_ok=True)
     load0 = os.getloadavg()
     print(f"specwave benchmarks — {info['date']}; {info['cpu']}, {info['cores']} cores, "
           f"{info['mem_mb']} MB; Python {info['python']}, Prefect {info['prefect']}; "
-          f"load at start {load0[0]:.1f}/{load0[1]:.1f}/{load0[2]:.1f}", flush=True)
+          f"load at start {load0[0]:.1f}/{load0[1]:.1f}/{load0[2]:.1f}; engine {engine_rev()}",
+          flush=True)
     try:
         for name in chosen:
             t = time.time()

@@ -53,6 +53,8 @@ def main() -> int:
     ap.add_argument("--scheduler", default="eager")
     ap.add_argument("--profile", type=int, default=0, metavar="N",
                     help="cProfile the event-loop thread; print the top N by own time")
+    ap.add_argument("--poll", type=float, default=None,
+                    help="what-if: agents.process._POLL_S (exit-detection poll, 0.05 s)")
     ap.add_argument("--quiet-logs", action="store_true",
                     help="PREFECT_LOGGING_LEVEL=WARNING (no per-line logs to the API)")
     a = ap.parse_args()
@@ -151,6 +153,24 @@ def main() -> int:
                 stamps[tid]["x3"] = time.perf_counter()
 
     proc_mod._wait_exit, proc_mod._terminate = wait_exit, terminate
+    if a.poll is not None:
+        proc_mod._POLL_S = a.poll
+
+    # the plan file: how many writes, how long (wall and the writing thread's CPU)
+    from tasks_lib.store import PlanStore
+
+    orig_apply = PlanStore.apply
+
+    def apply(self, *updates, **kw):
+        t, c = time.perf_counter(), time.thread_time()
+        try:
+            return orig_apply(self, *updates, **kw)
+        finally:
+            cpu["store_n"] = cpu.get("store_n", 0) + 1
+            cpu["store_wall"] = cpu.get("store_wall", 0.0) + time.perf_counter() - t
+            cpu["store_cpu"] = cpu.get("store_cpu", 0.0) + time.thread_time() - c
+
+    PlanStore.apply = apply
 
     def _tid_of(holder):
         ctx = TaskRunContext.get()
@@ -240,6 +260,8 @@ def main() -> int:
     print(f"orchestrator CPU (all threads) first start → last finish: "
           f"{(cpu['last'] - cpu['first']) * 1000 / len(stamps):.1f} ms per task, of which "
           f"process-tree sweeps (threads) {cpu.get('sweeps', 0) * 1000 / len(stamps):.1f} ms")
+    print(f"plan file: {cpu.get('store_n', 0)} writes, {cpu.get('store_wall', 0):.2f} s wall, "
+          f"{cpu.get('store_cpu', 0):.2f} s CPU")
     rows = [("c0-t0 start→tagconc", "t0", "c0"), ("c1-c0 tag conc.", "c0", "c1"),
             ("t1-c1 →body", "c1", "t1"), ("t1-t0 start→body", "t0", "t1"), ("t2-t1 body→spawn", "t1", "t2"),
             ("x1-t2 spawn→exit seen", "t2", "x1"), ("x2-x1 →sweep start", "x1", "x2"),
@@ -253,6 +275,12 @@ def main() -> int:
               f"{max(d, default=0):>9.1f}{statistics.fmean(d) if d else 0:>9.1f}")
     print(f"event-loop lag: p50 {pct(lags, .5)*1000:.1f} ms, p99 {pct(lags, .99)*1000:.1f} ms, "
           f"max {max(lags, default=0)*1000:.1f} ms")
+    order = sorted((s for s in stamps.values() if "t0" in s and "t4" in s),
+                   key=lambda s: s["t0"])
+    gaps = [b["t0"] - a["t4"] for a, b in zip(order, order[1:]) if b["t0"] > a["t4"]]
+    if gaps:
+        print(f"chain gap (flow saw a task end → it started the next), when sequential: "
+              f"p50 {pct(gaps, .5) * 1000:.1f} ms over {len(gaps)}")
     print("HTTP requests:")
     for (m, path, code), n in sorted(requests.items(), key=lambda kv: -kv[1]):
         print(f"  {n:5d}  {m:6} {path} -> {code}")
