@@ -85,6 +85,7 @@ def test_a_signal_to_the_whole_process_group_on_the_ephemeral_api(rig, tmp_path,
     os.killpg(proc.pid, sig)
     out, err = proc.communicate(timeout=120)
     took = time.monotonic() - t0
+    print(f"{signal.Signals(sig).name} to the group -> specwave run exited in {took:.1f} s")
     assert proc.returncode == code, err
     assert took < EXIT_BOUND_S, f"exit took {took:.1f} s: {err[-2000:]}"
     assert f"{signal.Signals(sig).name}: stopping the agents" in err
@@ -133,6 +134,7 @@ async def test_prefect_flow_run_cancel_stops_an_in_process_flow(rig, tmp_path):
         if not flow.done():
             flow.cancel()
             await asyncio.gather(flow, return_exceptions=True)
+    print(f"prefect flow-run cancel -> in-process flow returned in {took:.1f} s")
     assert took < 20, took
     assert state.is_cancelled(), state
     assert "cancelled from Prefect" in state.message
@@ -156,6 +158,7 @@ def test_prefect_flow_run_cancel_stops_specwave_run(rig, tmp_path):
     t0 = time.monotonic()
     out, err = proc.communicate(timeout=120)
     took = time.monotonic() - t0
+    print(f"prefect flow-run cancel -> specwave run exited in {took:.1f} s")
     assert proc.returncode == 1, err
     assert took < EXIT_BOUND_S, took
     lines = [line for line in err.splitlines() if line.startswith("specwave:")]
