@@ -115,14 +115,15 @@ def _base_agent(agent: str, command: Optional[str], agent_json: Optional[str]) -
     return cfg
 
 
-def _statuses(tasks_file: Path, ids: list[str]) -> dict[str, dict]:
+def _statuses(spec) -> dict[str, dict]:
+    """Re-read the plan file in the spec's own format (and Task Master tag)."""
     from tasks_lib.formats import load_spec
 
     try:
-        spec = load_spec(tasks_file.parent if tasks_file.name == "tasks.json" else tasks_file)
+        fresh = load_spec(spec.tasks_path, format=spec.format, tag=getattr(spec, "tag", None))
     except Exception:  # noqa: BLE001 - a half-written view is fine to skip
         return {}
-    return {u.id: {"status": u.status.value} for u in spec.units}
+    return {u.id: {"status": u.status.value} for u in fresh.units}
 
 
 class LiveView:
@@ -174,7 +175,7 @@ class LiveView:
 
         with Live(self._table({}), refresh_per_second=4, transient=True) as live:
             while not self._stop.wait(0.5):
-                live.update(self._table(_statuses(self.spec.tasks_path, [])))
+                live.update(self._table(_statuses(self.spec)))
 
     def __enter__(self):
         if self.enabled:
