@@ -429,25 +429,41 @@ def _recover_unrecorded_passes(spec: LoadedSpec, run_id: str) -> list[str]:
     that attempt's end. Every recorded result sets ``completed_at`` to its attempt's end, so
     a pass someone set back by hand (to ``pending`` to run it again) keeps it and runs again;
     a task whose latest attempt did not pass runs again too.
+
+    Agent OS ``tasks.json`` only: the other formats (Markdown checklists, Task Master) keep
+    no completion time, so a pass set back by hand could not be told from one never
+    written; there a pass that never reached the file runs again.
     """
     from tasks_lib.spec import DONE_STATUSES, TaskStatus, id_str
 
     units = [u for u in spec.units if u.status not in DONE_STATUSES]
     runs_dir = RunFolder.runs_dir(spec.folder)
-    if not units or not runs_dir.is_dir():
+    if spec.format != "agent-os" or not units or not runs_dir.is_dir():
         return []
     store = PlanStore(spec.tasks_path, document_format(spec))
     doc, _ = store.read()
     in_file = {id_str(t.get("id")): t for t in doc.get("tasks", []) if isinstance(t, dict)}
-    earlier = [d.name for d in runs_dir.iterdir() if d.is_dir() and d.name != run_id]
-    updates, recovered = [], []
-    for unit in units:
-        latest: list[dict[str, Any]] = []
-        for name in earlier:
-            recs = RunFolder(spec.folder, name).attempts(unit.id)
+    from tasks_lib.runfolder import safe_name
+
+    # one pass over the earlier runs' task folders (not one per task and run: 5,000 tasks)
+    by_dir = {safe_name(u.id): u for u in units}
+    found: dict[str, list[dict[str, Any]]] = {}
+    for run_dir in runs_dir.iterdir():
+        tasks_dir = run_dir / "tasks"
+        if run_dir.name == run_id or not tasks_dir.is_dir():
+            continue
+        for task_dir in tasks_dir.iterdir():
+            unit = by_dir.get(task_dir.name)
+            if unit is None:
+                continue
+            recs = RunFolder(spec.folder, run_dir.name).attempts(unit.id)
+            latest = found.get(unit.id)
             if recs and (not latest or float(recs[-1].get("ended") or 0)
                          > float(latest[-1].get("ended") or 0)):
-                latest = recs
+                found[unit.id] = recs
+    updates, recovered = [], []
+    for unit in units:
+        latest = found.get(unit.id) or []
         if not latest or latest[-1].get("outcome") != "pass":
             continue
         last = latest[-1]
