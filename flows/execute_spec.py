@@ -48,7 +48,7 @@ from tasks_lib.report import (
     summary_markdown,
     table_rows,
 )
-from tasks_lib.runfolder import RunFolder
+from tasks_lib.runfolder import RunFolder, read_json
 from tasks_lib.scheduler import Scheduler, State
 from tasks_lib.spec import LoadedSpec
 from tasks_lib.store import PlanStore, RunLock, TaskUpdate, WriteFailed
@@ -415,6 +415,10 @@ def _run_marker(spec: LoadedSpec, run_id: str) -> str:
 RUN_MARKER_FILE = "agent-marker"
 
 
+#: run.json statuses of runs that wrote every result they had before they ended
+_RUN_ENDED_NORMALLY = frozenset({"success", "partial", "blocked", "cancelled"})
+
+
 def _recover_unrecorded_passes(spec: LoadedSpec, run_id: str) -> list[str]:
     """Record passes that an earlier run proved but never wrote to the plan file.
 
@@ -424,7 +428,9 @@ def _recover_unrecorded_passes(spec: LoadedSpec, run_id: str) -> list[str]:
     task again would redo finished work and count it twice, so the pass is recorded from the
     attempt record (attempts, times, notes, artifacts) and the task is not run.
 
-    Only a pass the file never saw is recovered: the task is not done in the file, its latest
+    Only runs that did not end normally (killed: ``running``/``died``; a failed write:
+    ``failed``) are looked at. Only a pass the file never saw is recovered: the task is not
+    done in the file, its latest
     attempt (over every earlier run folder) passed, and the file's ``completed_at`` is not
     that attempt's end. Every recorded result sets ``completed_at`` to its attempt's end, so
     a pass someone set back by hand (to ``pending`` to run it again) keeps it and runs again;
@@ -451,6 +457,10 @@ def _recover_unrecorded_passes(spec: LoadedSpec, run_id: str) -> list[str]:
     for run_dir in runs_dir.iterdir():
         tasks_dir = run_dir / "tasks"
         if run_dir.name == run_id or not tasks_dir.is_dir():
+            continue
+        # a run that ended normally wrote every result it had: if the file no longer says
+        # pass, someone reset it (or regenerated the file) — run the task again
+        if (read_json(run_dir / "run.json") or {}).get("status") in _RUN_ENDED_NORMALLY:
             continue
         for task_dir in tasks_dir.iterdir():
             unit = by_dir.get(task_dir.name)
