@@ -449,14 +449,21 @@ def _recover_unrecorded_passes(spec: LoadedSpec, run_id: str) -> list[str]:
     store = PlanStore(spec.tasks_path, document_format(spec))
     doc, _ = store.read()
     in_file = {id_str(t.get("id")): t for t in doc.get("tasks", []) if isinstance(t, dict)}
+    # Only the run that last wrote this file (orchestrator_state.run_id): a tasks.json
+    # regenerated or replaced since (no such state, or another run's) is a new plan, and
+    # an old run's records say nothing about it. (A run that recovers passes writes them
+    # before it writes its own run state, so a chain of crashed runs loses nothing.)
+    state = doc.get("orchestrator_state")
+    last_writer = str(state.get("run_id") or "") if isinstance(state, dict) else ""
     from tasks_lib.runfolder import safe_name
 
-    # one pass over the earlier runs' task folders (not one per task and run: 5,000 tasks)
+    # one pass over that run's task folders (not one per task: 5,000 tasks)
     by_dir = {safe_name(u.id): u for u in units}
     found: dict[str, list[dict[str, Any]]] = {}
     for run_dir in runs_dir.iterdir():
         tasks_dir = run_dir / "tasks"
-        if run_dir.name == run_id or not tasks_dir.is_dir():
+        if run_dir.name in (run_id, "") or run_dir.name != last_writer or (
+                not tasks_dir.is_dir()):
             continue
         # a run that ended normally wrote every result it had: if the file no longer says
         # pass, someone reset it (or regenerated the file) — run the task again

@@ -171,6 +171,10 @@ async def test_a_pass_whose_start_was_never_written_either_is_recovered(rig, tmp
         "ended": 1_700_000_042.0, "duration_s": 42.0,
         "result": {"status": "pass", "notes": "done before the crash",
                    "files_created": ["app/email.py"]}}))
+    (earlier.parents[1] / "run.json").write_text(json.dumps({"status": "running"}))
+    doc = load(spec / "tasks.json")  # the killed run was the last to write the file
+    doc["orchestrator_state"] = {"run_id": "earlier-run", "status": "running"}
+    (spec / "tasks.json").write_text(json.dumps(doc, indent=2) + "\n")
     assert statuses(spec)["2"] == "pending"
     state = await execute_spec(str(spec), agent=rig.agent(), repo=str(rig.repo),
                                return_state=True)
@@ -181,3 +185,24 @@ async def test_a_pass_whose_start_was_never_written_either_is_recovered(rig, tmp
         "pass", 1, "done before the crash")
     assert task2["completed_at"] == "2023-11-14T22:14:02Z"
     assert "app/email.py" in task2["artifacts"]["files_created"]
+
+
+async def test_a_regenerated_plan_file_is_not_credited_with_a_dead_runs_passes(rig, tmp_path):
+    """A run was killed with passes unwritten, then tasks.json was regenerated (same ids,
+    all pending, no orchestrator_state): those records describe the old plan — every task
+    of the new one runs."""
+    spec = tmp_path / "spec"
+    shutil.copytree(EXAMPLE, spec)
+    fresh = (spec / "tasks.json").read_text()
+    state = await execute_spec(str(spec), agent=rig.agent(), repo=str(rig.repo),
+                               return_state=True)
+    assert state.is_completed()
+    (run_json,) = (spec / ".specwave" / "runs").glob("*/run.json")
+    run_json.write_text(json.dumps({**load(run_json), "status": "died"}))  # as if killed
+    (spec / "tasks.json").write_text(fresh)  # the plan regenerated
+    rig.trace_path.unlink()
+    state = await execute_spec(str(spec), agent=rig.agent(), repo=str(rig.repo),
+                               return_state=True)
+    assert state.is_completed()
+    assert rig.launched() == {"1": [1], "2": [1], "3": [1]}
+    assert attempts_of(spec) == {"1": 1, "2": 1, "3": 1}
