@@ -25,7 +25,7 @@ earlier runs do not interfere):
 * ``backpressure``: HTTP 503 responses (each one a client back-off and retry) counted in the
   ``specwave run`` process during a 500-task run, for each server configuration tried.
 
-``--json FILE`` writes every raw measurement. Figures and their discussion: docs/benchmarks.md.
+``--json FILE`` writes every raw measurement. Figures and their discussion: the README, "Benchmarks".
 """
 
 from __future__ import annotations
@@ -261,13 +261,20 @@ def run_specwave(spec: Path, *, env: dict[str, str], j: int, scheduler: str = "e
             "server_rss_mb": peak["server_kb"] / 1024}
 
 
-def dependency_gaps(plan: Any, trace: dict[str, tuple[float, float]]) -> list[float]:
-    """For each task with predecessors: its agent's start − the end of its last predecessor's
-    agent (the engine's latency on a chain: exit seen, recorded, next task launched)."""
+def dependency_gaps(plan: Any, trace: dict[str, tuple[float, float]],
+                    slots: int) -> list[float]:
+    """The engine's latency on a chain: for each task whose last predecessor ended while a
+    slot was free (fewer than ``slots`` other agents running then, so it waited for nothing
+    else), its agent's start − that predecessor agent's end (exit seen, recorded, next task
+    launched)."""
     out = []
     for tid, preds in plan.predecessors.items():
-        if preds and tid in trace and all(p in trace for p in preds):
-            out.append(trace[tid][0] - max(trace[p][1] for p in preds))
+        if not preds or tid not in trace or not all(p in trace for p in preds):
+            continue
+        ready = max(trace[p][1] for p in preds)
+        busy = sum(1 for t, (s, e) in trace.items() if t != tid and s < ready < e)
+        if busy < slots:
+            out.append(trace[tid][0] - ready)
     return out
 
 
@@ -309,7 +316,7 @@ def bench_makespan(tmp: Path, args: argparse.Namespace, raw: dict) -> str:
     from tasks_lib.formats import load_spec
     from tasks_lib.planner import plan_spec
 
-    sizes = [30, 100] if args.quick else [30, 100, 300]
+    sizes = args.ms_sizes or ([30, 100] if args.quick else [30, 100, 300])
     j = 8
     rows = []
     with Prefect(tmp, "makespan", server=True) as pf:
@@ -321,8 +328,9 @@ def bench_makespan(tmp: Path, args: argparse.Namespace, raw: dict) -> str:
             durations = json.loads((spec / "durations.json").read_text())
             lb = plan.lower_bound
             sim = {p: simulate(plan, durations, p, j)[0] for p in ("eager", "waves")}
-            real: dict[str, list[float]] = {"eager": [], "waves": []}
+            real: dict[str, list[float]] = {"eager": [], "waves": [], "eager-poll": []}
             gaps: list[float] = []
+            gaps_poll: list[float] = []
             for rep in range(args.repeat):
                 for policy in ("eager", "waves"):
                     spec = fresh_spec(tmp, f"ms-{n}", params)
@@ -333,21 +341,37 @@ def bench_makespan(tmp: Path, args: argparse.Namespace, raw: dict) -> str:
                     assert len(r["trace"]) == n, (len(r["trace"]), n)
                     real[policy].append(span(r["trace"]))
                     if policy == "eager":
-                        gaps += dependency_gaps(plan, r["trace"])
+                        gaps += dependency_gaps(plan, r["trace"], j)
+                if args.poll:  # what-if: the same eager run with a faster exit poll
+                    spec = fresh_spec(tmp, f"ms-{n}", params)
+                    trace = spec.parent / "trace.txt"
+                    log(f"makespan: {n} tasks, eager with exit poll {args.poll:g} s, "
+                        f"repeat {rep + 1}/{args.repeat}")
+                    env = pf.env(SPECWAVE_BENCH_POLL_S=str(args.poll),
+                                 PYTHONPATH=f"{HOOKS}{os.pathsep}{ENGINE}")
+                    r = run_specwave(spec, env=env, j=j, scheduler="eager", trace=trace,
+                                     durations=spec / "durations.txt")
+                    real["eager-poll"].append(span(r["trace"]))
+                    gaps_poll += dependency_gaps(plan, r["trace"], j)
             raw.setdefault("makespan", []).append(
                 {"tasks": n, "slots": j, "params": params.label(), "lower_bound": lb,
                  "critical_path": plan.critical_path_length, "work": plan.total_work,
                  "sim": sim, "real": real, "eager_gaps_ms": [g * 1000 for g in gaps],
+                 "eager_poll_gaps_ms": [g * 1000 for g in gaps_poll], "poll": args.poll,
                  "load": os.getloadavg()[0]})
             e, w = median(real["eager"]), median(real["waves"])
             rows.append([n, f"{lb:.1f}", f"{sim['eager'] / lb:.3f}", f"{sim['waves'] / lb:.3f}",
                          f"{e:.1f}", f"{e / lb:.3f}", f"{w:.1f}", f"{w / lb:.3f}",
-                         f"{w / e:.2f}×", f"{median(gaps) * 1000:.0f}",
-                         f"{os.getloadavg()[0]:.1f}"])
+                         f"{w / e:.2f}×", f"{median(gaps) * 1000:.0f}"]
+                        + ([f"{median(real['eager-poll']) / lb:.3f}",
+                            f"{median(gaps_poll) * 1000:.0f}"] if args.poll else [])
+                        + [f"{os.getloadavg()[0]:.1f}"])
     return table(f"makespan / lower bound ({j} slots, lognormal durations mean {args.mean:g} s, "
                  f"median of {args.repeat}; target eager ≤ {TARGETS['makespan']})",
                  ["tasks", "LB s", "sim eager", "sim waves", "eager s", "eager/LB", "waves s",
-                  "waves/LB", "waves/eager", "eager chain gap ms (median)", "load"], rows)
+                  "waves/LB", "waves/eager", "eager chain gap ms (median)"]
+                 + ([f"eager/LB, exit poll {args.poll:g} s", "its chain gap ms"]
+                    if args.poll else []) + ["load"], rows)
 
 
 def bench_overhead(tmp: Path, args: argparse.Namespace, raw: dict) -> str:
@@ -528,6 +552,8 @@ def main() -> int:
     ap.add_argument("--mean", type=float, default=1.0, help="makespan: mean task seconds")
     ap.add_argument("--bp-mean", type=float, default=0.3,
                     help="backpressure: mean task seconds")
+    ap.add_argument("--poll", type=float, help="makespan what-if: also run eager with "
+                                               "agents.process._POLL_S set to this")
     ap.add_argument("--bp-tasks", type=int, help="backpressure: tasks (default 500)")
     ap.add_argument("--configs", nargs="+", choices=list(SERVER_CONFIGS),
                     help="backpressure: server settings to try (default: all)")
@@ -536,6 +562,8 @@ def main() -> int:
     ap.add_argument("--rss-sleep", type=float, default=5.0)
     ap.add_argument("--sizes", type=int, nargs="+", help="overhead: agent counts "
                                                              "(default 100 500)")
+    ap.add_argument("--ms-sizes", type=int, nargs="+", help="makespan: spec sizes "
+                                                            "(default 30 100 300)")
     ap.add_argument("--engine", type=Path, help="run `specwave` from this checkout (e.g. a git "
                                                 "worktree of an older commit, for a baseline)")
     ap.add_argument("--json", type=Path, help="write raw measurements here")

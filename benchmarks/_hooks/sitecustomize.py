@@ -63,3 +63,14 @@ if _PREFIX:
         httpx.Client.send = _ssend
     except ImportError:
         pass
+
+# What-if experiments on the engine, without editing it: SPECWAVE_BENCH_POLL_S sets
+# tasks_lib.agents.process._POLL_S (how often a running agent's exit is polled; 0.05 s).
+_POLL = os.environ.get("SPECWAVE_BENCH_POLL_S")
+if _POLL:
+    try:
+        import tasks_lib.agents.process as _process
+
+        _process._POLL_S = float(_POLL)
+    except ImportError:
+        pass
