@@ -21,6 +21,8 @@ from pathlib import Path
 import psutil
 import pytest
 
+from tests.fixtures.procs import live_processes, survivors
+
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples"
 FAKE_AGENT = ROOT / "tests" / "fixtures" / "agents" / "fake_agent.py"
@@ -94,37 +96,17 @@ class Cli:
         """Every live process of this test: specwave itself and the Prefect server it started
         (they inherit the tag), agents and everything they started (agents get an
         allow-listed environment without the tag, but carry their run's marker)."""
-        out = []
-        me = os.getpid()
         markers = self.markers()
-        for p in psutil.process_iter():
-            if p.pid == me:
-                continue
-            try:
-                if p.status() == psutil.STATUS_ZOMBIE:
-                    continue
-                env = p.environ()
-                if env.get(TAG_ENV) == self.tag or any(
-                        str(self.tmp) in a for a in p.cmdline()) or markers.intersection(
-                        env.get("SPECWAVE_AGENT_MARKER", "").split(",")):
-                    out.append(p)
-            except psutil.Error:
-                continue
-        return out
+
+        def ours(p: psutil.Process) -> bool:
+            env = p.environ()
+            return (env.get(TAG_ENV) == self.tag or any(str(self.tmp) in a for a in p.cmdline())
+                    or bool(markers.intersection(env.get("SPECWAVE_AGENT_MARKER", "").split(","))))
+
+        return live_processes(ours)
 
     def survivors(self, wait: float = 10.0) -> list[tuple[int, list[str]]]:
-        deadline = time.monotonic() + wait
-        while True:
-            procs = self.processes()
-            if not procs or time.monotonic() > deadline:
-                out = []
-                for p in procs:
-                    try:
-                        out.append((p.pid, p.cmdline()))
-                    except psutil.Error:
-                        pass
-                return out
-            time.sleep(0.2)
+        return survivors(self.processes, wait, 0.2)
 
     def cleanup(self) -> None:
         for p in self.procs:

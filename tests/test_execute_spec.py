@@ -27,6 +27,7 @@ import pytest
 from flows.execute_spec import execute_spec
 from tasks_lib.formats import load_spec
 from tasks_lib.planner import plan_spec
+from tests.fixtures.procs import live_processes, survivors
 
 ROOT = Path(__file__).resolve().parents[1]
 FAKE_AGENT = ROOT / "tests" / "fixtures" / "agents" / "fake_agent.py"
@@ -76,36 +77,13 @@ class Rig:
 
     def processes(self) -> list[psutil.Process]:
         """Live processes started for this test (by env tag or a tmp path in the cmdline)."""
-        out = []
-        me = os.getpid()
-        for p in psutil.process_iter():
-            if p.pid == me:
-                continue
-            try:
-                if p.status() == psutil.STATUS_ZOMBIE:
-                    continue
-                if p.environ().get(TAG_ENV) == self.tag or any(
-                        str(self.tmp) in a for a in p.cmdline()):
-                    out.append(p)
-            except psutil.Error:
-                continue
-        return out
+        return live_processes(lambda p: p.environ().get(TAG_ENV) == self.tag or any(
+            str(self.tmp) in a for a in p.cmdline()))
 
     def survivors(self, wait: float = 5.0) -> list[tuple[int, list[str]]]:
         """Processes still alive after ``wait`` seconds of polling (kills run synchronously
         before a worker returns, so this is normally empty on the first look)."""
-        deadline = time.monotonic() + wait
-        while True:
-            procs = self.processes()
-            if not procs or time.monotonic() > deadline:
-                out = []
-                for p in procs:
-                    try:
-                        out.append((p.pid, p.cmdline()))
-                    except psutil.Error:
-                        pass
-                return out
-            time.sleep(0.1)
+        return survivors(self.processes, wait, 0.1)
 
     def kill_all(self) -> None:
         for p in self.processes():

@@ -24,6 +24,8 @@ from typing import Any
 import psutil
 import pytest
 
+from tests.fixtures.procs import describe, live_processes
+
 ROOT = Path(__file__).resolve().parents[2]
 FAKE_AGENT = ROOT / "tests" / "fixtures" / "agents" / "fake_agent.py"
 TAG_ENV = "SPECWAVE_TEST_TAG"
@@ -34,29 +36,7 @@ SPECWAVE = [sys.executable, "-c", "import sys; from flows.cli import main; "
 
 def tagged_processes(tag: str) -> list[psutil.Process]:
     """Live (non-zombie) processes whose environment carries ``TAG_ENV=tag``."""
-    out = []
-    me = os.getpid()
-    for p in psutil.process_iter():
-        if p.pid == me:
-            continue
-        try:
-            if p.status() == psutil.STATUS_ZOMBIE:
-                continue
-            if p.environ().get(TAG_ENV) == tag:
-                out.append(p)
-        except psutil.Error:
-            continue
-    return out
-
-
-def describe(procs: list[psutil.Process]) -> list[tuple[int, list[str]]]:
-    out = []
-    for p in procs:
-        try:
-            out.append((p.pid, p.cmdline()))
-        except psutil.Error:
-            pass
-    return out
+    return live_processes(lambda p: p.environ().get(TAG_ENV) == tag)
 
 
 def wait_gone(tag: str, timeout: float) -> list[tuple[int, list[str]]]:
