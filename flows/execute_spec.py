@@ -579,7 +579,8 @@ class _PlanWriter:
         self._lock = asyncio.Lock()
         self._wake = asyncio.Event()
         self._loop_task: asyncio.Task | None = None
-        self._inflight: Any = None  # concurrent.futures.Future of the write in progress
+        self._inflight: asyncio.Future | None = None  # the write in progress
+        self._started = 0.0
         self._error: BaseException | None = None
 
     def submit(self, *updates: TaskUpdate, run_state: dict[str, Any] | None = None) -> None:
@@ -605,8 +606,10 @@ class _PlanWriter:
         if task is not None:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
-        if self._inflight is not None:  # a thread write cannot be cancelled: let it land
-            await asyncio.shield(asyncio.wrap_future(self._inflight))
+        inflight = self._inflight
+        if inflight is not None:  # a thread write cannot be cancelled: let it land
+            await asyncio.shield(asyncio.wait([inflight]))
+            self._settle(inflight)
         try:
             await self.flush()
         finally:
@@ -629,20 +632,34 @@ class _PlanWriter:
         run_state, self._run_state = self._run_state, None
         from functools import partial
 
-        self._inflight = self._executor.submit(partial(self.store.apply, *updates,
-                                                       run_state=run_state))
-        t0 = time.perf_counter()
+        self._started = time.perf_counter()
+        inflight = asyncio.wrap_future(self._executor.submit(
+            partial(self.store.apply, *updates, run_state=run_state)))
+        self._inflight = inflight
         try:
             # if we are cancelled here the thread's write still lands; close() waits for it
-            await asyncio.shield(asyncio.wrap_future(self._inflight))
-            self.writes += 1
-            self._last_write = time.perf_counter() - t0
-            self.write_seconds += self._last_write
-        except Exception as exc:  # noqa: BLE001 - raised to the flow by the next submit/flush
-            self._error = exc
+            # and settles it. Whoever gets there first records the outcome (see _settle).
+            await asyncio.wait([inflight])
         finally:
-            if self._inflight is not None and self._inflight.done():
-                self._inflight = None
+            if inflight.done():
+                self._settle(inflight)
+
+    def _settle(self, inflight: asyncio.Future) -> None:
+        """Record a finished write's outcome, once: its error fails the run at the next
+        ``submit``/``flush``/``close``. Settled by whichever of the writer loop and
+        ``close()`` sees it done first — the loop may be cancelled after the thread finished
+        but before it looked, and an error must not be lost there (it once was: a run whose
+        last status write failed ended "success")."""
+        if self._inflight is not inflight:
+            return
+        self._inflight = None
+        exc = inflight.exception()
+        if exc is not None:
+            self._error = self._error or exc
+            return
+        self.writes += 1
+        self._last_write = time.perf_counter() - self._started
+        self.write_seconds += self._last_write
 
 
 async def _execute(spec: LoadedSpec, plan: Plan, agent: dict[str, Any], agent_kind: str, *,
