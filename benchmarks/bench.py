@@ -46,7 +46,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
@@ -103,7 +103,7 @@ def machine() -> dict[str, Any]:
                 mem = int(line.split()[1]) // 1024
     import prefect
 
-    return {"date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+    return {"date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
             "cpu": cpu, "cores": os.cpu_count(), "mem_mb": mem,
             "python": platform.python_version(), "prefect": prefect.__version__,
             "os": f"{platform.system()} {platform.release()}"}
@@ -150,7 +150,7 @@ class Prefect:
         env.update(extra)
         return env
 
-    def __enter__(self) -> "Prefect":
+    def __enter__(self) -> Prefect:
         if self.server:
             port = free_port()
             self.proc = subprocess.Popen(

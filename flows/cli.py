@@ -13,7 +13,6 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -66,8 +65,8 @@ ParallelOpt = typer.Option(False, "--parallel",
 def validate(
     spec_dir: Path = SpecPath,
     replan: bool = typer.Option(False, "--replan", help="Ignore the declared waves."),
-    format: Optional[str] = FormatOpt,
-    tag: Optional[str] = TagOpt,
+    format: str | None = FormatOpt,
+    tag: str | None = TagOpt,
     parallel: bool = ParallelOpt,
 ) -> None:
     """Check a spec: exit 0 when valid (warnings allowed), 2 with one line per problem."""
@@ -94,14 +93,14 @@ def _label(spec) -> str:
 @app.command()
 def plan(
     spec_dir: Path = SpecPath,
-    max_concurrency: Optional[int] = typer.Option(None, "--max-concurrency", "-j", min=1,
+    max_concurrency: int | None = typer.Option(None, "--max-concurrency", "-j", min=1,
                                                   help="Worker slots (default: the spec's "
                                                        "max_concurrent_workers, else 4)."),
     replan: bool = typer.Option(False, "--replan", help="Compute waves from the dependencies "
                                                         "instead of using the declared ones."),
     as_json: bool = typer.Option(False, "--json", help="Print the plan as JSON."),
-    format: Optional[str] = FormatOpt,
-    tag: Optional[str] = TagOpt,
+    format: str | None = FormatOpt,
+    tag: str | None = TagOpt,
     parallel: bool = ParallelOpt,
 ) -> None:
     """Show the waves, the critical path and the best possible speed-up."""

@@ -16,7 +16,7 @@ import signal
 import threading
 import time
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -48,10 +48,10 @@ def _quiet_prefect(verbose: bool) -> None:
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
 
-def agent_overrides(*, model: Optional[str] = None, permission_mode: Optional[str] = None,
-                    max_turns: Optional[int] = None, max_budget_usd: Optional[float] = None,
-                    allowed_tools: Optional[str] = None, agent_arg: Optional[list[str]] = None,
-                    agent_env: Optional[list[str]] = None) -> dict:
+def agent_overrides(*, model: str | None = None, permission_mode: str | None = None,
+                    max_turns: int | None = None, max_budget_usd: float | None = None,
+                    allowed_tools: str | None = None, agent_arg: list[str] | None = None,
+                    agent_env: list[str] | None = None) -> dict:
     """Agent config fields given as flags (``--model`` ... ``--agent-env``); unset ones omitted."""
     out: dict = {}
     for key, value in (("model", model), ("permission_mode", permission_mode),
@@ -74,8 +74,8 @@ def agent_overrides(*, model: Optional[str] = None, permission_mode: Optional[st
     return out
 
 
-def build_agent(agent: str, command: Optional[str], agent_json: Optional[str],
-                overrides: Optional[dict] = None) -> dict:
+def build_agent(agent: str, command: str | None, agent_json: str | None,
+                overrides: dict | None = None) -> dict:
     """The agent config from the flags; ``overrides`` (see :func:`agent_overrides`) are laid
     over it (``env`` merged)."""
     cfg = _base_agent(agent, command, agent_json)
@@ -93,7 +93,7 @@ def build_agent(agent: str, command: Optional[str], agent_json: Optional[str],
     return cfg
 
 
-def _base_agent(agent: str, command: Optional[str], agent_json: Optional[str]) -> dict:
+def _base_agent(agent: str, command: str | None, agent_json: str | None) -> dict:
     if agent_json:
         try:
             cfg = json.loads(agent_json)
@@ -336,14 +336,14 @@ def _exit_now(code: int) -> None:
 def run(
     spec_dir: Path = SpecPath,
     agent: str = typer.Option("command", "--agent", help="Agent kind: command or claude."),
-    command: Optional[str] = typer.Option(None, "--command",
+    command: str | None = typer.Option(None, "--command",
                                           help="Command agent: the command line; placeholders "
                                                "{prompt_file} {task_id} {workdir} {spec_dir}."),
-    agent_json: Optional[str] = typer.Option(None, "--agent-json",
+    agent_json: str | None = typer.Option(None, "--agent-json",
                                              help="The full agent config as JSON."),
-    repo: Optional[Path] = typer.Option(None, "--repo", help="Repository the agents work in "
+    repo: Path | None = typer.Option(None, "--repo", help="Repository the agents work in "
                                                              "(default: current directory)."),
-    max_concurrency: Optional[int] = typer.Option(None, "--max-concurrency", "-j", min=1),
+    max_concurrency: int | None = typer.Option(None, "--max-concurrency", "-j", min=1),
     timeout: float = typer.Option(1800, "--timeout", min=0.1, help="Seconds per attempt "
                                                                   "(doubled on a retry)."),
     retries: int = typer.Option(1, "--retries", min=0, help="Retries of crashed / timed-out / "
@@ -354,8 +354,8 @@ def run(
                                                           "launch nothing."),
     scheduler: str = typer.Option("eager", "--scheduler", help="eager or waves."),
     replan: bool = typer.Option(False, "--replan", help="Ignore the declared waves."),
-    format: Optional[str] = FormatOpt,
-    tag: Optional[str] = TagOpt,
+    format: str | None = FormatOpt,
+    tag: str | None = TagOpt,
     parallel: bool = ParallelOpt,
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Show Prefect's logs."),
@@ -364,31 +364,31 @@ def run(
         "--approve-waves", help="Pause after each wave until it is approved in the Prefect UI "
                                 "(needs a Prefect server: PREFECT_API_URL); implies "
                                 "--scheduler waves.")] = False,
-    concurrency_limit: Annotated[Optional[str], typer.Option(
+    concurrency_limit: Annotated[str | None, typer.Option(
         "--concurrency-limit", metavar="NAME",
         help="A Prefect global concurrency limit every agent launch occupies, shared with "
              "other runs (e.g. specwave-agents; create it with `specwave deploy "
              "--agent-slots N`).")] = None,
-    model: Annotated[Optional[str], typer.Option(
+    model: Annotated[str | None, typer.Option(
         "--model", help="claude agent: model alias or full name.")] = None,
-    permission_mode: Annotated[Optional[str], typer.Option(
+    permission_mode: Annotated[str | None, typer.Option(
         "--permission-mode", help="claude agent: acceptEdits (default: edits inside the "
                                   "repository only), plan, dontAsk, manual, auto, "
                                   "bypassPermissions (as root only with --agent-env "
                                   "IS_SANDBOX=1).")] = None,
-    max_turns: Annotated[Optional[int], typer.Option(
+    max_turns: Annotated[int | None, typer.Option(
         "--max-turns", min=1, help="claude agent: turn limit per attempt.")] = None,
-    max_budget_usd: Annotated[Optional[float], typer.Option(
+    max_budget_usd: Annotated[float | None, typer.Option(
         "--max-budget-usd", min=0.0001,
         help="claude agent: spend limit per attempt, in USD.")] = None,
-    allowed_tools: Annotated[Optional[str], typer.Option(
+    allowed_tools: Annotated[str | None, typer.Option(
         "--allowed-tools", help="claude agent: comma-separated tools allowed without a "
                                 "prompt (default Bash,Read,Glob,Grep,TodoWrite).")] = None,
-    agent_arg: Annotated[Optional[list[str]], typer.Option(
+    agent_arg: Annotated[list[str] | None, typer.Option(
         "--agent-arg", metavar="ARG",
         help="claude agent: one more CLI argument, e.g. --agent-arg=--fallback-model=sonnet "
              "(repeatable).")] = None,
-    agent_env: Annotated[Optional[list[str]], typer.Option(
+    agent_env: Annotated[list[str] | None, typer.Option(
         "--agent-env", metavar="KEY=VALUE",
         help="One more environment variable for the agent (repeatable; visible in the UI: "
              "no secrets).")] = None,
@@ -428,9 +428,8 @@ def run(
         _fail(exc)
 
     if dry_run:
-        from tasks_lib.prompt import build_prompt
-
         from flows.render import render_plan
+        from tasks_lib.prompt import build_prompt
 
         render_plan(spec, plan)
         for w in plan.waves:
@@ -526,8 +525,8 @@ def run(
 def status(
     spec_dir: Path = SpecPath,
     as_json: bool = typer.Option(False, "--json", help="Print the state as JSON."),
-    format: Optional[str] = FormatOpt,
-    tag: Optional[str] = TagOpt,
+    format: str | None = FormatOpt,
+    tag: str | None = TagOpt,
 ) -> None:
     """Show each task's state as recorded in the plan file."""
     from tasks_lib.formats import load_spec

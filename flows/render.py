@@ -43,6 +43,6 @@ def render_plan(spec: LoadedSpec, plan: Plan, console: Console | None = None) ->
                   f"{plan.max_concurrency} workers: {plan.lower_bound:g} {unit}")
     console.print(f"best possible speed-up over sequential: {plan.estimated_speedup:.2f}×")
     if plan.conflicts:
-        console.print(f"file conflicts (never run together): " + "; ".join(
+        console.print("file conflicts (never run together): " + "; ".join(
             f"{c.a}↔{c.b} ({', '.join(c.files)})" for c in plan.conflicts[:10])
             + (f" … +{len(plan.conflicts) - 10}" if len(plan.conflicts) > 10 else ""))

@@ -17,7 +17,8 @@ a run. ``close()`` stops the publisher (call it when the run ends, also when it 
 from __future__ import annotations
 
 import asyncio
-from typing import Any, Callable, Union
+from collections.abc import Callable
+from typing import Any, Union
 from uuid import UUID
 
 from prefect import get_run_logger

@@ -58,5 +58,5 @@ class SpecError(Exception):
 
     @classmethod
     def single(cls, file: str, message: str, *, hint: str | None = None,
-               task_id: str | None = None, where: str | None = None) -> "SpecError":
+               task_id: str | None = None, where: str | None = None) -> SpecError:
         return cls([Problem(file=file, message=message, hint=hint, task_id=task_id, where=where)])

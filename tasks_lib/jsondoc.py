@@ -19,7 +19,7 @@ class RawFloat(float):
 
     raw: str
 
-    def __new__(cls, text: str) -> "RawFloat":
+    def __new__(cls, text: str) -> RawFloat:
         obj = super().__new__(cls, text)
         obj.raw = text
         return obj

@@ -15,8 +15,9 @@ from __future__ import annotations
 import bisect
 import posixpath
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any
 
 import networkx as nx
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from tasks_lib.results import tail
@@ -52,7 +52,7 @@ def final_blocker(attempts: list[dict[str, Any]]) -> str | None:
 def iso(ts: float | None) -> str | None:
     if ts is None:
         return None
-    return datetime.fromtimestamp(ts, timezone.utc).isoformat(timespec="seconds").replace(
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds").replace(
         "+00:00", "Z")
 
 

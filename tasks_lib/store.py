@@ -16,9 +16,11 @@ import contextlib
 import fcntl
 import os
 import tempfile
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from datetime import UTC
 from pathlib import Path
-from typing import Any, Callable, Iterator, Protocol
+from typing import Any, Protocol
 
 from tasks_lib.errors import SpecError
 
@@ -106,7 +108,7 @@ class DocumentFormat(Protocol):
     def render(self, doc: Any, original: str) -> str:
         """Document -> text, in the style of ``original``; unchanged parts byte-identical."""
 
-    def apply(self, doc: Any, update: "TaskUpdate") -> None:
+    def apply(self, doc: Any, update: TaskUpdate) -> None:
         """Record one task's progress in the document."""
 
     def finalize(self, doc: Any, now: str) -> None:
@@ -241,9 +243,9 @@ class PlanStore:
 
 
 def _utc_now() -> str:
-    from datetime import datetime, timezone
+    from datetime import datetime
 
-    return datetime.now(timezone.utc).replace(microsecond=0).isoformat().replace("+00:00", "Z")
+    return datetime.now(UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
 
 
 def stray_temp_files(folder: Path, name: str) -> list[Path]:

@@ -15,7 +15,8 @@ coroutine (flow cancelled, SIGTERM) and after a normal exit (no daemons left beh
 from __future__ import annotations
 
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE

@@ -17,7 +17,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tasks_lib import jsondoc, store as store_mod
+from tasks_lib import jsondoc
+from tasks_lib import store as store_mod
 from tasks_lib.formats.agentos import AgentOsJson
 from tasks_lib.jsondoc import JsonStyle, RawFloat
 from tasks_lib.store import PlanStore, TaskUpdate, WriteFailed, stray_temp_files

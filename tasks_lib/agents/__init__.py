@@ -10,7 +10,7 @@ from tasks_lib.agents.base import Agent, AgentRequest, AgentRun, AgentSettings
 from tasks_lib.agents.claude import ClaudeAgent, ClaudeAgentConfig
 from tasks_lib.agents.command import CommandAgent, CommandAgentConfig
 
-AgentConfig = Annotated[Union[CommandAgentConfig, ClaudeAgentConfig],
+AgentConfig = Annotated[CommandAgentConfig | ClaudeAgentConfig,
                         Field(discriminator="kind")]
 
 _ADAPTER: TypeAdapter = TypeAdapter(AgentConfig)

@@ -69,8 +69,8 @@ from tasks_lib.agents.base import (
     AgentSettings,
     LineSink,
     StartSink,
-    base_env,
     aload_secrets,
+    base_env,
     redact,
     secret_values,
 )

@@ -20,8 +20,8 @@ from tasks_lib.agents.base import (
     AgentSettings,
     LineSink,
     StartSink,
-    base_env,
     aload_secrets,
+    base_env,
     substitute,
 )
 from tasks_lib.agents.process import run_process_group

@@ -14,7 +14,7 @@ import socket
 import subprocess
 import sys
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from flows.execute_spec import execute_spec
 from tests.reliability.conftest import (
@@ -101,7 +101,7 @@ async def test_a_stale_lock_is_taken_over_and_the_dead_run_reported(rig, tmp_pat
                                    "SPECWAVE_AGENT_MARKER": "run-deadbeef,agent-1"},
                               start_new_session=True)
     (spec / ".specwave" / "locks").mkdir(parents=True, exist_ok=True)
-    started = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    started = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     (spec / ".specwave" / "locks" / "run.lock").write_text(json.dumps(
         {"pid": 999_999_999, "host": "gone-host", "started_at": started,
          "flow_run_id": dead_id, "active": True}))
