@@ -176,9 +176,9 @@ def main() -> int:
             ("graph", f"{len(plan.dependency_edges)} dependency edges, {len(plan.conflicts)} "
                       f"file conflicts, {len(plan.waves)} waves, critical path "
                       f"{len(plan.critical_path)} tasks"),
-            ("load_spec (best of %d)" % args.repeat, f"{t_load * 1000:8.0f} ms"),
-            ("plan_spec (best of %d)" % args.repeat, f"{t_plan * 1000:8.0f} ms"),
-            ("load + plan (best of %d)" % args.repeat, f"{t_both * 1000:8.0f} ms"
+            (f"load_spec (best of {args.repeat})", f"{t_load * 1000:8.0f} ms"),
+            (f"plan_spec (best of {args.repeat})", f"{t_plan * 1000:8.0f} ms"),
+            (f"load + plan (best of {args.repeat})", f"{t_both * 1000:8.0f} ms"
              + ("   ok (< 1 s)" if t_both < TARGET_SECONDS else "   OVER the 1 s target")),
             ("`specwave plan --json` (subprocess)", f"{t_cli * 1000:8.0f} ms"),
         ]

@@ -263,7 +263,8 @@ def main() -> int:
     print(f"plan file: {cpu.get('store_n', 0)} writes, {cpu.get('store_wall', 0):.2f} s wall, "
           f"{cpu.get('store_cpu', 0):.2f} s CPU")
     rows = [("c0-t0 start→tagconc", "t0", "c0"), ("c1-c0 tag conc.", "c0", "c1"),
-            ("t1-c1 →body", "c1", "t1"), ("t1-t0 start→body", "t0", "t1"), ("t2-t1 body→spawn", "t1", "t2"),
+            ("t1-c1 →body", "c1", "t1"), ("t1-t0 start→body", "t0", "t1"),
+            ("t2-t1 body→spawn", "t1", "t2"),
             ("x1-t2 spawn→exit seen", "t2", "x1"), ("x2-x1 →sweep start", "x1", "x2"),
             ("x3-x2 sweep", "x2", "x3"), ("t3-x3 →record", "x3", "t3"),
             ("t3-t2 agent", "t2", "t3"), ("t4-t3 end→flow", "t3", "t4"),

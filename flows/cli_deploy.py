@@ -244,7 +244,7 @@ def deploy(
                 + (f": {d['url']}" if d["url"] else ""))
     except (RuntimeError, ValueError, subprocess.TimeoutExpired) as exc:
         _err(f"specwave deploy: {exc}")
-        raise typer.Exit(EXIT_INCOMPLETE)
+        raise typer.Exit(EXIT_INCOMPLETE) from None
     if as_json:
         print(json.dumps(report, indent=2, default=str))
         return
@@ -297,5 +297,5 @@ def approve(
         asyncio.run(answer_pause(flow_run_id, not stop, note))
     except ValueError as exc:
         _err(f"specwave approve: {exc}")
-        raise typer.Exit(EXIT_INVALID)
+        raise typer.Exit(EXIT_INVALID) from None
     print(f"{flow_run_id}: {'stop' if stop else 'continue'}" + (f" ({note})" if note else ""))

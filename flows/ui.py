@@ -18,12 +18,12 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from typing import Any, Union
+from typing import Any
 from uuid import UUID
 
 from prefect import get_run_logger
 
-Rows = Union[list[dict[str, Any]], Callable[[], list[dict[str, Any]]]]
+Rows = list[dict[str, Any]] | Callable[[], list[dict[str, Any]]]
 
 
 class RunUI:

@@ -28,7 +28,8 @@ def _secs(x: float | None) -> str:
 
 
 def final_blocker(attempts: list[dict[str, Any]]) -> str | None:
-    """Why a task did not pass, from its attempt records ("timeout after 2 attempts (30 s, 60 s)")."""
+    """Why a task did not pass, from its attempt records
+    ("timeout after 2 attempts (30 s, 60 s)")."""
     if not attempts:
         return None
     last = attempts[-1]

@@ -76,8 +76,8 @@ class Parallelization(_Lenient):
                                             description="Tasks the author says may run alongside.")
     blocked_by: list[TaskId] = Field(default_factory=list,
                                      description="Tasks that must pass before this one starts.")
-    blocks: list[TaskId] = Field(default_factory=list,
-                                 description="Tasks that wait for this one (inverse of blocked_by).")
+    blocks: list[TaskId] = Field(
+        default_factory=list, description="Tasks that wait for this one (inverse of blocked_by).")
     shared_files: list[str] = Field(default_factory=list,
                                     description="Files (or 'dir/' trees) this task touches.")
     isolation_score: float | None = Field(None, ge=0, le=1,

@@ -89,8 +89,8 @@ def read_text(path: Path, *, root: Path | None = None, what: str = "plan file") 
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
         line = data[: exc.start].count(b"\n") + 1
-        raise SpecError.single(display_path(path), f"is not UTF-8 text (byte {exc.start}, line "
-                                                   f"{line})", hint="save the file as UTF-8")
+        raise SpecError.single(display_path(path), f"is not UTF-8 text (byte {exc.start}, "
+                               f"line {line})", hint="save the file as UTF-8") from None
     if not text.strip():
         raise SpecError.single(display_path(path), "is empty",
                                hint="write the plan into it, or remove it")

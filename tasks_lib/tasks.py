@@ -101,7 +101,7 @@ async def run_worker(inp: WorkerInput) -> dict[str, Any]:
     logger.info(f"[{inp.task_id}] attempt {attempt}: starting {agent.kind} agent "
                 f"(timeout {timeout:g} s) in {inp.workdir}")
 
-    log_fh = open(log_path, "a", encoding="utf-8")
+    log_fh = open(log_path, "a", encoding="utf-8")  # noqa: ASYNC230 - a local append, once
     lines = AgentOutputLog(logger, inp.task_id, log_fh)
 
     def on_line(stream: str, line: str) -> None:

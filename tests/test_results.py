@@ -228,7 +228,8 @@ def test_json_too_deep_or_number_too_long_is_parse_error_not_an_exception():
 def test_example_block_first_then_real_block_last_counts():
     text = (
         'The expected format is\n```json\n{"status": "pass"}\n```\n\n'
-        'My result:\n```json\n{"status": "fail", "blocker": "db schema missing"}\n```\nTASK COMPLETE'
+        'My result:\n```json\n{"status": "fail", "blocker": "db schema missing"}\n```\n'
+        'TASK COMPLETE'
     )
     out = parse(text)
     assert out.outcome is Outcome.FAIL and out.reason == "db schema missing"
@@ -284,7 +285,8 @@ def test_all_contradictions_are_named_together():
     text = report({"status": "pass", "test_results": {"ran": 2, "passed": 1, "failed": 1}})
     out = parse(text, signals=AgentSignals(is_error=True))
     assert out.reason == (
-        "claimed pass but 1 tests failed; only 1 of 2 tests passed; the agent runtime reported is_error"
+        "claimed pass but 1 tests failed; only 1 of 2 tests passed; "
+        "the agent runtime reported is_error"
     )
 
 
@@ -346,7 +348,8 @@ def test_timeout_wins_whatever_the_text_says():
     assert out.outcome is Outcome.TIMEOUT and out.retryable
     assert (
         out.reason
-        == "the agent timed out and was stopped; its claimed pass was discarded — see the output tail"
+        == "the agent timed out and was stopped; its claimed pass was discarded "
+           "— see the output tail"
     )
     assert parse("garbage", timed_out=True, exit_code=None).outcome is Outcome.TIMEOUT
 
@@ -382,7 +385,8 @@ def test_crash_mentions_a_reported_fail_and_signals():
     )
     assert out.outcome is Outcome.CRASHED
     assert out.reason == (
-        "the agent process exited with code 3; it had reported fail; agent errors: oom — see the output tail"
+        "the agent process exited with code 3; it had reported fail; agent errors: oom "
+        "— see the output tail"
     )
 
 

@@ -1,4 +1,5 @@
-"""The store: locked, atomic, lossless writes of the user's tasks.json (real files, real processes)."""
+"""The store: locked, atomic, lossless writes of the user's tasks.json
+(real files, real processes)."""
 
 from __future__ import annotations
 

@@ -336,8 +336,8 @@ def _to_loaded(model: TasksFile, folder: Path, tasks_path: Path, label: str,
             sid = known(s, tid, "subtasks")
             if sid is not None:
                 if sid in parent_of and parent_of[sid] != tid:
-                    errors.append(Problem(label, f'is listed as a subtask of both "{parent_of[sid]}"'
-                                                 f' and "{tid}"', task_id=sid,
+                    errors.append(Problem(label, 'is listed as a subtask of both '
+                                                 f'"{parent_of[sid]}" and "{tid}"', task_id=sid,
                                           hint="keep it under one parent"))
                 parent_of.setdefault(sid, tid)
         if t.type == "subtask" and t.parent is None and tid not in parent_of:
@@ -375,7 +375,8 @@ def _to_loaded(model: TasksFile, folder: Path, tasks_path: Path, label: str,
         if status is None:
             warnings.append(Problem(label, f'unknown status "{t.status}" is treated as pending',
                                     task_id=uid, severity="warning",
-                                    hint="use pending, in_progress, pass, fail, blocked or skipped"))
+                                    hint="use pending, in_progress, pass, fail, blocked or "
+                                         "skipped"))
             status = TaskStatus.PENDING
         est = t.estimated_minutes
         for k in ("estimated_duration_minutes", "estimate_minutes"):

@@ -284,7 +284,8 @@ class ScriptedModelServer:
             ``path``, ``scenario``, ``turn``, ``task_id``, ``cwd``, ``session_id``, ``stream``,
             ``status`` (HTTP status returned), ``outcome`` (``reply``, ``error``, ``hang``,
             ``no-scenario``, ``unknown-scenario``, ``no-turn``, ``count-tokens``,
-            ``unknown-path``, ``bad-json``, ``client-gone``, ``server-stopped``), ``tool_uses`` (names sent),
+            ``unknown-path``, ``bad-json``, ``client-gone``, ``server-stopped``),
+            ``tool_uses`` (names sent),
             ``started`` (epoch s), ``duration_s``, ``done`` (False while the reply is still
             being sent, e.g. a hang), ``has_api_key``. Header values of
             ``x-api-key`` / ``authorization`` are never recorded.
@@ -623,7 +624,8 @@ class ScriptedModelServer:
                 })
                 self._event(h, "content_block_delta", {
                     "type": "content_block_delta", "index": i,
-                    "delta": {"type": "input_json_delta", "partial_json": json.dumps(block["input"])},
+                    "delta": {"type": "input_json_delta",
+                              "partial_json": json.dumps(block["input"])},
                 })
             self._event(h, "content_block_stop", {"type": "content_block_stop", "index": i})
         self._event(h, "message_delta", {

@@ -177,7 +177,8 @@ class SpecwaveRun:
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             out, err = proc.communicate()
-            raise AssertionError(f"specwave run did not finish in {timeout}s:\n{err[-3000:]}")
+            raise AssertionError(
+                f"specwave run did not finish in {timeout}s:\n{err[-3000:]}") from None
         try:
             result = json.loads(out)
         except json.JSONDecodeError:

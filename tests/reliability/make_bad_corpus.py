@@ -88,7 +88,8 @@ GOOD_TEXT = dumps(GOOD)
 # name -> (content (str or bytes), expected fragment of the error line)
 FILES: dict[str, tuple[str | bytes, str]] = {
     # ---- malformed JSON
-    "syntax-trailing-comma": (GOOD_TEXT.replace('"status": "pending",\n', '"status": "pending",,\n', 1),
+    "syntax-trailing-comma": (GOOD_TEXT.replace('"status": "pending",\n',
+                                                '"status": "pending",,\n', 1),
                               "invalid JSON"),
     "syntax-unclosed-object": (GOOD_TEXT.rstrip().rstrip("}"), "invalid JSON"),
     "syntax-single-quotes": (GOOD_TEXT.replace('"spec": "bad-case"', "'spec': 'bad-case'"),
@@ -108,7 +109,8 @@ FILES: dict[str, tuple[str | bytes, str]] = {
     "not-utf8-utf16": (GOOD_TEXT.encode("utf-16"), "is not UTF-8"),
     "not-utf8-binary": (bytes(range(256)) * 4, "is not UTF-8"),
     # ---- wrong shapes and types
-    "top-level-array": ("[" + GOOD_TEXT + "]\n", 'top level must be a JSON object with a "tasks" list'),
+    "top-level-array": ("[" + GOOD_TEXT + "]\n",
+                        'top level must be a JSON object with a "tasks" list'),
     "top-level-string": ('"tasks"\n', 'top level must be a JSON object with a "tasks" list'),
     "top-level-null": ("null\n", 'top level must be a JSON object with a "tasks" list'),
     "tasks-missing": (dumps({"version": "2.0", "spec": "x"}), '"tasks" list'),

@@ -76,7 +76,8 @@ def test_write_path_from_prompt_marker(run_claude):
 
 def test_bash_test_pass_runs_the_command_in_cwd(run_claude, model_server):
     cmd = "python -c \"open('ran.txt','w').write('x'); print('specwave-bash-ok 3 passed')\""
-    run = run_claude(f"Task ID: 7\nspecwave-scenario: bash-test-pass\nspecwave-test-command: {cmd}\n")
+    run = run_claude("Task ID: 7\nspecwave-scenario: bash-test-pass\n"
+                     f"specwave-test-command: {cmd}\n")
     res = assert_success_result(run, num_turns=2)
     assert (run.cwd / "ran.txt").read_text() == "x"
     [tool_result] = run.tool_results()
