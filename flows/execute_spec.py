@@ -725,6 +725,8 @@ async def _execute(spec: LoadedSpec, plan: Plan, agent: dict[str, Any], agent_ki
                           concurrency_limit=concurrency_limit,
                           tags=[spec.name, f"wave-{wave}", agent_kind])
         state = await worker(inp, return_state=True)
+        if state.is_cancelled():  # the worker stopped because this coroutine was cancelled
+            raise asyncio.CancelledError
         result = await state.result(raise_on_failure=False)
         if isinstance(result, dict) and result.get("task_id") == tid and result.get(
                 "attempt") == 1:  # one attempt: its record is the result (skip the files)

@@ -14,13 +14,14 @@ coroutine (flow cancelled, SIGTERM) and after a normal exit (no daemons left beh
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable
 from typing import Any
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
-from prefect.states import Failed
+from prefect.states import Cancelled, Failed
 from pydantic import BaseModel, Field
 
 from tasks_lib.agents import make_agent, parse_agent_config
@@ -111,16 +112,24 @@ async def run_worker(inp: WorkerInput) -> dict[str, Any]:
         # Off the event loop: the record is fsynced (milliseconds, more on a busy disk) and
         # every other worker's start and completion would wait for it. It is only read by a
         # later run reaping orphans, which also finds them by the run's marker.
-        import asyncio
-
         record = {**info.to_dict(), "task_id": inp.task_id, "attempt": attempt}
-        asyncio.get_running_loop().run_in_executor(None, folder.record_agent, record)
+        fut = asyncio.get_running_loop().run_in_executor(None, folder.record_agent, record)
+        fut.add_done_callback(lambda f: f.cancelled() or f.exception() is None or logger.warning(
+            f"[{inp.task_id}] could not record the agent's process group for orphan "
+            f"reaping ({f.exception()}); a later run still finds it by the run's marker"))
 
     started = time.time()
     try:
         async with _shared_slot(inp.concurrency_limit):
             started = time.time()  # the attempt's time starts when the agent does
             run = await agent.run(request, on_line=on_line, on_start=on_start)
+    except asyncio.CancelledError:
+        # The run is stopping (cancelled from Prefect or the UI, SIGTERM/SIGINT): agents.process
+        # has killed the agent's whole tree before this is raised. End the task run Cancelled,
+        # not Crashed (what Prefect records for a coroutine cancelled under it), so the UI
+        # says what happened. The flow re-raises the cancellation (see execute_spec.run_one).
+        logger.warning(f"[{inp.task_id}] stopped: the run was cancelled; the agent was killed")
+        return Cancelled(message=f"{inp.task_id}: stopped: the run was cancelled")
     except AgentLaunchError as exc:
         lines.flush()
         ended = time.time()
@@ -154,8 +163,6 @@ async def run_worker(inp: WorkerInput) -> dict[str, Any]:
         return record
     logger.error(f"[{inp.task_id}] {parsed.outcome.value}: {record['reason']}")
     if record.get("retry_after_s") and parsed.outcome in RETRYABLE_OUTCOMES:
-        import asyncio
-
         await asyncio.sleep(min(float(record["retry_after_s"]), 60.0))
     return Failed(message=f"{inp.task_id}: {parsed.outcome.value}: {record['reason']}",
                   data=record)

@@ -142,6 +142,17 @@ async def test_prefect_flow_run_cancel_stops_an_in_process_flow(rig, tmp_path):
     assert result["status"] == "cancelled" and sorted(result["interrupted"]) == ["1", "2"]
     final = await read_state(flow_run_id)
     assert final.is_cancelled(), final
+    # the workers' task runs say Cancelled too (Prefect alone would record them Crashed)
+    from prefect import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    async with get_client() as client:
+        runs = await client.read_task_runs(flow_run_filter=FlowRunFilter(
+            id=FlowRunFilterId(any_=[UUID(flow_run_id)])))
+    workers = {r.name.split(":")[0]: r.state for r in runs if r.name[:1].isdigit()}
+    assert sorted(workers) == ["1", "2"], [r.name for r in runs]
+    assert all(s.is_cancelled() and "the run was cancelled" in s.message
+               for s in workers.values()), workers
     check_stopped(rig, spec)
 
 
