@@ -35,7 +35,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import os
+import select
 import signal
 import time
 import uuid
@@ -71,7 +73,15 @@ _DRAIN_TIMEOUT_S = 5.0
 #: After SIGKILL, how long to wait for the kernel to remove the processes, per round.
 _KILL_WAIT_S = 2.0
 _KILL_ROUNDS = 5
-_POLL_S = 0.05
+#: Fallback only: how often an exit is polled where no pidfd can be used (not Linux ≥ 5.3,
+#: or pidfd_open refused, e.g. by a seccomp filter). On Linux exits are events (pidfd).
+_POLL_S = 0.01
+#: The leader is known to have exited and to be reaped by asyncio's child watcher, which is
+#: handing the exit code to the event loop: poll for it this often (a few rounds at most).
+_REAPED_POLL_S = 0.001
+_HAVE_PIDFD = hasattr(os, "pidfd_open") and hasattr(os, "P_PIDFD")
+#: /proc/<pid>/stat counts start times in these ticks (USER_HZ, 100 on Linux).
+_CLK_TCK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
 
 class AgentLaunchError(RuntimeError):
@@ -134,7 +144,16 @@ class ProcessResult:
 def _own_lineage() -> set[int]:
     """Our pid and our ancestors' pids: never signalled, whatever a record says."""
     pids = {os.getpid()}
-    with contextlib.suppress(psutil.Error):
+    pid = os.getppid()
+    while pid > 0 and pid not in pids:  # /proc: a tenth of psutil's cost
+        pids.add(pid)
+        stat = _proc_stat(pid)
+        if stat is None:
+            break
+        pid = stat[3]
+    if len(pids) > 1 and pid == 0:
+        return pids
+    with contextlib.suppress(psutil.Error):  # no /proc (or the chain broke): psutil
         pids.update(p.pid for p in psutil.Process().parents())
     return pids
 
@@ -155,11 +174,85 @@ def _pgid_of(pid: int) -> int | None:
         return None
 
 
+def _boot_ticks() -> int | None:
+    """Now, in the clock of /proc/<pid>/stat start times (CLOCK_BOOTTIME in USER_HZ ticks)."""
+    try:
+        return int(time.clock_gettime(time.CLOCK_BOOTTIME) * _CLK_TCK)
+    except (AttributeError, OSError):
+        return None
+
+
+def _proc_stat(pid: int) -> tuple[bytes, int, int, int] | None:
+    """(state, pgid, start time in ticks, ppid) of ``pid`` from /proc; None when gone."""
+    try:
+        fd = os.open(f"/proc/{pid}/stat", os.O_RDONLY)
+        try:
+            data = os.read(fd, 4096)
+        finally:
+            os.close(fd)
+        # "pid (comm) state ppid pgrp ...": comm may hold spaces and ")", so cut at the last.
+        fields = data[data.rfind(b")") + 2 :].split()
+        return fields[0], int(fields[2]), int(fields[19]), int(fields[1])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def _has_marker(pid: int, markers: set[bytes]) -> bool:
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as fh:
+            environ = fh.read()
+    except OSError:  # gone, or not ours to read (another user's process: not our agent's)
+        return False
+    key = MARKER_ENV.encode() + b"="
+    for entry in environ.split(b"\0"):
+        if entry.startswith(key):
+            return bool(markers.intersection(entry[len(key) :].split(b",")))
+    return False
+
+
+def _scan_proc(
+    pgids: set[int], markers: set[str], skip: set[int], not_before: int
+) -> list[int] | None:
+    """Pids of live processes in ``pgids`` or carrying one of ``markers``, read from /proc
+    directly; None where there is no /proc (then psutil does it, slower).
+
+    Every candidate's stat is read afresh, so a pid reused since an earlier sweep is seen
+    as the new process it is (psutil's process_iter keeps Process objects of earlier calls,
+    and one of a reused pid would look gone). Environments — the costly read, several ms for
+    a machine's worth — are read only of processes started at or after ``not_before``
+    (/proc ticks): the marker is a fresh random id, so only processes created after the
+    agent was spawned can carry it.
+    """
+    try:
+        names = os.listdir("/proc")
+    except OSError:
+        return None
+    wanted = {m.encode() for m in markers}
+    hits = []
+    for name in names:
+        if not name.isdigit():
+            continue
+        pid = int(name)
+        if pid in skip:
+            continue
+        stat = _proc_stat(pid)
+        if stat is None or stat[0] in (b"Z", b"X"):  # gone, or a zombie: counts as gone
+            continue
+        if stat[1] in pgids or (wanted and stat[2] >= not_before and _has_marker(pid, wanted)):
+            hits.append(pid)
+    return hits
+
+
 def _collect(
-    roots: Iterable[psutil.Process], pgids: set[int], markers: set[str], exclude: set[int]
+    roots: Iterable[psutil.Process],
+    pgids: set[int],
+    markers: set[str],
+    exclude: set[int],
+    not_before: int = 0,
 ) -> dict[int, psutil.Process]:
     """Live processes of the tree: roots and their descendants, members of ``pgids``,
-    and processes whose environment carries one of ``markers``."""
+    and processes whose environment carries one of ``markers`` (only those started at or
+    after ``not_before``, in /proc ticks, are searched for a marker; 0: all)."""
     found: dict[int, psutil.Process] = {}
     for root in roots:
         if _gone(root):
@@ -168,20 +261,27 @@ def _collect(
         with contextlib.suppress(psutil.Error):
             for child in root.children(recursive=True):
                 found.setdefault(child.pid, child)
+    hits: list[int] | None = []
     if pgids or markers:
+        hits = _scan_proc(pgids, markers, found.keys() | exclude, not_before)
+    if hits is not None:
+        for pid in hits:
+            with contextlib.suppress(psutil.Error):
+                found[pid] = psutil.Process(pid)
+    else:
         for p in psutil.process_iter():
-            if p.pid in found or p.pid in exclude:
-                continue
-            if pgids and _pgid_of(p.pid) in pgids:
-                found[p.pid] = p
-                continue
-            if markers:
-                try:
-                    value = p.environ().get(MARKER_ENV)
-                except psutil.Error:
+                if p.pid in found or p.pid in exclude:
                     continue
-                if value and markers.intersection(value.split(",")):
+                if pgids and _pgid_of(p.pid) in pgids:
                     found[p.pid] = p
+                    continue
+                if markers:
+                    try:
+                        value = p.environ().get(MARKER_ENV)
+                    except psutil.Error:
+                        continue
+                    if value and markers.intersection(value.split(",")):
+                        found[p.pid] = p
     return {pid: p for pid, p in found.items() if pid not in exclude and not _gone(p)}
 
 
@@ -197,11 +297,56 @@ def _signal(procs: Iterable[psutil.Process], pgids: set[int], sig: int, own_pgrp
             p.send_signal(sig)
 
 
+def _wait_gone(procs: Iterable[psutil.Process], until: float) -> None:
+    """Block until every process of ``procs`` is gone (exited; zombies count) or until
+    ``time.monotonic()`` reaches ``until``.
+
+    With pidfds (Linux ≥ 5.3, any process, not only our children) the exits are events:
+    a pidfd polls readable once its process has exited. Elsewhere: a ``_POLL_S`` poll.
+    """
+    pending = [p for p in procs if not _gone(p)]
+    fds: dict[int, psutil.Process] = {}
+    try:
+        usable = _HAVE_PIDFD
+        for p in pending if usable else ():
+            try:
+                fds[os.pidfd_open(p.pid)] = p
+            except ProcessLookupError:
+                continue  # gone already
+            except OSError:
+                usable = False  # not permitted here (seccomp, old kernel): poll instead
+                break
+        if usable:
+            # A pid reused between _gone() and pidfd_open() gives the new process's pidfd;
+            # psutil's identity check (pid + create time) says ours is gone, so drop it.
+            for fd in [fd for fd, p in fds.items() if _gone(p)]:
+                del fds[fd]
+                os.close(fd)
+            poller = select.poll()
+            for fd in fds:
+                poller.register(fd, select.POLLIN)
+            while fds:
+                remaining = until - time.monotonic()
+                if remaining <= 0:
+                    return
+                for fd, _ in poller.poll(math.ceil(remaining * 1000)):
+                    poller.unregister(fd)
+                    del fds[fd]
+                    os.close(fd)
+            return
+        while time.monotonic() < until and not all(_gone(p) for p in pending):
+            time.sleep(_POLL_S)
+    finally:
+        for fd in fds:
+            os.close(fd)
+
+
 def _terminate(
     roots: Iterable[psutil.Process],
     pgids: set[int],
     markers: set[str],
     grace_seconds: float,
+    not_before: int = 0,
 ) -> list[int]:
     """SIGTERM the tree, wait ``grace_seconds``, SIGKILL what is left. Returns killed pids.
 
@@ -214,7 +359,7 @@ def _terminate(
     killed: set[int] = set()
 
     def sweep() -> dict[int, psutil.Process]:
-        procs = _collect(list(roots_alive.values()), pgids, markers, exclude)
+        procs = _collect(list(roots_alive.values()), pgids, markers, exclude, not_before)
         # Groups led by a process of the tree were created by the tree: kill them whole.
         for pid in procs:
             if _pgid_of(pid) == pid and pid != own_pgrp:
@@ -230,8 +375,7 @@ def _terminate(
     deadline = time.monotonic() + max(0.0, grace_seconds)
     _signal(procs.values(), pgids, signal.SIGTERM, own_pgrp)
     while True:
-        while time.monotonic() < deadline and not all(_gone(p) for p in procs.values()):
-            time.sleep(_POLL_S)
+        _wait_gone(procs.values(), deadline)
         roots_alive = {pid: p for pid, p in procs.items() if not _gone(p)}
         newcomers = {pid: p for pid, p in sweep().items() if pid not in procs}
         procs.update(newcomers)
@@ -247,9 +391,7 @@ def _terminate(
             if not procs:
                 break
         _signal(procs.values(), pgids, signal.SIGKILL, own_pgrp)
-        until = time.monotonic() + _KILL_WAIT_S
-        while time.monotonic() < until and not all(_gone(p) for p in procs.values()):
-            time.sleep(_POLL_S)
+        _wait_gone(procs.values(), time.monotonic() + _KILL_WAIT_S)
         roots_alive = procs
         procs = sweep()
     return sorted(killed)
@@ -298,7 +440,8 @@ def reap(infos: Iterable[ProcessInfo], grace_seconds: float = 2.0) -> list[int]:
         The pids killed, sorted.
 
     Example:
-        >>> infos = [ProcessInfo.from_dict(d) for d in json.loads(path.read_text())]  # doctest: +SKIP
+        >>> records = json.loads(path.read_text())  # doctest: +SKIP
+        >>> infos = [ProcessInfo.from_dict(d) for d in records]  # doctest: +SKIP
         >>> reap(infos)  # doctest: +SKIP
         [4242]
     """
@@ -402,16 +545,94 @@ async def _feed(stdin: asyncio.StreamWriter, data: bytes) -> None:
             stdin.close()
 
 
+def _peek_child(pidfd: int) -> tuple[str, int | None]:
+    """The state of our child behind ``pidfd``, read *without* reaping it.
+
+    ``waitid(WNOWAIT)`` leaves the zombie to asyncio's child watcher, which reaps it as
+    usual, so the watcher never runs into ECHILD because of us. Returns ("running", None);
+    ("exited", code) with the code as asyncio gives it (the exit status, or minus the
+    signal that killed it); ("reaped", None) when it is not, or no longer, our child (the
+    watcher reaped it: its code is on its way to ``proc.returncode``); ("unknown", None)
+    when waitid cannot tell (a kernel without P_PIDFD for waitid: before 5.4).
+    """
+    try:
+        res = os.waitid(os.P_PIDFD, pidfd, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+    except ChildProcessError:
+        return "reaped", None
+    except OSError:
+        return "unknown", None
+    if res is None:
+        return "running", None
+    return "exited", res.si_status if res.si_code == os.CLD_EXITED else -res.si_status
+
+
 async def _wait_exit(proc: asyncio.subprocess.Process) -> int:
     """The leader's exit code, as soon as it exits.
 
     Not ``proc.wait()``: on Python 3.11 that also waits until every holder of the
     stdout/stderr pipes has closed them, i.e. it hangs while a background grandchild is
     alive — exactly the leftovers we must kill after the leader exits.
+
+    On Linux the exit is an event: a pidfd of the leader, watched by the event loop, polls
+    readable the moment the leader exits; its code is then read with ``waitid(WNOWAIT)``,
+    which leaves reaping to asyncio's child watcher (3.11: a thread blocked in
+    ``waitpid``), so the two never race. If the watcher wins anyway (or had reaped a leader
+    that exited at once, before the pidfd could be opened: ESRCH), the code is already on
+    its way to ``proc.returncode`` and a 1 ms poll picks it up. Where no pidfd can be used,
+    ``proc.returncode`` is polled every ``_POLL_S``.
+
+    A pidfd opened after asyncio reaped the leader could name a new process that reused the
+    pid; ``waitid`` on it fails (not our child) unless the kernel handed the pid, after
+    cycling through all others, to another child of ours within that instant.
     """
-    while proc.returncode is None:
-        await asyncio.sleep(_POLL_S)
+    if proc.returncode is not None:
+        return proc.returncode
+    poll = _POLL_S
+    if _HAVE_PIDFD:
+        try:
+            pidfd = os.pidfd_open(proc.pid)
+        except ProcessLookupError:
+            pidfd, poll = None, _REAPED_POLL_S  # exited and reaped already
+        except OSError:
+            pidfd = None  # not available here: poll
+        if pidfd is not None:
+            try:
+                code, reaped = await _wait_pidfd(proc, pidfd)
+            finally:
+                os.close(pidfd)
+            if code is not None:
+                return code
+            if reaped:
+                poll = _REAPED_POLL_S
+    while proc.returncode is None:  # noqa: ASYNC110 — the fallback poll, see above
+        await asyncio.sleep(poll)
     return proc.returncode
+
+
+async def _wait_pidfd(proc: asyncio.subprocess.Process, pidfd: int) -> tuple[int | None, bool]:
+    """Wait for the leader behind ``pidfd`` to exit: (its code or None, whether it exited)."""
+    state, code = _peek_child(pidfd)
+    if state != "running":
+        return code, state != "unknown"
+    loop = asyncio.get_running_loop()
+    readable = loop.create_future()
+
+    def on_readable() -> None:
+        if not readable.done():
+            readable.set_result(None)
+
+    try:
+        loop.add_reader(pidfd, on_readable)
+    except (NotImplementedError, OSError, ValueError):
+        return None, False  # an event loop without add_reader: poll
+    try:
+        await readable
+    finally:
+        loop.remove_reader(pidfd)
+    if proc.returncode is not None:
+        return proc.returncode, True
+    state, code = _peek_child(pidfd)
+    return code, state in ("exited", "reaped")
 
 
 async def _track(leader: psutil.Process, tracked: dict[int, psutil.Process]) -> None:
@@ -434,7 +655,7 @@ async def run_process_group(
     cwd: str | Path,
     env: dict[str, str],
     stdin_data: bytes | None = None,
-    timeout: float | None = None,
+    timeout: float | None = None,  # noqa: ASYNC109 — the agent's own time limit, not ours
     grace_seconds: float = 5.0,
     on_line: Callable[[str, str], None] | None = None,
     log_path: Path | None = None,
@@ -495,13 +716,20 @@ async def run_process_group(
     # Plain blocking file I/O on purpose: appends of a few lines are cheaper than a thread hop.
     log_file = open(log_path, "ab") if log_path is not None else None  # noqa: SIM115, ASYNC230
     started = time.monotonic()
+    # Two ticks of margin (/proc rounds start times down to a tick, so does this).
+    now_ticks = _boot_ticks()
+    spawn_ticks = None if now_ticks is None else now_ticks - 2
     try:
         try:
             proc = await asyncio.create_subprocess_exec(
                 *argv,
                 cwd=str(cwd),
                 env=child_env,
-                stdin=asyncio.subprocess.PIPE if stdin_data is not None else asyncio.subprocess.DEVNULL,
+                stdin=(
+                    asyncio.subprocess.PIPE
+                    if stdin_data is not None
+                    else asyncio.subprocess.DEVNULL
+                ),
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.PIPE,
                 start_new_session=True,
@@ -509,7 +737,7 @@ async def run_process_group(
         except OSError as exc:
             raise _launch_error(argv[0], cwd, child_env, exc) from exc
         return await _supervise(
-            proc, argv[0], marker, started, stdin_data, timeout, grace_seconds,
+            proc, argv[0], marker, started, spawn_ticks, stdin_data, timeout, grace_seconds,
             on_line, log_file, on_start, cancel_event,
         )
     finally:
@@ -522,8 +750,9 @@ async def _supervise(
     argv0: str,
     marker: str,
     started: float,
+    spawn_ticks: int | None,
     stdin_data: bytes | None,
-    timeout: float | None,
+    timeout: float | None,  # noqa: ASYNC109 — see run_process_group
     grace_seconds: float,
     on_line: Callable[[str, str], None] | None,
     log_file: IO[bytes] | None,
@@ -531,6 +760,12 @@ async def _supervise(
     cancel_event: asyncio.Event | None,
 ) -> ProcessResult:
     leader = _process(proc.pid)
+    # Marker search after exit: only processes started since just before the spawn (see
+    # _scan_proc). The bound is taken from the leader's own start (its stat) when it can be
+    # read, else from the clock read before spawning; the smaller of the two is used.
+    leader_stat = _proc_stat(proc.pid)
+    bounds = [b for b in (spawn_ticks, leader_stat[2] if leader_stat else None) if b is not None]
+    not_before = min(bounds) if bounds else 0
     info = ProcessInfo(
         pid=proc.pid,
         pgid=proc.pid,  # start_new_session: the agent leads its own session and group
@@ -539,7 +774,10 @@ async def _supervise(
         marker=marker,
     )
     tracked: dict[int, psutil.Process] = {}
-    pumps = {"stdout": _Pump("stdout", on_line, log_file), "stderr": _Pump("stderr", on_line, log_file)}
+    pumps = {
+        "stdout": _Pump("stdout", on_line, log_file),
+        "stderr": _Pump("stderr", on_line, log_file),
+    }
     readers = {
         asyncio.ensure_future(pumps["stdout"].run(proc.stdout)),
         asyncio.ensure_future(pumps["stderr"].run(proc.stderr)),
@@ -559,7 +797,9 @@ async def _supervise(
         # The leader's descendants are snapshotted inside _terminate before any signal;
         # ``tracked`` adds those seen earlier that have since been re-parented.
         roots = ([leader] if leader is not None else []) + list(tracked.values())
-        killed = await asyncio.to_thread(_terminate, roots, {info.pgid}, {marker}, grace_seconds)
+        killed = await asyncio.to_thread(
+            _terminate, roots, {info.pgid}, {marker}, grace_seconds, not_before
+        )
         with contextlib.suppress(asyncio.TimeoutError, ProcessLookupError):
             await asyncio.wait_for(asyncio.shield(waiter), _KILL_WAIT_S)
         # Every writer of the pipes is dead now; let the readers reach EOF (bounded: a
@@ -642,7 +882,7 @@ async def _supervise(
             raise r.exception()  # on_line failed while draining after exit
     stopped = timed_out or cancelled
     return ProcessResult(
-        exit_code=None if stopped else proc.returncode,
+        exit_code=None if stopped else waiter.result(),
         timed_out=timed_out,
         cancelled=cancelled,
         stdout=pumps["stdout"].text(),

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import select
 import signal
 import subprocess
 import sys
@@ -20,6 +21,7 @@ from pathlib import Path
 import psutil
 import pytest
 
+import tasks_lib.agents.process as process_mod
 from tasks_lib.agents.process import (
     MARKER_ENV,
     MAX_LINE_BYTES,
@@ -43,7 +45,8 @@ def tagged(tag: str) -> list[psutil.Process]:
         try:
             if p.status() == psutil.STATUS_ZOMBIE:
                 continue
-            if any(tag in a for a in p.cmdline()) or tag in p.environ().get("SPECWAVE_TEST_TAG", ""):
+            in_env = tag in p.environ().get("SPECWAVE_TEST_TAG", "")
+            if in_env or any(tag in a for a in p.cmdline()):
                 found.append(p)
         except psutil.Error:
             continue
@@ -354,9 +357,13 @@ async def test_wait_for_timeout_of_caller_also_kills(tag, tmp_path):
 
 async def test_cancel_event_stops_and_returns_result(tag, tmp_path):
     stop = asyncio.Event()
+
+    def on_line(stream: str, line: str) -> None:
+        if line.startswith("PID"):
+            stop.set()
+
     res_task = asyncio.ensure_future(run(tag, "lines", "1", "child", "sleep", "120",
-                                         tmp=tmp_path, cancel_event=stop,
-                                         on_line=lambda s, l: stop.set() if l.startswith("PID") else None))
+                                         tmp=tmp_path, cancel_event=stop, on_line=on_line))
     res = await asyncio.wait_for(res_task, 60)
     assert res.cancelled and not res.timed_out and res.exit_code is None
     assert res.pid in res.killed_pids
@@ -388,7 +395,8 @@ async def test_failing_on_start_kills_tree_and_raises(tag, tmp_path):
 
 async def test_missing_executable_is_a_launch_error(tmp_path):
     name = f"no-such-agent-{uuid.uuid4().hex[:8]}"
-    with pytest.raises(AgentLaunchError, match=rf"cannot start agent: '{name}' not found \(searched PATH="):
+    match = rf"cannot start agent: '{name}' not found \(searched PATH="
+    with pytest.raises(AgentLaunchError, match=match):
         await run_process_group([name, "-p"], cwd=tmp_path, env={"PATH": "/usr/bin:/bin"})
 
 
@@ -402,7 +410,8 @@ async def test_non_executable_file_is_a_launch_error(tmp_path):
     script = tmp_path / "agent.sh"
     script.write_text("#!/bin/sh\necho hi\n")
     script.chmod(0o644)
-    with pytest.raises(AgentLaunchError, match=r"is not executable \(permission denied\) — chmod \+x"):
+    match = r"is not executable \(permission denied\) — chmod \+x"
+    with pytest.raises(AgentLaunchError, match=match):
         await run_process_group([str(script)], cwd=tmp_path, env={})
 
 
@@ -524,3 +533,146 @@ def test_kill_tree_never_signals_the_caller_or_its_group():
                          text=True, timeout=60, start_new_session=True, check=False)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
+
+
+# ------------------------------------------------------------------ exit detection, sweep cost
+
+PIDFD = hasattr(os, "pidfd_open") and hasattr(os, "P_PIDFD")
+
+
+def _pidfd_works() -> bool:
+    if not PIDFD:
+        return False
+    try:
+        os.close(os.pidfd_open(os.getpid()))
+        return True
+    except OSError:
+        return False
+
+
+needs_pidfd = pytest.mark.skipif(not _pidfd_works(), reason="no pidfd here (Linux >= 5.4)")
+
+
+@needs_pidfd
+async def test_leader_exit_is_an_event_not_a_poll(tag, tmp_path, monkeypatch):
+    # With the fallback poll set to 60 s, only the pidfd can see the exits this soon.
+    monkeypatch.setattr(process_mod, "_POLL_S", 60.0)
+    res = await run(tag, "sleep", "0.3", "exit", "5", tmp=tmp_path, timeout=120)
+    assert res.exit_code == 5 and res.duration_s < 30
+    argv = [sys.executable, "-c", "import os, signal; os.kill(os.getpid(), signal.SIGKILL)"]
+    res = await run_process_group(argv, cwd=tmp_path, env=env_for(tag), timeout=120)
+    assert res.exit_code == -signal.SIGKILL and res.duration_s < 30
+    assert survivors(tag) == []
+
+
+@needs_pidfd
+def test_peek_child_reads_the_exit_code_without_reaping(tag):
+    child = subprocess.Popen(agent(tag, "sleep", "120"), start_new_session=True)
+    fd = os.pidfd_open(child.pid)
+    try:
+        assert process_mod._peek_child(fd) == ("running", None)
+        child.kill()
+        poller = select.poll()
+        poller.register(fd, select.POLLIN)
+        assert poller.poll(30_000), "pidfd never became readable"
+        assert process_mod._peek_child(fd) == ("exited", -signal.SIGKILL)
+        assert process_mod._peek_child(fd) == ("exited", -signal.SIGKILL)  # still not reaped
+        assert child.wait(timeout=10) == -signal.SIGKILL  # the owner reaps it as usual
+        assert process_mod._peek_child(fd) == ("reaped", None)
+    finally:
+        os.close(fd)
+        child.kill()
+        child.wait()
+    assert survivors(tag) == []
+
+
+@pytest.mark.parametrize("pidfd_open_error", [None, ProcessLookupError, PermissionError])
+async def test_exit_code_without_a_usable_pidfd(tag, tmp_path, monkeypatch, pidfd_open_error):
+    # No pidfd support at all; the leader already reaped when pidfd_open runs (ESRCH); a
+    # pidfd_open refused (seccomp). Each falls back to asyncio's returncode; leftovers die.
+    if pidfd_open_error is None:
+        monkeypatch.setattr(process_mod, "_HAVE_PIDFD", False)
+    else:
+        def refuse(pid: int) -> int:
+            raise pidfd_open_error(f"pidfd_open({pid}) refused by the test")
+        monkeypatch.setattr(process_mod, "_HAVE_PIDFD", True)
+        monkeypatch.setattr(process_mod.os, "pidfd_open", refuse, raising=False)
+    res = await run(tag, "daemon", "sleep", "0.2", "exit", "4", tmp=tmp_path, grace_seconds=2,
+                    timeout=60)
+    pids = pids_announced(res.stdout)
+    assert res.exit_code == 4 and not res.timed_out
+    assert res.killed_pids == [pids["daemon"]]
+    assert survivors(tag) == []
+
+
+async def test_exit_code_of_a_leader_that_exits_at_once(tag, tmp_path):
+    # Often reaped by asyncio's watcher before the pidfd can be opened: the code still comes.
+    for code in (0, 1, 7):
+        argv = [sys.executable, "-S", "-c", f"raise SystemExit({code})"]
+        res = await run_process_group(argv, cwd=tmp_path, env=env_for(tag), timeout=60)
+        assert res.exit_code == code
+    assert survivors(tag) == []
+
+
+@needs_pidfd
+def test_kill_waits_for_exits_as_events(tag, monkeypatch):
+    # Group member, setsid'd grandchild (not our child) and the leader (our child, left a
+    # zombie until reaped) all die on SIGTERM; a 60 s fallback poll would show.
+    monkeypatch.setattr(process_mod, "_POLL_S", 60.0)
+    leader = subprocess.Popen(agent(tag, "child", "setsid-child", "sleep", "120"),
+                              start_new_session=True, stdout=subprocess.PIPE, text=True)
+    try:
+        pids = {}
+        while len(pids) < 2:
+            pids.update(pids_announced(leader.stdout.readline()))
+        start = time.monotonic()
+        killed = kill_tree(leader.pid, leader.pid, grace_seconds=30)
+        assert time.monotonic() - start < 20
+        assert set(killed) == {leader.pid, *pids.values()}
+        assert leader.wait(timeout=10) == -signal.SIGTERM
+    finally:
+        leader.kill()
+        leader.wait()
+        leader.stdout.close()
+    assert survivors(tag) == []
+
+
+def test_proc_scan_finds_group_members_and_marked_processes(tag):
+    marker = uuid.uuid4().hex
+    before = process_mod._boot_ticks()
+    marked = subprocess.Popen(agent(tag, "sleep", "120"), start_new_session=True,
+                              env={**env_for(tag), MARKER_ENV: f"outer,{marker}"})
+    other = subprocess.Popen(agent(tag, "sleep", "120"), start_new_session=True,
+                             env={**env_for(tag), MARKER_ENV: uuid.uuid4().hex})
+    try:
+        wait_for(lambda: MARKER_ENV in psutil.Process(marked.pid).environ(), 30, "exec")
+        wait_for(lambda: MARKER_ENV in psutil.Process(other.pid).environ(), 30, "exec")
+        scan = process_mod._scan_proc
+        assert scan(set(), {marker}, set(), 0) == [marked.pid]
+        assert scan(set(), {marker}, set(), before) == [marked.pid]
+        assert sorted(scan({other.pid}, {marker}, set(), 0)) == sorted([marked.pid, other.pid])
+        assert scan(set(), {marker}, {marked.pid}, 0) == []
+        # The start-time bound only limits the marker search, never the group's members.
+        assert scan({other.pid}, {marker}, set(), before + 10**9) == [other.pid]
+        # The same answer as the portable (psutil) search.
+        exclude = process_mod._own_lineage()
+        fast = process_mod._collect([], {other.pid}, {marker}, exclude, before)
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(process_mod, "_scan_proc", lambda *a: None)
+            slow = process_mod._collect([], {other.pid}, {marker}, exclude)
+        assert sorted(fast) == sorted(slow) == sorted([marked.pid, other.pid])
+        # A zombie counts as gone.
+        marked.kill()
+        wait_for(lambda: psutil.Process(marked.pid).status() == psutil.STATUS_ZOMBIE, 30,
+                 "zombie")
+        assert scan(set(), {marker}, set(), 0) == []
+    finally:
+        for p in (marked, other):
+            p.kill()
+            p.wait()
+    assert survivors(tag) == []
+
+
+def test_own_lineage_matches_psutil():
+    expected = {os.getpid()} | {p.pid for p in psutil.Process().parents()}
+    assert process_mod._own_lineage() == expected
