@@ -547,8 +547,9 @@ def _reap_earlier_agents(spec: LoadedSpec, run_id: str) -> None:
 class _PlanWriter:
     """Records task updates in the plan file off the event loop, coalesced.
 
-    One write of a plan file is a locked read-parse-render-fsync of the whole file: 10–30 ms
-    for a 16-task spec, 130–350 ms for 500 tasks (measured; benchmarks/). Done inline, every
+    One write of a plan file is a locked read-parse-render-fsync of the whole file: ~13 ms for
+    500 tasks on a quiet core, several times that under load (measured; it was ~40 ms quiet and
+    130–350 ms loaded before the renderer used json's C string encoder). Done inline, every
     start and every finish stalled every other worker's start and completion. Here updates
     are queued and written by one dedicated thread: while a write runs the next updates
     gather, and go together in the next write. Between two writes the writer rests

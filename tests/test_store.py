@@ -223,6 +223,26 @@ def test_a_change_keeps_the_file_style(tmp_path: Path, style_name: str):
     assert jsondoc.detect_style(text) == jsondoc.detect_style(jsondoc.dumps(doc, style))
 
 
+def test_a_file_restyled_between_two_writes_keeps_its_new_style(tmp_path: Path):
+    """The store remembers the style of the text it wrote (detecting it again costs a pass
+    over the file on every write), but only for that exact text: a file someone reformatted
+    in the meantime is written back in the new style."""
+    doc = base_doc()
+    path = write(tmp_path, doc, STYLES["tab-ascii-no-final-newline"])
+    store = make_store(path)
+    store.apply(TaskUpdate("1", status="in_progress"))
+    store.apply(TaskUpdate("1", status="pass"))
+    assert path.read_text().startswith("{\n\t\"")
+    restyled = json.loads(path.read_text())
+    path.write_text(json.dumps(restyled, indent=4) + "\n")  # someone reformats it
+    store.apply(TaskUpdate("2", status="in_progress"))
+    text = path.read_text()
+    assert text.startswith('{\n    "') and text.endswith("}\n")
+    task(restyled, "2")["status"] = "in_progress"
+    restyled["summary"].update(in_progress=1, pending=restyled["summary"]["pending"] - 1)
+    assert json.loads(text) == restyled
+
+
 def test_only_the_changed_lines_differ(tmp_path: Path):
     path = write(tmp_path, base_doc(), JsonStyle(indent="    ", inline_scalar_arrays=True))
     before = path.read_text(encoding="utf-8").splitlines()

@@ -140,8 +140,19 @@ class AgentOsJson:
                                    hint="see the tasks.json format in the README")
         return raw
 
+    def __init__(self) -> None:
+        # (text this object last rendered, the style it used): the next write of the same
+        # file reads that text back, and detecting its style again is a regex pass over the
+        # whole file (~10 ms at 500 tasks, on every write of a run). One store, one file.
+        self._last: tuple[str, jsondoc.JsonStyle] | None = None
+
     def render(self, doc: Any, original: str) -> str:
-        return jsondoc.dumps(doc, jsondoc.detect_style(original))
+        last = self._last
+        style = last[1] if last is not None and last[0] == original else \
+            jsondoc.detect_style(original)
+        text = jsondoc.dumps(doc, style)
+        self._last = (text, style)
+        return text
 
     @staticmethod
     def _find(doc: dict, task_id: str) -> dict | None:
