@@ -152,11 +152,25 @@ def main() -> None:
         sys.exit(EXIT_INCOMPLETE)
 
 
-def _register_extra_commands() -> None:
-    """Commands that live in their own modules (run, status, demo, deploy) register here."""
+#: Modules holding more commands (each registers its own on ``app`` when imported).
+EXTRA_COMMAND_MODULES = ("flows.cli_run", "flows.cli_demo", "flows.cli_deploy")
+#: Commands whose module is known: running one imports only that module (``specwave run``
+#: does not pay for the demo and deploy commands before its first agent starts). Anything
+#: else (``--help``, no command, an unknown or new command) imports every module.
+_COMMAND_MODULES = {"validate": (), "plan": (), "schema": (),
+                    "run": ("flows.cli_run",), "status": ("flows.cli_run",)}
+
+
+def _register_extra_commands(argv: list[str] | None = None) -> None:
+    """Commands that live in their own modules (run, status, demo, deploy) register here:
+    only the module of the command in ``argv`` (default ``sys.argv``) when it is known, else
+    all of them."""
     import importlib
 
-    for module in ("flows.cli_run", "flows.cli_demo", "flows.cli_deploy"):
+    args = sys.argv[1:] if argv is None else argv
+    modules = _COMMAND_MODULES.get(args[0], EXTRA_COMMAND_MODULES) if args else (
+        EXTRA_COMMAND_MODULES)
+    for module in modules:
         try:
             importlib.import_module(module)
         except ModuleNotFoundError as exc:
