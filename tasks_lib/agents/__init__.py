@@ -1,33 +1,67 @@
-"""Agent kinds that specwave can launch (one module per kind) and their shared interface."""
+"""Agent kinds that specwave can launch (one module per kind) and their shared interface.
+
+The claude agent's module is imported when it is first needed (a ``claude`` config, or
+``ClaudeAgent`` / ``ClaudeAgentConfig`` / ``AgentConfig`` read from this package): a run of
+``command`` agents does not pay for it before its first agent starts.
+"""
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Union
+import functools
+from typing import Annotated, Any
 
-from pydantic import Field, TypeAdapter
+from pydantic import Field, TypeAdapter, ValidationError
 
 from tasks_lib.agents.base import Agent, AgentRequest, AgentRun, AgentSettings
-from tasks_lib.agents.claude import ClaudeAgent, ClaudeAgentConfig
 from tasks_lib.agents.command import CommandAgent, CommandAgentConfig
 
-AgentConfig = Annotated[CommandAgentConfig | ClaudeAgentConfig,
-                        Field(discriminator="kind")]
+_LAZY = frozenset({"AgentConfig", "ClaudeAgent", "ClaudeAgentConfig"})
 
-_ADAPTER: TypeAdapter = TypeAdapter(AgentConfig)
-_KINDS: dict[str, Any] = {"command": CommandAgent, "claude": ClaudeAgent}
+
+@functools.cache
+def _agent_config() -> Any:
+    from tasks_lib.agents.claude import ClaudeAgentConfig
+
+    return Annotated[CommandAgentConfig | ClaudeAgentConfig, Field(discriminator="kind")]
+
+
+@functools.cache
+def _adapter() -> TypeAdapter:
+    return TypeAdapter(_agent_config())
+
+
+def __getattr__(name: str) -> Any:
+    if name == "AgentConfig":
+        return _agent_config()
+    if name in _LAZY:
+        from tasks_lib.agents import claude
+
+        return getattr(claude, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def parse_agent_config(value: Any) -> Any:
     """dict / model -> the agent config model for its ``kind``."""
     if isinstance(value, AgentSettings):
         return value
-    return _ADAPTER.validate_python(value)
+    if isinstance(value, dict) and type(value.get("kind")) is str and value["kind"] == "command":
+        # what the discriminated union does for this tag; an invalid config goes on to the
+        # union below, so the error is the union's, word for word
+        try:
+            return CommandAgentConfig.model_validate(value)
+        except ValidationError:
+            pass
+    return _adapter().validate_python(value)
 
 
 def make_agent(config: Any) -> Agent:
     """The agent for a config."""
     config = parse_agent_config(config)
-    return _KINDS[config.kind](config)
+    if config.kind == "command":
+        return CommandAgent(config)
+    from tasks_lib.agents.claude import ClaudeAgent
+
+    return {"claude": ClaudeAgent}[config.kind](config)
 
 
 __all__ = ["Agent", "AgentConfig", "AgentRequest", "AgentRun", "ClaudeAgent", "ClaudeAgentConfig",
