@@ -35,18 +35,11 @@ import json
 from pathlib import Path
 
 from tasks_lib.errors import Problem, SpecError
-from tasks_lib.formats.agentos import AgentOsJson, read_agent_os
-from tasks_lib.formats.agentos_md import AgentOsMarkdown, read_agent_os_md
-from tasks_lib.formats.markdown import split_lines
-from tasks_lib.formats.speckit import SpecKitMarkdown, looks_like_speckit, read_speckit
-from tasks_lib.formats.taskmaster import (
-    TaskMasterJson,
-    is_legacy,
-    read_taskmaster,
-    tags_of,
-)
 from tasks_lib.spec import LoadedSpec
 from tasks_lib.store import MAX_PLAN_BYTES, DocumentFormat, display_path
+
+# Each format's module is imported when a plan needs it (detection, reading, writing back):
+# reading an Agent OS tasks.json does not pay for the Markdown formats.
 
 FORMATS = ("agent-os", "agent-os-md", "taskmaster", "spec-kit")
 ALIASES = {
@@ -90,6 +83,8 @@ def _read_small(p: Path) -> str | None:
 
 def json_kind(p: Path) -> str:
     """"taskmaster" or "agent-os" for a JSON plan (unreadable files: by location)."""
+    from tasks_lib.formats.taskmaster import is_legacy, tags_of
+
     text = _read_small(p)
     raw = None
     if text is not None:
@@ -122,6 +117,9 @@ def json_kind(p: Path) -> str:
 
 def md_kind(p: Path) -> str:
     """"spec-kit" or "agent-os-md" for a tasks.md."""
+    from tasks_lib.formats.markdown import split_lines
+    from tasks_lib.formats.speckit import looks_like_speckit
+
     text = _read_small(p)
     if text is not None and looks_like_speckit(split_lines(text)[1]):
         return "spec-kit"
@@ -220,12 +218,20 @@ def load_spec(path: Path, *, format: str | None = None, tag: str | None = None,
         extra.append(Problem(display_path(plan_file), f"--tag has no effect on format {name}",
                              severity="warning", hint="drop --tag"))
     if name == "taskmaster":
+        from tasks_lib.formats.taskmaster import read_taskmaster
+
         spec: LoadedSpec = read_taskmaster(plan_file, tag=tag, parallel=parallel)
     elif name == "spec-kit":
+        from tasks_lib.formats.speckit import read_speckit
+
         spec = read_speckit(folder, plan_file, parallel=parallel)
     elif name == "agent-os-md":
+        from tasks_lib.formats.agentos_md import read_agent_os_md
+
         spec = read_agent_os_md(folder, plan_file, parallel=parallel)
     else:
+        from tasks_lib.formats.agentos import read_agent_os
+
         spec = read_agent_os(folder, plan_file)
         if parallel:
             extra.append(Problem(display_path(plan_file), "--parallel has no effect on an "
@@ -262,9 +268,17 @@ def _recorded_attempts(spec: LoadedSpec) -> None:
 def document_format(spec: LoadedSpec) -> DocumentFormat:
     """The DocumentFormat the store uses to write progress back into ``spec.tasks_path``."""
     if spec.format == "taskmaster":
+        from tasks_lib.formats.taskmaster import TaskMasterJson
+
         return TaskMasterJson(tag=getattr(spec, "tag", None))
     if spec.format == "spec-kit":
+        from tasks_lib.formats.speckit import SpecKitMarkdown
+
         return SpecKitMarkdown()
     if spec.format == "agent-os-md":
+        from tasks_lib.formats.agentos_md import AgentOsMarkdown
+
         return AgentOsMarkdown()
+    from tasks_lib.formats.agentos import AgentOsJson
+
     return AgentOsJson()
