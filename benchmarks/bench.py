@@ -25,7 +25,8 @@ earlier runs do not interfere):
 * ``backpressure``: HTTP 503 responses (each one a client back-off and retry) counted in the
   ``specwave run`` process during a 500-task run, for each server configuration tried.
 
-``--json FILE`` writes every raw measurement. Figures and their discussion: the README, "Benchmarks".
+``--json FILE`` writes every raw measurement. Figures and their discussion: the README,
+"Benchmarks".
 """
 
 from __future__ import annotations
@@ -236,7 +237,7 @@ def run_specwave(spec: Path, *, env: dict[str, str], j: int, scheduler: str = "e
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGTERM)
         out, err = proc.communicate()
-        raise SystemExit(f"specwave run timed out on {spec}:\n{err[-3000:]}")
+        raise SystemExit(f"specwave run timed out on {spec}:\n{err[-3000:]}") from None
     except BaseException:  # interrupted: never leave the run (and its agents) behind
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
@@ -411,7 +412,7 @@ def bench_overhead(tmp: Path, args: argparse.Namespace, raw: dict) -> str:
                 cpus["specwave"].append(r["cpu"])
                 walls.append(r["wall"])
 
-            def per(a: str, b: str) -> list[float]:
+            def per(a: str, b: str, n: int = n, got: dict = got) -> list[float]:
                 return [(x - y) / n * 1000 for x, y in zip(got[a], got[b])]
 
             sw_plain, pf_plain, sw_pf = per("specwave", "plain"), per("prefect", "plain"), per(
@@ -468,7 +469,7 @@ def bench_first_launch(tmp: Path, args: argparse.Namespace, raw: dict) -> str:
     params = SynthParams(tasks=1, deps=0, window=0, conflicts=0, durations="constant",
                          mean=0.0, seed=1)
     rows = []
-    for mode in ("ephemeral", "server"):
+    for mode in args.modes:
         sw, tf = [], []
         with Prefect(tmp, f"first-{mode}", server=mode == "server") as pf:
             for rep in range(args.repeat + 2):
@@ -558,7 +559,8 @@ def main() -> int:
     ap.add_argument("--configs", nargs="+", choices=list(SERVER_CONFIGS),
                     help="backpressure: server settings to try (default: all)")
     ap.add_argument("--modes", nargs="+", choices=["ephemeral", "server"],
-                    default=["ephemeral", "server"], help="backpressure: API modes")
+                    default=["ephemeral", "server"],
+                    help="backpressure, first-launch: API modes")
     ap.add_argument("--rss-sleep", type=float, default=5.0)
     ap.add_argument("--sizes", type=int, nargs="+", help="overhead: agent counts "
                                                              "(default 100 500)")
