@@ -32,6 +32,7 @@ from flows.cli import (
     _fail,
     app,
     load_and_plan,
+    startup_done,
 )
 from tasks_lib.errors import SpecError
 
@@ -505,6 +506,7 @@ def run(
             return None
         return result
 
+    startup_done()  # every import is done: the garbage collector is back on for the run
     try:
         with LiveView(spec, plan, interactive):
             result = _run_off_main_thread(main, on_signal)
