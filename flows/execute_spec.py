@@ -173,7 +173,7 @@ async def execute_spec(
     logger = get_run_logger()
     spec = await load_and_validate(spec_folder, format, tag, parallel)
     plan = await make_plan(spec, max_concurrency, replan)
-    workdir = str(Path(repo or os.getcwd()).resolve())
+    workdir = str(Path(repo or os.getcwd()).resolve())  # noqa: ASYNC240 - once per run
     template = _template(spec)
 
     if dry_run:
