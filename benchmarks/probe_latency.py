@@ -54,7 +54,7 @@ def main() -> int:
     ap.add_argument("--profile", type=int, default=0, metavar="N",
                     help="cProfile the event-loop thread; print the top N by own time")
     ap.add_argument("--poll", type=float, default=None,
-                    help="what-if: agents.process._POLL_S (exit-detection poll, 0.05 s)")
+                    help="what-if: agents.process._POLL_S (exit poll where no pidfd is usable)")
     ap.add_argument("--quiet-logs", action="store_true",
                     help="PREFECT_LOGGING_LEVEL=WARNING (no per-line logs to the API)")
     a = ap.parse_args()
@@ -140,13 +140,13 @@ def main() -> int:
             stamps[tid]["x1"] = time.perf_counter()
         return code
 
-    def terminate(roots, pgids, markers, grace):
+    def terminate(roots, pgids, *args, **kwargs):  # whatever else _terminate takes
         tid = next((pid_task.get(g) for g in pgids if g in pid_task), None)
         if tid:
             stamps[tid]["x2"] = time.perf_counter()
         c0 = time.thread_time()
         try:
-            return orig_terminate(roots, pgids, markers, grace)
+            return orig_terminate(roots, pgids, *args, **kwargs)
         finally:
             cpu["sweeps"] = cpu.get("sweeps", 0.0) + time.thread_time() - c0
             if tid:
