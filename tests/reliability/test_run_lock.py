@@ -62,8 +62,10 @@ def test_a_second_specwave_run_refuses_at_once_naming_the_holder(rig, tmp_path):
 async def test_two_runs_started_together_one_runs_one_is_refused(rig, tmp_path):
     spec = tmp_path / "spec"
     shutil.copytree(EXAMPLE, spec)
-    states = await asyncio.gather(*[  # agents of 2 s: the first still runs when the second
-        execute_spec(str(spec), agent=rig.agent(default="sleep:2"), repo=str(rig.repo),
+    # agents of 4 s: the first run still holds the lock when the second asks for it, even
+    # when a loaded machine delays one flow's start (validate, plan) by seconds
+    states = await asyncio.gather(*[
+        execute_spec(str(spec), agent=rig.agent(default="sleep:4"), repo=str(rig.repo),
                      return_state=True) for _ in range(2)])
     done = [s for s in states if s.is_completed()]
     refused = [s for s in states if s.is_failed()]
