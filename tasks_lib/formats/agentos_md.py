@@ -45,6 +45,7 @@ from tasks_lib.formats.markdown import (
     clean_title,
     find_paths,
     note_status,
+    order_through_done,
     split_lines,
     split_note,
     visible_lines,
@@ -308,6 +309,7 @@ def read_agent_os_md(folder: Path, tasks_path: Path | None = None, *,
     if not parallel:
         for prev, unit in itertools.pairwise(units):
             unit.deps.append(prev.id)
+        order_through_done(units)
     spec = LoadedSpec(name=folder.resolve().name, folder=folder, tasks_path=tasks_path,
                       format=FORMAT, units=units, warnings=warnings,
                       unit_parallel_default=parallel)

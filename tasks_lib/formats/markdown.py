@@ -20,7 +20,7 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from tasks_lib.spec import TaskStatus
+from tasks_lib.spec import DONE_STATUSES, TaskStatus
 from tasks_lib.store import TaskUpdate
 
 BOM = "\ufeff"
@@ -317,3 +317,22 @@ class MarkdownChecklist:
         if update.subtasks_status == TaskStatus.PASS.value:
             for i in entry.subtask_lines:
                 self._set_box(doc, i, True)
+
+
+def order_through_done(units: list) -> None:
+    """Keep a file's order when a task in the middle of it is already done.
+
+    Order-derived dependencies point at the task (or group) just before: ``4`` depends on
+    ``3``. When ``3`` was ticked but ``2`` was not, a done ``3`` satisfies ``4`` at once and
+    ``4`` would run alongside ``2`` — not "in order". So a dependency on a done task also
+    brings in that task's own (already extended) dependencies: ``4`` waits for ``3`` and
+    ``2``. ``units`` are in file order and their ``deps`` point backwards only (no cycle).
+    """
+    by_id = {u.id: u for u in units}
+    for u in units:
+        extended: list[str] = []
+        for d in u.deps:
+            for e in [d, *(by_id[d].deps if by_id[d].status in DONE_STATUSES else [])]:
+                if e not in extended:
+                    extended.append(e)
+        u.deps = extended

@@ -38,6 +38,7 @@ from tasks_lib.formats.markdown import (
     clean_title,
     find_paths,
     note_status,
+    order_through_done,
     split_lines,
     split_note,
     visible_lines,
@@ -216,6 +217,7 @@ def read_speckit(folder: Path, tasks_path: Path | None = None, *,
         units.append(SpecUnit(id=t.id, description=t.description, status=status,
                               raw_status=raw, deps=deps[t.id], files=find_paths(t.description),
                               details="\n".join(details)))
+    order_through_done(units)
     spec = LoadedSpec(name=folder.resolve().name, folder=folder, tasks_path=tasks_path,
                       format=FORMAT, units=units, warnings=warnings)
     for name in DOCUMENTS:

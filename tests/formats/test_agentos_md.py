@@ -55,7 +55,8 @@ def test_the_checklist_fixture(fixture_copy):
 def test_parents_run_in_order_unless_parallel(fixture_copy):
     folder = fixture_copy(SPEC)
     spec = load_spec(folder)
-    assert [u.deps for u in spec.units] == [[], ["1"], ["2"], ["3"]]
+    # 1 and 3 are ticked: 4 waits for 3 and, through the done 3, for 2 — file order holds
+    assert [u.deps for u in spec.units] == [[], ["1"], ["2"], ["3", "2"]]
     assert [w.tasks for w in plan_spec(spec).waves] == [["1"], ["2"], ["3"], ["4"]]
     spec = load_spec(folder, parallel=True)
     assert [u.deps for u in spec.units] == [[], [], [], []]

@@ -64,13 +64,15 @@ def test_phases_and_parallel_markers_become_dependencies(fixture_copy):
     deps = {u.id: u.deps for u in spec.units}
     assert deps == {
         "T001": [], "T002": ["T001"],
-        "T003": ["T002"], "T004": ["T002"],  # [P] run
+        # [P] run; T002 is done, so they also wait for what it waited for (T001, done too)
+        "T003": ["T002", "T001"], "T004": ["T002", "T001"],
         "T005": ["T003", "T004"],  # a new phase waits for the whole previous group
         "T006": ["T005"], "T007": ["T005"],
         "T008": ["T006", "T007"], "T009": ["T006", "T007"],  # "### Tests" is its own group
         "T010": ["T008", "T009"], "T011": ["T008", "T009"], "T012": ["T008", "T009"],
         "T013": ["T010", "T011", "T012"], "T014": ["T013"],
-        "T015": ["T014"], "T016": ["T015"]}
+        # T014 is marked done ("✅"): T015 also waits for what T014 waited for
+        "T015": ["T014", "T013"], "T016": ["T015"]}
 
 
 def test_the_plan_keeps_parallel_tasks_that_share_a_file_apart(fixture_copy):
@@ -98,6 +100,11 @@ def test_the_prompt_carries_the_context(fixture_copy):
     # a non-[P] task waits for the [P] run before it; the next [P] run waits for it
     ("- [ ] T001 [P] a\n- [ ] T002 [P] b\n- [ ] T003 c\n- [ ] T004 [P] d\n- [ ] T005 [P] e\n",
      {"T001": [], "T002": [], "T003": ["T001", "T002"], "T004": ["T003"], "T005": ["T003"]}),
+    # a done task in the middle does not let the next one overtake the pending one before it
+    ("- [ ] T001 a\n- [X] T002 b\n- [ ] T003 c\n",
+     {"T001": [], "T002": ["T001"], "T003": ["T002", "T001"]}),
+    ("- [ ] T001 a\n- [X] T002 [P] b\n- [x] T003 [P] c\n- [ ] T004 d\n",
+     {"T001": [], "T002": ["T001"], "T003": ["T001"], "T004": ["T002", "T001", "T003"]}),
     # a heading between two [P] tasks is a phase barrier
     ("## A\n- [ ] T001 [P] a\n## B\n- [ ] T002 [P] b\n", {"T001": [], "T002": ["T001"]}),
     # markers in any case/order, bold ids, labels, numbered bullets
