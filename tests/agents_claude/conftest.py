@@ -51,6 +51,18 @@ def tagged_processes(tag: str) -> list[psutil.Process]:
     return found
 
 
+def tagged_names(tag: str) -> list[str]:
+    """Names of the live processes carrying ``tag`` (one may exit between listing and
+    reading its name: it is left out)."""
+    names = []
+    for p in tagged_processes(tag):
+        try:
+            names.append(p.name())
+        except psutil.Error:
+            continue
+    return names
+
+
 def wait_no_survivors(tag: str, timeout: float = 10.0) -> list[psutil.Process]:
     deadline = time.monotonic() + timeout
     while True:

@@ -33,7 +33,7 @@ from tasks_lib.agents.claude import (
 )
 from tasks_lib.agents.process import AgentLaunchError
 from tasks_lib.results import Outcome, parse_worker_output
-from tests.agents_claude.conftest import TAG_ENV, tagged_processes, wait_no_survivors
+from tests.agents_claude.conftest import TAG_ENV, tagged_names, wait_no_survivors
 
 FAKE = Path(__file__).with_name("fake_claude.py")
 
@@ -342,7 +342,7 @@ async def test_cancelling_the_agent_kills_the_cli_and_its_bash_children(tmp_path
     deadline = time.monotonic() + 60
     # Wait until the Bash tool's command runs (its sleepers carry the tag).
     while time.monotonic() < deadline:
-        if sum(1 for p in tagged_processes(tag) if p.name() == "sleep") >= 2:
+        if tagged_names(tag).count("sleep") >= 2:
             break
         await asyncio.sleep(0.2)
     else:
