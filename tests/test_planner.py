@@ -232,6 +232,7 @@ def test_computed_plan_is_valid(case):
     assert plan.lower_bound == pytest.approx(
         max(plan.critical_path_length, plan.total_work / expected_slots))
     assert plan.estimated_speedup == pytest.approx(plan.total_work / plan.lower_bound)
+    # an invariant of any plan: never slower than sequential, never more than the slots
     assert 1.0 <= plan.estimated_speedup + 1e-9 <= expected_slots + 1e-9
 
     # weights come from the estimates when every unit has one

@@ -275,6 +275,8 @@ async def test_sigterm_ignored_escalates_to_sigkill_after_grace(tag, tmp_path):
     pids = pids_announced(res.stdout)
     assert res.timed_out and res.exit_code is None
     assert {res.pid, pids["setsid-child"]} <= set(res.killed_pids)
+    # timeout 1 s + grace 0.5 s before SIGKILL: shorter means the grace was skipped; 60 s or
+    # more means nothing was killed (the processes sleep 120 s)
     assert 1.5 <= res.duration_s < 60
     assert survivors(tag) == []
 

@@ -393,6 +393,7 @@ async def test_overload_after_cli_retries_is_retried_by_the_worker_after_the_bac
     for rec in recs:
         assert rec["info"]["api_error_status"] == 529 and rec["final"] is False
         assert "API error (HTTP 529) after 0 CLI retries" in rec["reason"]
+    # back-off = retry_backoff_seconds (2) x random 0.5-1.5: outside [1, 3] is a wrong formula
     assert 1.0 <= recs[0]["retry_after_s"] <= 3.0
     assert recs[1]["started"] - recs[0]["ended"] >= recs[0]["retry_after_s"] - 0.05
     assert wait_no_survivors(tag) == []
