@@ -270,18 +270,18 @@ def _collect(
                 found[pid] = psutil.Process(pid)
     else:
         for p in psutil.process_iter():
-                if p.pid in found or p.pid in exclude:
+            if p.pid in found or p.pid in exclude:
+                continue
+            if pgids and _pgid_of(p.pid) in pgids:
+                found[p.pid] = p
+                continue
+            if markers:
+                try:
+                    value = p.environ().get(MARKER_ENV)
+                except psutil.Error:
                     continue
-                if pgids and _pgid_of(p.pid) in pgids:
+                if value and markers.intersection(value.split(",")):
                     found[p.pid] = p
-                    continue
-                if markers:
-                    try:
-                        value = p.environ().get(MARKER_ENV)
-                    except psutil.Error:
-                        continue
-                    if value and markers.intersection(value.split(",")):
-                        found[p.pid] = p
     return {pid: p for pid, p in found.items() if pid not in exclude and not _gone(p)}
 
 
