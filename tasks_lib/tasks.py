@@ -92,9 +92,11 @@ async def run_worker(inp: WorkerInput) -> dict[str, Any]:
     log_path.parent.mkdir(parents=True, exist_ok=True)
     scratch = folder.task_dir(inp.task_id) / f"scratch-{attempt}"
 
-    agent = make_agent(inp.agent)
-    # values from env_secrets are secrets whatever their names: redact them too
-    loaded = await aload_secrets(parse_agent_config(inp.agent))
+    config = parse_agent_config(inp.agent)
+    agent = make_agent(config)
+    # values from env_secrets are secrets whatever their names: redact them too (resolved
+    # once, here, and handed to the agent for its environment)
+    loaded = await aload_secrets(config)
     secrets = secret_values_for(inp.agent) + [v for v in loaded.values() if v]
     request = AgentRequest(task_id=inp.task_id, prompt=inp.prompt, prompt_file=str(prompt_file),
                            workdir=inp.workdir, spec_dir=inp.spec_dir, timeout_seconds=timeout,
@@ -122,7 +124,8 @@ async def run_worker(inp: WorkerInput) -> dict[str, Any]:
     try:
         async with _shared_slot(inp.concurrency_limit):
             started = time.time()  # the attempt's time starts when the agent does
-            run = await agent.run(request, on_line=on_line, on_start=on_start)
+            run = await agent.run(request, on_line=on_line, on_start=on_start,
+                                  secrets=loaded)
     except asyncio.CancelledError:
         # The run is stopping (cancelled from Prefect or the UI, SIGTERM/SIGINT): agents.process
         # has killed the agent's whole tree before this is raised. End the task run Cancelled,

@@ -86,8 +86,11 @@ class Agent(Protocol):
     kind: str
 
     async def run(self, request: AgentRequest, *, on_line: LineSink | None = None,
-                  on_start: StartSink | None = None) -> AgentRun:
-        """Run one attempt; must leave no process behind (see agents.process)."""
+                  on_start: StartSink | None = None,
+                  secrets: dict[str, str] | None = None) -> AgentRun:
+        """Run one attempt; must leave no process behind (see agents.process). ``secrets``:
+        the config's ``env_secrets`` already resolved (:func:`aload_secrets`) by a caller
+        that needed them too; None: the agent resolves them."""
 
 
 def base_env(settings: AgentSettings, request: AgentRequest,

@@ -516,24 +516,28 @@ class ClaudeAgent:
         return env
 
     async def run(self, request: AgentRequest, *, on_line: LineSink | None = None,
-                  on_start: StartSink | None = None) -> AgentRun:
+                  on_start: StartSink | None = None,
+                  secrets: dict[str, str] | None = None) -> AgentRun:
+        if secrets is None:
+            secrets = await aload_secrets(self.config)
         spec = (load_spec_settings(request.spec_dir) if self.config.spec_settings
                 else ClaudeSpecSettings())
         eff = effective_settings(self.config, spec)
         root = Path(tempfile.mkdtemp(prefix=f"specwave-claude-{_slug(request.task_id)}-"))
         try:
-            return await self._run(request, eff, root, on_line, on_start)
+            return await self._run(request, eff, root, on_line, on_start, secrets)
         finally:
             # The process tree is dead here (run_process_group kills it before returning or
             # raising), so nothing writes into the private dirs any more.
             shutil.rmtree(root, ignore_errors=True)
 
     async def _run(self, request: AgentRequest, eff: _Effective, root: Path,
-                   on_line: LineSink | None, on_start: StartSink | None) -> AgentRun:
+                   on_line: LineSink | None, on_start: StartSink | None,
+                   secrets: dict[str, str]) -> AgentRun:
         config_dir, tmpdir = root / "config", root / "tmp"
         config_dir.mkdir()
         tmpdir.mkdir()
-        env = self._env(request, eff, config_dir, tmpdir, await aload_secrets(self.config))
+        env = self._env(request, eff, config_dir, tmpdir, secrets)
         if _bypass_requested(eff) and os.geteuid() == 0 and env.get("IS_SANDBOX") != "1":
             raise AgentLaunchError(
                 "cannot start agent: permission mode bypassPermissions as root — the Claude "

@@ -53,9 +53,12 @@ class CommandAgent:
         self.config = config
 
     async def run(self, request: AgentRequest, *, on_line: LineSink | None = None,
-                  on_start: StartSink | None = None) -> AgentRun:
+                  on_start: StartSink | None = None,
+                  secrets: dict[str, str] | None = None) -> AgentRun:
         argv = [substitute(a, request) for a in self.config.argv()]
-        env = base_env(self.config, request, await aload_secrets(self.config))
+        if secrets is None:
+            secrets = await aload_secrets(self.config)
+        env = base_env(self.config, request, secrets)
         res = await run_process_group(
             argv, cwd=request.workdir, env=env, stdin_data=request.prompt.encode("utf-8"),
             timeout=request.timeout_seconds, grace_seconds=self.config.grace_seconds,
