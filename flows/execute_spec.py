@@ -50,7 +50,7 @@ from tasks_lib.report import (
 )
 from tasks_lib.runfolder import RunFolder, read_json
 from tasks_lib.scheduler import Scheduler, State
-from tasks_lib.spec import LoadedSpec
+from tasks_lib.spec import DONE_STATUSES, LoadedSpec, TaskStatus, id_str
 from tasks_lib.store import PlanStore, RunLock, TaskUpdate, WriteFailed
 from tasks_lib.tasks import WorkerInput, agent_task, run_worker
 
@@ -297,8 +297,6 @@ async def _run(spec: LoadedSpec, plan: Plan, agent: dict[str, Any], agent_kind: 
         message = (f"cancelled from Prefect (flow run {cancelled_from_prefect['state']}): "
                    "every agent was stopped; the running tasks are pending again")
         logger.warning(message)
-        from tasks_lib.runfolder import read_json
-
         record = read_json(run.root / "run.json") or {}
         return Cancelled(message=message, data={
             "status": "cancelled", "spec": spec.name, "run_id": run_id,
@@ -330,8 +328,6 @@ async def _close_dead_run(spec: LoadedSpec, holder: dict[str, Any], run_id: str,
         if holder.get("host") != socket.gethostname() or not isinstance(pid, int) or (
                 psutil.pid_exists(pid)):
             return
-    from tasks_lib.runfolder import read_json
-
     folder = RunFolder(spec.folder, dead)
     record = read_json(folder.root / "run.json")
     ended = record.get("status") if isinstance(record, dict) else None
@@ -440,8 +436,6 @@ def _recover_unrecorded_passes(spec: LoadedSpec, run_id: str) -> list[str]:
     no completion time, so a pass set back by hand could not be told from one never
     written; there a pass that never reached the file runs again.
     """
-    from tasks_lib.spec import DONE_STATUSES, TaskStatus, id_str
-
     units = [u for u in spec.units if u.status not in DONE_STATUSES]
     runs_dir = RunFolder.runs_dir(spec.folder)
     if spec.format != "agent-os" or not units or not runs_dir.is_dir():
