@@ -27,6 +27,7 @@ import pytest
 from flows.execute_spec import execute_spec
 from tasks_lib.formats import load_spec
 from tasks_lib.planner import plan_spec
+from tests.fixtures.agent_trace import launched, read_trace
 from tests.fixtures.procs import live_processes, survivors
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -65,15 +66,10 @@ class Rig:
 
     def trace(self) -> list[dict[str, Any]]:
         """Agent runs that got to the end (hung/killed attempts write nothing)."""
-        if not self.trace_path.exists():
-            return []
-        return [json.loads(line) for line in self.trace_path.read_text().splitlines() if line]
+        return read_trace(self.trace_path)
 
     def launched(self) -> dict[str, list[int]]:
-        out: dict[str, list[int]] = {}
-        for e in self.trace():
-            out.setdefault(e["task"], []).append(e["attempt"])
-        return out
+        return launched(self.trace_path)
 
     def processes(self) -> list[psutil.Process]:
         """Live processes started for this test (by env tag or a tmp path in the cmdline)."""

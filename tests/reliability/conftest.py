@@ -24,6 +24,7 @@ from typing import Any
 import psutil
 import pytest
 
+from tests.fixtures.agent_trace import launched, read_trace
 from tests.fixtures.procs import describe, live_processes
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -94,15 +95,10 @@ class Rig:
         return ["--agent-json", json.dumps(self.agent(plan, default, **extra))]
 
     def trace(self) -> list[dict[str, Any]]:
-        if not self.trace_path.exists():
-            return []
-        return [json.loads(line) for line in self.trace_path.read_text().splitlines() if line]
+        return read_trace(self.trace_path)
 
     def launched(self) -> dict[str, list[int]]:
-        out: dict[str, list[int]] = {}
-        for e in self.trace():
-            out.setdefault(e["task"], []).append(e["attempt"])
-        return out
+        return launched(self.trace_path)
 
     def processes(self) -> list[psutil.Process]:
         return tagged_processes(self.tag)
