@@ -285,6 +285,7 @@ class LoadedSpec:
     global_context: GlobalContext | None = None
     context_present: bool = False
     documents: dict[str, str] = field(default_factory=dict)  # name -> text for prompts
+    prompt_template: str | None = None  # the spec folder's worker-prompt.md, when it has one
     warnings: list = field(default_factory=list)  # list[Problem]
     wave_problems: list = field(default_factory=list)  # errors that matter only for declared waves
     unit_parallel_default: bool = True  # formats with no dependency data run in order
