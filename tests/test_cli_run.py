@@ -21,12 +21,11 @@ from pathlib import Path
 import psutil
 import pytest
 
+from tests.fixtures.fake import FAKE_AGENT, TAG_ENV
 from tests.fixtures.procs import live_processes, survivors
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples"
-FAKE_AGENT = ROOT / "tests" / "fixtures" / "agents" / "fake_agent.py"
-TAG_ENV = "SPECWAVE_TEST_TAG"
 RUN_TIMEOUT = 240  # a cold ephemeral server on a busy 2-core machine
 
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import random
-import sys
 import time
 import uuid
 from pathlib import Path
@@ -30,10 +29,9 @@ import pytest
 from flows.execute_spec import execute_spec
 from tasks_lib.formats import load_spec
 from tasks_lib.planner import Plan, plan_spec, transitive_dependents
+from tests.fixtures.fake import TAG_ENV, fake_config, max_overlap
 
 ROOT = Path(__file__).resolve().parents[1]
-FAKE_AGENT = ROOT / "tests" / "fixtures" / "agents" / "fake_agent.py"
-TAG_ENV = "SPECWAVE_TEST_TAG"
 SLOTS = 3
 
 
@@ -72,10 +70,7 @@ class Agents:
         self.repo.mkdir()
 
     def config(self, plan: dict[str, str]) -> dict[str, Any]:
-        argv = [sys.executable, str(FAKE_AGENT), "--plan", json.dumps(plan), "--trace",
-                str(self.trace_path)]
-        return {"kind": "command", "command": argv, "env": {TAG_ENV: self.tag},
-                "grace_seconds": 1.0}
+        return fake_config(self.trace_path, plan, tag=self.tag)
 
     def trace(self) -> dict[str, tuple[float, float]]:
         out = {}
@@ -105,15 +100,6 @@ def agents(tmp_path):
             psutil.Process(pid).kill()
         except psutil.Error:
             pass
-
-
-def max_overlap(intervals: list[tuple[float, float]]) -> int:
-    events = sorted([(s, 1) for s, _ in intervals] + [(e, -1) for _, e in intervals])
-    cur = best = 0
-    for _, d in events:
-        cur += d
-        best = max(best, cur)
-    return best
 
 
 async def run(spec: Path, agents: Agents, policy: str, plan: dict[str, str]) -> dict[str, Any]:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import re
-import sys
 from pathlib import Path
 
 import pytest
@@ -14,20 +13,18 @@ import pytest
 from flows.execute_spec import execute_spec
 from tasks_lib.formats import load_spec
 from tasks_lib.spec import TaskStatus
+from tests.fixtures.fake import fake_config
 
 from .conftest import changed_lines
 
 ROOT = Path(__file__).resolve().parents[2]
-FAKE = ROOT / "tests" / "fixtures" / "agents" / "fake_agent.py"
 
 
 async def run(path: Path, tmp_path: Path, plan: dict[str, str] | None = None, **kw):
     repo = tmp_path / "repo"
     repo.mkdir(parents=True, exist_ok=True)
     trace = tmp_path / "trace.jsonl"
-    agent = {"kind": "command", "grace_seconds": 1.0,
-             "command": [sys.executable, str(FAKE), "--plan", json.dumps(plan or {}),
-                         "--trace", str(trace)]}
+    agent = fake_config(trace, plan)
     state = await execute_spec(str(path), agent=agent, repo=str(repo), timeout_seconds=20,
                                retries=0, return_state=True, **kw)
     result = await state.result(raise_on_failure=False)

@@ -24,12 +24,10 @@ from typing import Any
 import psutil
 import pytest
 
-from tests.fixtures.agent_trace import launched, read_trace
+from tests.fixtures.fake import TAG_ENV, fake_argv, launched, read_trace
 from tests.fixtures.procs import describe, live_processes
 
 ROOT = Path(__file__).resolve().parents[2]
-FAKE_AGENT = ROOT / "tests" / "fixtures" / "agents" / "fake_agent.py"
-TAG_ENV = "SPECWAVE_TEST_TAG"
 #: ``specwave`` under this interpreter (the console script's entry point)
 SPECWAVE = [sys.executable, "-c", "import sys; from flows.cli import main; "
             "sys.argv[0] = 'specwave'; main()"]
@@ -79,8 +77,7 @@ class Rig:
         self.procs: list[subprocess.Popen] = []
 
     def argv(self, plan: dict[str, str] | None = None, default: str = "pass") -> list[str]:
-        return [sys.executable, str(FAKE_AGENT), "--plan", json.dumps(plan or {}),
-                "--default", default, "--trace", str(self.trace_path)]
+        return fake_argv(self.trace_path, plan, default)
 
     def agent(self, plan: dict[str, str] | None = None, default: str = "pass",
               **extra: Any) -> dict[str, Any]:

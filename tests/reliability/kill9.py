@@ -35,9 +35,9 @@ from typing import Any
 
 import psutil
 
+from tests.fixtures.fake import TAG_ENV, fake_config
+
 ROOT = Path(__file__).resolve().parents[2]
-FAKE_AGENT = ROOT / "tests" / "fixtures" / "agents" / "fake_agent.py"
-TAG_ENV = "SPECWAVE_TEST_TAG"
 SPECWAVE = [sys.executable, "-c", "import sys; from flows.cli import main; "
             "sys.argv[0] = 'specwave'; main()"]
 WAVES = [["1", "2", "3"], ["4", "5"], ["6"]]
@@ -125,9 +125,7 @@ def kill_tagged(tag: str) -> None:
 
 
 def agent(tag: str, trace: Path, plan: dict[str, str], default: str = "pass") -> str:
-    return json.dumps({"kind": "command", "grace_seconds": 1.0, "env": {TAG_ENV: tag},
-                       "command": [sys.executable, str(FAKE_AGENT), "--plan", json.dumps(plan),
-                                   "--default", default, "--trace", str(trace)]})
+    return json.dumps(fake_config(trace, plan, default, tag=tag))
 
 
 def _records(spec: Path, run_id: str | None = None) -> dict[str, list[dict]]:
