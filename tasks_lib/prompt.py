@@ -5,16 +5,24 @@ context, spec sections, files to modify, existing functions "USE EXACT NAMES", p
 with the concurrent tasks and worker instructions, patterns, testing requirements, subtasks,
 the expected JSON output, then ``TASK COMPLETE``). Pure: no I/O.
 
-A spec folder may override the whole template with its own ``worker-prompt.md``; it is a
-``string.Template`` (``$task_id``, ``$description``, ``$sections``, ``$output_format``, ...).
+A spec folder may override the whole template with its own ``worker-prompt.md`` (read with the
+spec: ``LoadedSpec.prompt_template``); it is a ``string.Template`` (``$task_id``,
+``$description``, ``$sections``, ``$output_format``, ...).
+
+:func:`task_prompt` is the one way to get the prompt an agent is given: the flow uses it for
+every worker, ``specwave run --dry-run`` prints it.
 """
 
 from __future__ import annotations
 
 import json
 from string import Template
+from typing import TYPE_CHECKING
 
 from tasks_lib.spec import LoadedSpec, SpecUnit
+
+if TYPE_CHECKING:
+    from tasks_lib.planner import Plan
 
 TEMPLATE_FILE = "worker-prompt.md"
 
@@ -183,3 +191,17 @@ def build_prompt(spec: LoadedSpec, unit: SpecUnit, *, wave: int | None = None,
               f"You are a task worker agent executing a single task of the spec "
               f'"{spec.name}". Complete this task and return a structured result.\n')
     return f"{header}\n{sections}\n{OUTPUT_FORMAT}"
+
+
+def task_prompt(spec: LoadedSpec, plan: Plan, task_id: str) -> str:
+    """The prompt the agent of ``task_id`` gets: its wave, the tasks planned alongside it, and
+    the spec's own template when it has one.
+
+    Example:
+        >>> task_prompt(spec, plan_spec(spec), "1")  # doctest: +SKIP
+    """
+    wave = plan.wave_of.get(task_id)
+    members = next((w.tasks for w in plan.waves if w.wave_id == wave), [])
+    mates = [t for t in members if t != task_id]
+    return build_prompt(spec, spec.unit(task_id), wave=wave, concurrent=mates,
+                        template=spec.prompt_template)

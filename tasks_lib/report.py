@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from tasks_lib.results import tail
+from tasks_lib.records import AttemptRecord
+from tasks_lib.results import Outcome, tail
+from tasks_lib.state import TaskStatus, status_of_outcome
+from tasks_lib.store import TaskUpdate
 
 
 def slug(text: str) -> str:
@@ -27,27 +31,61 @@ def _secs(x: float | None) -> str:
     return f"{x:.0f} s" if x >= 10 else f"{x:.1f} s"
 
 
-def final_blocker(attempts: list[dict[str, Any]]) -> str | None:
+def final_blocker(attempts: Sequence[AttemptRecord]) -> str | None:
     """Why a task did not pass, from its attempt records
     ("timeout after 2 attempts (30 s, 60 s)")."""
     if not attempts:
         return None
     last = attempts[-1]
-    outcome = last.get("outcome")
-    if outcome == "pass":
+    outcome = last.outcome
+    if outcome == Outcome.PASS:
         return None
-    reason = last.get("reason") or ""
-    if outcome in ("fail", "blocked"):
-        result = last.get("result") or {}
-        return result.get("blocker") or reason or outcome
+    reason = last.reason
+    if outcome in (Outcome.FAIL, Outcome.BLOCKED):
+        return (last.result.blocker if last.result else None) or reason or outcome.value
     n = len(attempts)
-    if outcome == "timeout":
-        limits = ", ".join(_secs(a.get("timeout_seconds")) for a in attempts)
-        return f"timeout after {n} attempt{'s' if n > 1 else ''} ({limits})"
-    if outcome == "crashed":
-        codes = ", ".join(f"exit {a.get('exit_code')}" for a in attempts)
-        return f"crashed after {n} attempt{'s' if n > 1 else ''} ({codes}): {reason}"
-    return f"{outcome} after {n} attempt{'s' if n > 1 else ''}: {reason}"
+    tries = f"{n} attempt{'s' if n > 1 else ''}"
+    if outcome == Outcome.TIMEOUT:
+        limits = ", ".join(_secs(a.timeout_seconds) for a in attempts)
+        return f"timeout after {tries} ({limits})"
+    if outcome == Outcome.CRASHED:
+        codes = ", ".join(f"exit {a.exit_code}" for a in attempts)
+        return f"crashed after {tries} ({codes}): {reason}"
+    return f"{outcome.value} after {tries}: {reason}"
+
+
+ARTIFACT_FIELDS = ("files_modified", "files_created", "functions_created", "exports_added",
+                   "test_files")
+
+
+def result_update(task_id: str, prior_attempts: int,
+                  recs: Sequence[AttemptRecord]) -> TaskUpdate:
+    """The plan-file update that records a task's finished attempts (its last one decides):
+    status, attempts (``prior_attempts`` from earlier runs plus these), times, measured
+    duration, blocker, the worker's notes and artifacts."""
+    last = recs[-1]
+    status = status_of_outcome(last.outcome)
+    passed = status == TaskStatus.PASS
+    result = last.result
+    arts = {k: list(getattr(result, k)) for k in ARTIFACT_FIELDS if result and getattr(result, k)}
+    return TaskUpdate(
+        task_id, status=status.value, attempts=prior_attempts + len(recs),
+        started_at=iso(recs[0].started), completed_at=iso(last.ended),
+        duration_minutes=round(sum(r.duration_s for r in recs) / 60, 2),
+        blocker=final_blocker(recs), clear_blocker=passed,
+        notes=result.notes if result else None, artifacts=arts or None,
+        subtasks_status=TaskStatus.PASS.value if passed else None)
+
+
+def worker_counts(records: Mapping[str, Sequence[AttemptRecord]]) -> dict[str, int]:
+    """The plan file's ``orchestrator_state`` counters: attempts started, tasks whose last
+    attempt passed / did not, attempts that were retries."""
+    return {
+        "workers_spawned": sum(len(r) for r in records.values()),
+        "workers_completed": sum(1 for r in records.values() if r and r[-1].passed),
+        "workers_failed": sum(1 for r in records.values() if r and not r[-1].passed),
+        "workers_retried": sum(max(0, len(r) - 1) for r in records.values()),
+    }
 
 
 def iso(ts: float | None) -> str | None:
@@ -68,18 +106,19 @@ def max_overlap(intervals: list[tuple[float, float]]) -> int:
     return best
 
 
-def compute_metrics(*, wall_seconds: float, task_records: dict[str, list[dict[str, Any]]],
-                    final_status: dict[str, str], plan_json: dict[str, Any],
+def compute_metrics(*, wall_seconds: float,
+                    task_records: Mapping[str, Sequence[AttemptRecord]],
+                    final_status: Mapping[str, TaskStatus], plan_json: dict[str, Any],
                     spec_estimate: float | None, waves: int, max_running: int,
                     scheduler: str, events: list[str]) -> dict[str, Any]:
     """The run's metrics (the original PARALLEL_METRICS, measured, not estimated)."""
     attempts = [a for recs in task_records.values() for a in recs]
-    worker_seconds = sum(a.get("duration_s") or 0.0 for a in attempts)
-    intervals = [(a["started"], a["ended"]) for a in attempts
-                 if a.get("started") is not None and a.get("ended") is not None]
-    counts: dict[str, int] = {}
+    worker_seconds = sum(a.duration_s for a in attempts)
+    intervals = [(a.started, a.ended) for a in attempts]
+    counts: dict[TaskStatus, int] = {}
     for s in final_status.values():
         counts[s] = counts.get(s, 0) + 1
+    workers = worker_counts(task_records)
     return {
         "wall_seconds": round(wall_seconds, 3),
         "worker_seconds_sum": round(worker_seconds, 3),
@@ -88,17 +127,16 @@ def compute_metrics(*, wall_seconds: float, task_records: dict[str, list[dict[st
         "plan_best_speedup": plan_json.get("estimated_speedup"),
         "scheduler": scheduler,
         "total_tasks": len(final_status),
-        "passed": counts.get("pass", 0),
-        "failed": counts.get("fail", 0),
-        "blocked": counts.get("blocked", 0),
-        "already_done": counts.get("done", 0),
-        "not_started": counts.get("pending", 0),
+        "passed": counts.get(TaskStatus.PASS, 0),
+        "failed": counts.get(TaskStatus.FAIL, 0),
+        "blocked": counts.get(TaskStatus.BLOCKED, 0),
+        "already_done": counts.get(TaskStatus.DONE, 0),
+        "not_started": counts.get(TaskStatus.PENDING, 0),
         "waves": waves,
-        "workers_spawned": len(attempts),
-        "workers_succeeded": sum(1 for a in attempts if a.get("outcome") == "pass"),
-        "workers_failed": sum(1 for recs in task_records.values()
-                              if recs and recs[-1].get("outcome") != "pass"),
-        "workers_retried": sum(max(0, len(recs) - 1) for recs in task_records.values()),
+        "workers_spawned": workers["workers_spawned"],
+        "workers_succeeded": sum(1 for a in attempts if a.passed),
+        "workers_failed": workers["workers_failed"],
+        "workers_retried": workers["workers_retried"],
         "max_concurrent_observed": max_overlap(intervals) if intervals else 0,
         "max_concurrent_scheduled": max_running,
         "events": list(events),
@@ -109,39 +147,59 @@ TABLE_COLUMNS = ["id", "description", "wave", "status", "outcome", "attempts", "
                  "files", "tests", "cost_usd", "turns", "blocker"]
 
 
-def table_rows(units: list[Any], wave_of: dict[str, int], status: dict[str, str],
-               records: dict[str, list[dict[str, Any]]],
-               blockers: dict[str, str]) -> list[dict[str, Any]]:
+def table_rows(units: list[Any], wave_of: Mapping[str, int],
+               status: Mapping[str, TaskStatus],
+               records: Mapping[str, Sequence[AttemptRecord]],
+               blockers: Mapping[str, str]) -> list[dict[str, Any]]:
+    """One row per task (TABLE_COLUMNS), plain values: the UI escapes them for markdown."""
     rows = []
     for u in units:
         recs = records.get(u.id, [])
-        last = recs[-1] if recs else {}
-        result = last.get("result") or {}
-        files = (result.get("files_modified") or []) + (result.get("files_created") or [])
-        tr = result.get("test_results") or {}
-        tests = f"{tr.get('passed', 0)}/{tr.get('ran', 0)}" if tr else ""
-        info = last.get("info") or {}
-        cost = sum((r.get("info") or {}).get("total_cost_usd") or 0.0 for r in recs)
+        last = recs[-1] if recs else None
+        result = last.result if last else None
+        files = (result.files_modified + result.files_created) if result else []
+        tr = result.test_results if result else None
+        costs = [c for r in recs if (c := r.cost_usd)]
         rows.append({
             "id": u.id,
             "description": u.description[:80],
             "wave": wave_of.get(u.id),
-            "status": status.get(u.id, "pending"),
-            "outcome": last.get("outcome", ""),
+            "status": status.get(u.id, TaskStatus.PENDING).value,
+            "outcome": last.outcome.value if last else "",
             "attempts": len(recs),
-            "duration_s": round(sum(r.get("duration_s") or 0 for r in recs), 1) if recs else None,
+            "duration_s": round(sum(r.duration_s for r in recs), 1) if recs else None,
             "files": ", ".join(files[:6]) or ", ".join(u.files[:3]),
-            "tests": tests,
-            "cost_usd": round(cost, 4) if cost else None,
-            "turns": info.get("num_turns"),
+            "tests": f"{tr.passed}/{tr.ran}" if tr else "",
+            "cost_usd": round(sum(costs), 4) if costs else None,
+            "turns": last.info.get("num_turns") if last else None,
             "blocker": blockers.get(u.id) or "",
         })
     return rows
 
 
+# characters markdown may read as markup anywhere; "_" only where it can open or close
+# emphasis (not between two letters or digits: "reset_token.py" stays as it is); "#" at the
+# start; "&" before what reads as an entity ("&copy;")
+_MD_SPECIAL = re.compile(r"[\\`*\[\]<>|~]|(?<![A-Za-z0-9])_|_(?![A-Za-z0-9])|^#|&(?=#?\w+;)")
+
+
+def md_escape(text: str) -> str:
+    """Text that markdown shows as itself (a file named ``__init__.py`` is not bold
+    "init.py"): markup characters get a backslash, everything else is left alone.
+
+    Example:
+        >>> print(md_escape("__init__.py, reset_token.py"))
+        \\_\\_init\\_\\_.py, reset_token.py
+    """
+    return _MD_SPECIAL.sub(lambda m: "\\" + m.group(0), text)
+
+
 def summary_markdown(*, spec_name: str, plan_json: dict[str, Any], metrics: dict[str, Any],
-                     rows: list[dict[str, Any]], records: dict[str, list[dict[str, Any]]],
-                     run_dir: str, status_line: str) -> str:
+                     rows: list[dict[str, Any]],
+                     records: Mapping[str, Sequence[AttemptRecord]], run_dir: str,
+                     status_line: str) -> str:
+    """The run's summary artifact: plan, metrics, cost, events, and each failure with the
+    tail of its output (task text escaped: it is markdown)."""
     m = metrics
     lines = [f"# specwave: {spec_name}", "", f"**{status_line}**", "",
              "## Plan", "",
@@ -158,8 +216,7 @@ def summary_markdown(*, spec_name: str, plan_json: dict[str, Any], metrics: dict
                 "total_tasks", "passed", "failed", "blocked", "already_done", "not_started",
                 "workers_spawned", "workers_retried", "max_concurrent_observed"):
         lines.append(f"| {key} | {m.get(key)} |")
-    total_cost = sum((r.get("info") or {}).get("total_cost_usd") or 0.0
-                     for recs in records.values() for r in recs)
+    total_cost = sum(r.cost_usd or 0.0 for recs in records.values() for r in recs)
     if total_cost:
         lines.append(f"| total_cost_usd | {total_cost:.4f} |")
     for e in m.get("events") or []:
@@ -168,11 +225,11 @@ def summary_markdown(*, spec_name: str, plan_json: dict[str, Any], metrics: dict
     if failures:
         lines += ["", "## Failures", ""]
         for r in failures:
-            lines.append(f"### {r['id']}: {r['description']}")
-            lines.append(f"- status: `{r['status']}` — {r['blocker']}")
+            lines.append(f"### {md_escape(r['id'])}: {md_escape(r['description'])}")
+            lines.append(f"- status: `{r['status']}` — {md_escape(r['blocker'])}")
             recs = records.get(r["id"]) or []
-            if recs and recs[-1].get("output_tail"):
-                lines += ["", "```text", tail(recs[-1]["output_tail"], 30, 3000), "```"]
+            if recs and recs[-1].output_tail:
+                lines += ["", "```text", tail(recs[-1].output_tail, 30, 3000), "```"]
             lines.append("")
     lines += ["", f"Run folder: `{run_dir}`"]
     return "\n".join(lines)

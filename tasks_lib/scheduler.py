@@ -18,6 +18,12 @@ Failure semantics (both policies):
 * tasks already done in the file (pass, skipped) are not run; everything else (pending,
   in_progress left by a dead run, fail, blocked) runs again.
 
+States are :class:`~tasks_lib.state.TaskStatus` values, the vocabulary the run loop, the
+report and the plan file share: ``pending`` (waiting; still pending when the run ends without
+starting it), ``in_progress``, ``pass``, ``fail``, ``blocked`` (by a failed dependency, or
+the agent said so), ``done`` (done before this run). Which task blocked which is kept as ids
+(:attr:`Scheduler.blocked_by`), apart from the messages (:attr:`Scheduler.blockers`).
+
 Cost: every transition is O(log n + its edges) — a count of unmet predecessors per task and
 a heap of the ready ones — so a 5,000-task run does not pay O(n) per started task
 (tests/test_scheduler.py checks every decision against the O(n) definition).
@@ -27,24 +33,13 @@ from __future__ import annotations
 
 import heapq
 from dataclasses import dataclass, field
-from enum import Enum
 
 from tasks_lib.planner import Plan
-from tasks_lib.spec import DONE_STATUSES, TaskStatus
+from tasks_lib.state import DONE_STATUSES, FINISHED, TaskStatus
 
-
-class State(str, Enum):
-    WAITING = "waiting"
-    RUNNING = "running"
-    PASSED = "passed"
-    FAILED = "failed"
-    BLOCKED = "blocked"
-    DONE = "done"  # already done before this run
-    HELD = "held"  # not started because the run stopped (fail-fast)
-
-
-FINISHED = frozenset({State.PASSED, State.FAILED, State.BLOCKED, State.DONE, State.HELD})
-SATISFIED = frozenset({State.PASSED, State.DONE})
+WAITING, RUNNING = TaskStatus.PENDING, TaskStatus.IN_PROGRESS
+#: what a finished worker can make of its task
+WORKER_ENDS = frozenset({TaskStatus.PASS, TaskStatus.FAIL, TaskStatus.BLOCKED})
 
 
 @dataclass
@@ -54,8 +49,11 @@ class Scheduler:
     policy: str = "eager"
     max_concurrency: int = 4
     fail_fast: bool = False
-    state: dict[str, State] = field(default_factory=dict)
+    state: dict[str, TaskStatus] = field(default_factory=dict)
+    #: blocked task -> why ("blocked by 2: tests fail"), for people
     blockers: dict[str, str] = field(default_factory=dict)
+    #: blocked task -> the id of the task whose failure blocked it, for code
+    blocked_by: dict[str, str] = field(default_factory=dict)
     sequential_fallback: bool = False
     stopped: bool = False
     events: list[str] = field(default_factory=list)
@@ -88,18 +86,20 @@ class Scheduler:
         for t, w in self.plan.wave_of.items():
             self._wave_members.setdefault(w, []).append(t)
         self._fallback_checked: set[int] = set()
+        self._ran: set[str] = set()  # tasks whose worker finished in this run
         # ready tasks (WAITING, nothing unmet): one heap (eager: best first) or one heap per
         # wave (waves: plan order). Entries are never removed in place: a popped entry whose
         # task is no longer WAITING is dropped.
         self._heaps: dict[int, list[tuple]] = {}
         for n in order:
-            self.state[n] = State.DONE if self.initial.get(n) in DONE_STATUSES else State.WAITING
+            self.state[n] = (TaskStatus.DONE if self.initial.get(n) in DONE_STATUSES
+                             else WAITING)
         for n in order:  # done before the run: counts as passed (pushed once, just below)
-            if self.state[n] == State.DONE:
+            if self.state[n] == TaskStatus.DONE:
                 for s in self._dependents[n] + self._conflict_after[n]:
                     self._unmet[s] -= 1
         for n in order:
-            if self.state[n] == State.WAITING and self._unmet[n] == 0:
+            if self.state[n] == WAITING and self._unmet[n] == 0:
                 self._push(n)
 
     # ------------------------------------------------------------------ bookkeeping
@@ -117,7 +117,7 @@ class Scheduler:
     def _release(self, successors: list[str]) -> None:
         for s in successors:
             self._unmet[s] -= 1
-            if self._unmet[s] == 0 and self.state[s] == State.WAITING:
+            if self._unmet[s] == 0 and self.state[s] == WAITING:
                 self._push(s)
 
     def _satisfied(self, n: str) -> None:
@@ -141,7 +141,7 @@ class Scheduler:
         return 1 if self.sequential_fallback else self.max_concurrency
 
     def _can_start(self, n: str) -> bool:
-        return self.state[n] == State.WAITING and self._unmet[n] == 0
+        return self.state[n] == WAITING and self._unmet[n] == 0
 
     def current_wave(self) -> int | None:
         """(waves policy) the wave being run, 1-based; None when all are done."""
@@ -180,32 +180,31 @@ class Scheduler:
         return [e[-1] for e in out]
 
     def is_finished(self) -> bool:
-        if self._running:
-            return False
-        if self.ready():
-            return False
-        for n, s in self.state.items():
-            if s == State.WAITING:
-                self.state[n] = State.HELD
-        return True
+        """Nothing runs and nothing can start: the run is over (tasks still ``pending`` were
+        held back: fail-fast, a stop, or their wave never came)."""
+        return not self._running and not self.ready()
 
     # ------------------------------------------------------------------ transitions
 
     def start(self, n: str) -> None:
         if not self._can_start(n):
             raise RuntimeError(f'task "{n}" cannot start now (state {self.state[n].value})')
-        self.state[n] = State.RUNNING
+        self.state[n] = RUNNING
         self._running.add(n)
         self.max_running_seen = max(self.max_running_seen, len(self._running))
 
-    def finish(self, n: str, passed: bool, reason: str = "") -> list[str]:
-        """Record a finished worker. Returns the tasks this newly blocks."""
-        if self.state[n] != State.RUNNING:
+    def finish(self, n: str, status: TaskStatus, reason: str = "") -> list[str]:
+        """Record a finished worker: its task is now ``status`` (pass, fail, or blocked when
+        the agent said so). Returns the tasks this newly blocks."""
+        if self.state[n] != RUNNING:
             raise RuntimeError(f'task "{n}" is not running')
+        if status not in WORKER_ENDS:
+            raise ValueError(f'a worker cannot end its task "{status.value}"')
         self._running.discard(n)
-        self.state[n] = State.PASSED if passed else State.FAILED
+        self._ran.add(n)
+        self.state[n] = status
         blocked: list[str] = []
-        if passed:
+        if status == TaskStatus.PASS:
             self._satisfied(n)
         else:
             self._finished_unsatisfied(n)
@@ -213,9 +212,10 @@ class Scheduler:
             stack = list(self._dependents[n])
             while stack:
                 d = stack.pop()
-                if self.state[d] == State.WAITING:
-                    self.state[d] = State.BLOCKED
+                if self.state[d] == WAITING:
+                    self.state[d] = TaskStatus.BLOCKED
                     self.blockers[d] = root_reason
+                    self.blocked_by[d] = n
                     blocked.append(d)
                     self._finished_unsatisfied(d)
                     stack.extend(self._dependents[d])
@@ -230,18 +230,23 @@ class Scheduler:
         if wave is None or wave in self._fallback_checked or self.sequential_fallback:
             return
         members = self._wave_members.get(wave, [])
-        if any(self.state[t] in (State.WAITING, State.RUNNING) for t in members):
+        if any(self.state[t] in (WAITING, RUNNING) for t in members):
             return
         self._fallback_checked.add(wave)
-        ran = [t for t in members if self.state[t] in (State.PASSED, State.FAILED)]
-        if len(ran) >= 2 and all(self.state[t] == State.FAILED for t in ran):
+        ran = [t for t in members if t in self._ran]
+        if len(ran) >= 2 and all(self.state[t] != TaskStatus.PASS for t in ran):
             self.sequential_fallback = True
             self.events.append(f"every worker of wave {wave} failed: the rest of the run is "
                                "sequential")
 
+    def failed(self) -> list[str]:
+        """Tasks whose worker ran in this run and did not pass, in plan order."""
+        return [n for n in self.plan.order if n in self._ran
+                and self.state[n] != TaskStatus.PASS]
+
     def blocking_failures(self) -> list[str]:
-        """Failed tasks that blocked others (for the fail-fast result)."""
-        roots = {b.split(":")[0].removeprefix("blocked by ").strip() for b in
-                 self.blockers.values()}
-        failed = [n for n, s in self.state.items() if s == State.FAILED]
+        """Failed tasks that blocked others (all failed tasks when none did), for the
+        fail-fast result."""
+        roots = set(self.blocked_by.values())
+        failed = self.failed()
         return [n for n in failed if n in roots] or failed

@@ -12,31 +12,19 @@ Two layers:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from enum import Enum
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
 
+# the task-status vocabulary lives in tasks_lib.state; re-exported for the formats
+from tasks_lib.state import DONE_STATUSES as DONE_STATUSES
+from tasks_lib.state import TERMINAL_STATUSES as TERMINAL_STATUSES
+from tasks_lib.state import TaskStatus as TaskStatus
+
 TaskId = StrictStr | StrictInt
 """A task id as the file wrote it: a string ("1.2", "W1-VERIFY") or an integer."""
 
-
-class TaskStatus(str, Enum):
-    """Normalized task status. The file may use other words; see :func:`normalize_status`."""
-
-    PENDING = "pending"
-    IN_PROGRESS = "in_progress"
-    PASS = "pass"
-    FAIL = "fail"
-    BLOCKED = "blocked"
-    SKIPPED = "skipped"
-
-
-DONE_STATUSES = frozenset({TaskStatus.PASS, TaskStatus.SKIPPED})
-"""Statuses that count as done for a task's dependents (and are not run again)."""
-TERMINAL_STATUSES = frozenset({TaskStatus.PASS, TaskStatus.SKIPPED, TaskStatus.FAIL,
-                               TaskStatus.BLOCKED})
 
 _STATUS_ALIASES = {
     "pending": TaskStatus.PENDING, "todo": TaskStatus.PENDING, "not_started": TaskStatus.PENDING,
@@ -289,9 +277,12 @@ class LoadedSpec:
     warnings: list = field(default_factory=list)  # list[Problem]
     wave_problems: list = field(default_factory=list)  # errors that matter only for declared waves
     unit_parallel_default: bool = True  # formats with no dependency data run in order
+    _index: dict[str, SpecUnit] = field(default_factory=dict, repr=False, compare=False)
 
     def unit(self, task_id: str) -> SpecUnit:
-        for u in self.units:
-            if u.id == task_id:
-                return u
-        raise KeyError(task_id)
+        """The unit with this id (KeyError when there is none)."""
+        unit = self._index.get(task_id)
+        if unit is None or unit.id != task_id:  # first use, or the units changed
+            self._index = {u.id: u for u in self.units}
+            unit = self._index[task_id]
+        return unit

@@ -2,7 +2,7 @@
 
 ``run_worker`` launches one agent for one spec task, streams its output into the task run's
 log (prefixed with the task id), parses the result and records the attempt in the run folder.
-Every non-pass outcome ends the task run in a ``Failed`` state carrying the attempt record;
+Every non-pass outcome ends the task run in a ``Failed`` state carrying its attempt records;
 Prefect retries it only when the outcome is retryable (crashed, timeout, parse_error) — an
 agent's own ``fail`` / ``blocked`` is final. A timed-out attempt's retry gets double the
 timeout (the original design's rule).
@@ -27,8 +27,10 @@ from pydantic import BaseModel, Field
 from tasks_lib.agents import make_agent, parse_agent_config
 from tasks_lib.agents.base import AgentRequest, aload_secrets, redact
 from tasks_lib.agents.process import AgentLaunchError
+from tasks_lib.records import AttemptRecord
 from tasks_lib.results import RETRYABLE_OUTCOMES, Outcome, parse_worker_output, tail
 from tasks_lib.runfolder import RunFolder
+from tasks_lib.workspaces import WorkspaceSpec, open_workspace
 
 
 def agent_task(fn: Callable | None = None, **kwargs: Any):
@@ -48,7 +50,8 @@ class WorkerInput(BaseModel):
     task_id: str = Field(description="Spec task id.")
     prompt: str = Field(description="Worker prompt.")
     agent: dict[str, Any] = Field(description="Agent config ({'kind': ..., ...}).")
-    workdir: str = Field(description="Repository directory the agent works in.")
+    workspace: WorkspaceSpec = Field(description="Where the agent works (see "
+                                                 "tasks_lib.workspaces).")
     spec_dir: str = Field(description="Spec folder.")
     run_id: str = Field(description="Run folder id.")
     timeout_seconds: float = Field(description="Timeout of the first attempt.")
@@ -60,23 +63,33 @@ class WorkerInput(BaseModel):
                                         "kind); see label_task_run.")
 
 
+def _last_record(state: Any) -> dict[str, Any] | None:
+    """The last attempt record a worker's state carries (its data: every attempt so far)."""
+    data = state.data if isinstance(getattr(state, "data", None), list) else None
+    return data[-1] if data and isinstance(data[-1], dict) else None
+
+
 def _retry_condition(task_obj: Any, task_run: Any, state: Any) -> bool:
-    record = state.data if isinstance(state.data, dict) else None
+    record = _last_record(state)
     if record is None:  # an exception in our own code: retrying will not help
         return False
     return record.get("outcome") in {o.value for o in RETRYABLE_OUTCOMES} and not record.get(
         "final")
 
 
-def attempt_timeout(base: float, previous: list[dict[str, Any]]) -> float:
+def attempt_timeout(base: float, previous: list[AttemptRecord]) -> float:
     """Double the timeout for every earlier attempt that timed out."""
-    n = sum(1 for a in previous if a.get("outcome") == Outcome.TIMEOUT.value)
+    n = sum(1 for a in previous if a.outcome == Outcome.TIMEOUT)
     return base * (2 ** n)
 
 
 @agent_task(retries=1, retry_condition_fn=_retry_condition)
-async def run_worker(inp: WorkerInput) -> dict[str, Any]:
-    """Run one agent attempt for one spec task; returns the attempt record (a plain dict)."""
+async def run_worker(inp: WorkerInput) -> list[dict[str, Any]]:
+    """Run one agent attempt for one spec task.
+
+    Returns (and, for a non-pass, carries as its Failed state's data) every attempt record
+    of this task in this run so far, the latest last, as plain dicts
+    (:class:`~tasks_lib.records.AttemptRecord`). A cancelled worker returns Cancelled."""
     from prefect import get_run_logger
 
     logger = get_run_logger()
@@ -90,7 +103,6 @@ async def run_worker(inp: WorkerInput) -> dict[str, Any]:
         folder.write_prompt(inp.task_id, inp.prompt)
     log_path = folder.log_path(inp.task_id, attempt)
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    scratch = folder.task_dir(inp.task_id) / f"scratch-{attempt}"
 
     config = parse_agent_config(inp.agent)
     agent = make_agent(config)
@@ -98,11 +110,13 @@ async def run_worker(inp: WorkerInput) -> dict[str, Any]:
     # once, here, and handed to the agent for its environment)
     loaded = await aload_secrets(config)
     secrets = secret_values_for(inp.agent) + [v for v in loaded.values() if v]
+    workspace = open_workspace(inp.workspace)
+    workdir = await workspace.enter(inp.task_id, attempt)
     request = AgentRequest(task_id=inp.task_id, prompt=inp.prompt, prompt_file=str(prompt_file),
-                           workdir=inp.workdir, spec_dir=inp.spec_dir, timeout_seconds=timeout,
-                           attempt=attempt, log_path=str(log_path), scratch_dir=str(scratch))
+                           workdir=workdir, spec_dir=inp.spec_dir, timeout_seconds=timeout,
+                           attempt=attempt, log_path=str(log_path))
     logger.info(f"[{inp.task_id}] attempt {attempt}: starting {agent.kind} agent "
-                f"(timeout {timeout:g} s) in {inp.workdir}")
+                f"(timeout {timeout:g} s) in {workdir}")
 
     log_fh = open(log_path, "a", encoding="utf-8")  # noqa: ASYNC230 - a local append, once
     lines = AgentOutputLog(logger, inp.task_id, log_fh)
@@ -120,6 +134,12 @@ async def run_worker(inp: WorkerInput) -> dict[str, Any]:
             f"[{inp.task_id}] could not record the agent's process group for orphan "
             f"reaping ({f.exception()}); a later run still finds it by the run's marker"))
 
+    def attempt_record(started: float, ended: float, **fields: Any) -> AttemptRecord:
+        return AttemptRecord(task_id=inp.task_id, attempt=attempt, timeout_seconds=timeout,
+                             started=started, ended=ended,
+                             duration_s=round(ended - started, 3), log_path=str(log_path),
+                             **fields)
+
     started = time.time()
     try:
         async with _shared_slot(inp.concurrency_limit):
@@ -130,17 +150,18 @@ async def run_worker(inp: WorkerInput) -> dict[str, Any]:
         # The run is stopping (cancelled from Prefect or the UI, SIGTERM/SIGINT): agents.process
         # has killed the agent's whole tree before this is raised. End the task run Cancelled,
         # not Crashed (what Prefect records for a coroutine cancelled under it), so the UI
-        # says what happened. The flow re-raises the cancellation (see execute_spec.run_one).
+        # says what happened. The flow re-raises the cancellation (see flows.dispatch).
         logger.warning(f"[{inp.task_id}] stopped: the run was cancelled; the agent was killed")
         return Cancelled(message=f"{inp.task_id}: stopped: the run was cancelled")
     except AgentLaunchError as exc:
         lines.flush()
-        ended = time.time()
-        record = _record(inp, attempt, timeout, started, ended, outcome=Outcome.CRASHED.value,
-                         reason=redact(str(exc), secrets), final=True, log_path=str(log_path))
-        folder.write_attempt(inp.task_id, attempt, record)
-        logger.error(f"[{inp.task_id}] {record['reason']}")
-        return Failed(message=f"{inp.task_id}: crashed: {record['reason']}", data=record)
+        record = attempt_record(started, time.time(), outcome=Outcome.CRASHED,
+                                reason=redact(str(exc), secrets), final=True)
+        record = await workspace.leave(inp.task_id, attempt, record)
+        folder.write_attempt(record)
+        logger.error(f"[{inp.task_id}] {record.reason}")
+        return Failed(message=f"{inp.task_id}: crashed: {record.reason}",
+                      data=[r.plain() for r in [*previous, record]])
     finally:
         lines.flush()
         log_fh.close()
@@ -148,27 +169,27 @@ async def run_worker(inp: WorkerInput) -> dict[str, Any]:
 
     parsed = parse_worker_output(run.output, exit_code=run.exit_code, timed_out=run.timed_out,
                                  signals=run.signals)
-    record = _record(
-        inp, attempt, timeout, started, ended, outcome=parsed.outcome.value,
-        reason=redact(parsed.reason, secrets),
-        result=parsed.result.model_dump(mode="json") if parsed.result else None,
-        exit_code=run.exit_code, info=run.info, killed_pids=run.killed_pids,
-        final=run.final, log_path=str(log_path),
+    record = attempt_record(
+        started, ended, outcome=parsed.outcome, reason=redact(parsed.reason, secrets),
+        result=parsed.result, exit_code=run.exit_code, info=run.info,
+        killed_pids=run.killed_pids, final=run.final,
         output_tail=redact(tail(run.output + ("\n" + run.stderr_tail if run.stderr_tail
                                               else ""), 40, 4000), secrets),
         retry_after_s=run.retry_after_s)
-    folder.write_attempt(inp.task_id, attempt, record)
+    record = await workspace.leave(inp.task_id, attempt, record)
+    folder.write_attempt(record)
+    history = [r.plain() for r in [*previous, record]]
     if run.killed_pids and not run.timed_out:
         logger.warning(f"[{inp.task_id}] the agent left {len(run.killed_pids)} processes "
                        "running; they were killed")
     if parsed.outcome == Outcome.PASS:
         logger.info(f"[{inp.task_id}] pass in {ended - started:.1f} s")
-        return record
-    logger.error(f"[{inp.task_id}] {parsed.outcome.value}: {record['reason']}")
-    if record.get("retry_after_s") and parsed.outcome in RETRYABLE_OUTCOMES:
-        await asyncio.sleep(min(float(record["retry_after_s"]), 60.0))
-    return Failed(message=f"{inp.task_id}: {parsed.outcome.value}: {record['reason']}",
-                  data=record)
+        return history
+    logger.error(f"[{inp.task_id}] {parsed.outcome.value}: {record.reason}")
+    if record.retry_after_s and parsed.outcome in RETRYABLE_OUTCOMES:
+        await asyncio.sleep(min(float(record.retry_after_s), 60.0))
+    return Failed(message=f"{inp.task_id}: {parsed.outcome.value}: {record.reason}",
+                  data=history)
 
 
 class AgentOutputLog:
@@ -203,8 +224,6 @@ class AgentOutputLog:
         if len(self._lines) >= self.max_lines:
             self.flush()
         elif self._timer is None:
-            import asyncio
-
             self._timer = asyncio.get_running_loop().call_later(self.interval, self.flush)
 
     def flush(self) -> None:
@@ -296,18 +315,6 @@ def redact_edges(text: str, secrets: list[str]) -> str:
                 text = "***" + text[n:]
                 break
     return text
-
-
-def _record(inp: WorkerInput, attempt: int, timeout: float, started: float, ended: float,
-            **fields: Any) -> dict[str, Any]:
-    record: dict[str, Any] = {
-        "task_id": inp.task_id, "attempt": attempt, "timeout_seconds": timeout,
-        "started": started, "ended": ended, "duration_s": round(ended - started, 3),
-        "outcome": None, "reason": "", "result": None, "exit_code": None, "info": {},
-        "killed_pids": [], "final": False, "output_tail": "",
-    }
-    record.update(fields)
-    return record
 
 
 __all__ = ["WorkerInput", "agent_task", "attempt_timeout", "label_task_run", "run_worker"]

@@ -13,7 +13,6 @@ import copy
 import json
 import os
 import socket
-import sys
 import time
 import uuid
 from datetime import datetime
@@ -27,12 +26,10 @@ import pytest
 from flows.execute_spec import execute_spec
 from tasks_lib.formats import load_spec
 from tasks_lib.planner import plan_spec
-from tests.fixtures.agent_trace import launched, read_trace
+from tests.fixtures.fake import TAG_ENV, fake_config, launched, max_overlap, read_trace
 from tests.fixtures.procs import live_processes, survivors
 
 ROOT = Path(__file__).resolve().parents[1]
-FAKE_AGENT = ROOT / "tests" / "fixtures" / "agents" / "fake_agent.py"
-TAG_ENV = "SPECWAVE_TEST_TAG"
 ISO_Z = "%Y-%m-%dT%H:%M:%SZ"
 
 SMALL_FEATURE_NAMES = {
@@ -57,12 +54,7 @@ class Rig:
 
     def agent(self, plan: dict[str, str] | None = None, default: str = "pass",
               sleep: float | None = None) -> dict[str, Any]:
-        argv = [sys.executable, str(FAKE_AGENT), "--plan", json.dumps(plan or {}),
-                "--default", default, "--trace", str(self.trace_path)]
-        if sleep:
-            argv += ["--sleep", str(sleep)]
-        return {"kind": "command", "command": argv, "env": {TAG_ENV: self.tag},
-                "grace_seconds": 1.0}
+        return fake_config(self.trace_path, plan, default, sleep, tag=self.tag)
 
     def trace(self) -> list[dict[str, Any]]:
         """Agent runs that got to the end (hung/killed attempts write nothing)."""
@@ -159,8 +151,8 @@ async def read_flow_run(flow_run_id: str) -> Any:
         return await client.read_flow_run(UUID(flow_run_id))
 
 
-async def artifacts(flow_run_id: str, key: str) -> list[Any]:
-    """Artifacts of one flow run with one key, newest first."""
+async def artifacts(flow_run_id: str, key: str | None) -> list[Any]:
+    """Artifacts of one flow run with one key (None: every key), newest first."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import (
         ArtifactFilter,
@@ -172,24 +164,13 @@ async def artifacts(flow_run_id: str, key: str) -> list[Any]:
     async with get_client() as client:
         return await client.read_artifacts(
             artifact_filter=ArtifactFilter(
-                key=ArtifactFilterKey(any_=[key]),
+                key=ArtifactFilterKey(any_=[key]) if key else None,
                 flow_run_id=ArtifactFilterFlowRunId(any_=[UUID(flow_run_id)])),
             sort=ArtifactSort.CREATED_DESC)
 
 
 def interval(run: Any) -> tuple[float, float]:
     return run.start_time.timestamp(), run.end_time.timestamp()
-
-
-def max_overlap(intervals: list[tuple[float, float]]) -> int:
-    """Most intervals open at once (end exclusive: an end and a start at the same instant do
-    not overlap)."""
-    events = sorted([(s, 1) for s, _ in intervals] + [(e, -1) for _, e in intervals])
-    cur = best = 0
-    for _, d in events:
-        cur += d
-        best = max(best, cur)
-    return best
 
 
 def write_spec(folder: Path, name: str, waves: list[list[str]],
@@ -324,7 +305,18 @@ async def test_all_pass_records_every_field_and_publishes_runs_and_artifacts(exa
         wave = "wave-2" if tid == "3" else "wave-1"
         assert {"small-feature", wave, "command"} <= set(tr.tags)
     assert runs["3"].start_time >= max(runs["1"].end_time, runs["2"].end_time)
+    # the spec's dependency graph is the run's graph in Prefect: 3's task run waits for the
+    # task runs of 1 and 2 (its inputs), 1 and 2 wait for none (regression: no edges at all)
+    assert {str(i.id) for i in runs["3"].task_inputs["wait_for"]} == {
+        str(runs["1"].id), str(runs["2"].id)}
+    assert not runs["1"].task_inputs.get("wait_for") and not runs["2"].task_inputs.get(
+        "wait_for")
 
+    # the Artifacts tab: one card each for progress, table, summary (regression: a new
+    # table card after every finished task)
+    every = await artifacts(result["run_id"], None)
+    assert sorted(a.key for a in every) == ["small-feature-progress", "small-feature-summary",
+                                            "small-feature-tasks"]
     progress = await artifacts(result["run_id"], "small-feature-progress")
     assert len(progress) == 1
     assert progress[0].type == "progress" and float(progress[0].data) == 100.0
@@ -341,6 +333,28 @@ async def test_all_pass_records_every_field_and_publishes_runs_and_artifacts(exa
     assert "**all 3 tasks passed**" in md
     assert "| passed | 3 |" in md and "| workers_spawned | 3 |" in md
     assert "## Failures" not in md
+    assert rig.survivors() == []
+
+
+async def test_the_task_table_shows_file_names_as_they_are(tmp_path, rig):
+    """Regression: table cells are markdown in the Prefect UI, so a file named __init__.py
+    showed as a bold "init.py"; text cells are escaped and render as the text itself."""
+    from markdown_it import MarkdownIt
+
+    spec = write_spec(tmp_path / "spec", "under_scores", [["a"]])
+    doc = load(spec / "tasks.json")
+    doc["tasks"][0]["description"] = "Export *all* names from pkg/__init__.py"
+    (spec / "tasks.json").write_text(json.dumps(doc))
+    state, result = await run_flow(spec, agent=rig.agent(plan={"a": "write:pkg/__init__.py"}),
+                                   repo=str(rig.repo))
+    assert state.is_completed(), state
+    (table,) = await artifacts(result["run_id"], "under-scores-tasks")
+    rows = json.loads(table.data) if isinstance(table.data, str) else table.data
+    md = MarkdownIt()
+    shown = {k: md.renderInline(rows[0][k]) for k in ("files", "description")}
+    assert shown == {"files": "pkg/__init__.py",
+                     "description": "Export *all* names from pkg/__init__.py"}
+    assert rows[0]["files"] != "pkg/__init__.py"  # escaped in the data, not just lucky
     assert rig.survivors() == []
 
 

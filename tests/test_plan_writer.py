@@ -1,4 +1,4 @@
-"""The run's plan-file writer (flows.execute_spec._PlanWriter): coalesced writes off the
+"""The run's plan-file writer (flows.plan_writer.PlanWriter): coalesced writes off the
 event loop, in order, and a failed write is never lost — whatever moment it fails at."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from flows.execute_spec import _PlanWriter
+from flows.plan_writer import PlanWriter
 from tasks_lib.store import TaskUpdate, WriteFailed
 
 
@@ -41,7 +41,7 @@ async def wait_for(flag: threading.Event) -> None:
 
 async def test_updates_gather_while_a_write_runs_and_land_in_order():
     store = GatedStore()
-    writer = _PlanWriter(store, min_interval=0.0)
+    writer = PlanWriter(store, min_interval=0.0)
     writer.submit(TaskUpdate("1", status="in_progress"))
     await wait_for(store.entered)
     writer.submit(TaskUpdate("2", status="in_progress"))
@@ -55,7 +55,7 @@ async def test_updates_gather_while_a_write_runs_and_land_in_order():
 async def test_a_write_that_fails_in_the_loop_fails_the_next_submit():
     store = GatedStore(fail_on={0})
     store.gate.set()
-    writer = _PlanWriter(store, min_interval=0.0)
+    writer = PlanWriter(store, min_interval=0.0)
     writer.submit(TaskUpdate("1", status="pass"))
     await wait_for(store.entered)
     for _ in range(200):
@@ -73,7 +73,7 @@ async def test_a_write_that_fails_just_as_the_run_closes_the_writer_is_raised_by
     by close() before it looked at the result — the error was dropped and the run ended
     "success" with the last pass not in the file."""
     store = GatedStore(fail_on={0})
-    writer = _PlanWriter(store, min_interval=0.0)
+    writer = PlanWriter(store, min_interval=0.0)
     writer.submit(TaskUpdate("3", status="pass"))
     await wait_for(store.entered)
     store.gate.set()
@@ -87,7 +87,7 @@ async def test_a_write_that_fails_just_as_the_run_closes_the_writer_is_raised_by
 
 async def test_close_while_being_cancelled_still_waits_for_the_write_in_flight():
     store = GatedStore()
-    writer = _PlanWriter(store, min_interval=0.0)
+    writer = PlanWriter(store, min_interval=0.0)
     writer.submit(TaskUpdate("1", status="pass"))
     await wait_for(store.entered)
     closing = asyncio.ensure_future(writer.close())

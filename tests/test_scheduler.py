@@ -26,8 +26,13 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from tasks_lib.planner import Plan, plan_spec
-from tasks_lib.scheduler import FINISHED, SATISFIED, Scheduler, State
-from tasks_lib.spec import DeclaredWave, LoadedSpec, SpecUnit, TaskStatus
+from tasks_lib.scheduler import Scheduler
+from tasks_lib.spec import DeclaredWave, LoadedSpec, SpecUnit
+from tasks_lib.state import FINISHED, SATISFIED, TaskStatus
+
+WAITING, RUNNING = TaskStatus.PENDING, TaskStatus.IN_PROGRESS
+PASS, FAIL, BLOCKED, DONE = (TaskStatus.PASS, TaskStatus.FAIL, TaskStatus.BLOCKED,
+                             TaskStatus.DONE)
 
 # --------------------------------------------------------------------------- the definition
 
@@ -41,7 +46,7 @@ class ReferenceScheduler:
     policy: str
     max_concurrency: int
     fail_fast: bool = False
-    state: dict[str, State] = field(default_factory=dict)
+    state: dict[str, TaskStatus] = field(default_factory=dict)
     sequential_fallback: bool = False
     stopped: bool = False
 
@@ -53,11 +58,11 @@ class ReferenceScheduler:
         self.rank = {n: i for i, n in enumerate(self.plan.order)}
         for n in self.plan.order:
             done = self.initial.get(n) in (TaskStatus.PASS, TaskStatus.SKIPPED)
-            self.state[n] = State.DONE if done else State.WAITING
+            self.state[n] = DONE if done else WAITING
         self.checked: set[int] = set()
 
     def can_start(self, n: str) -> bool:
-        return (self.state[n] == State.WAITING
+        return (self.state[n] == WAITING
                 and all(self.state[d] in SATISFIED for d in self.deps[n])
                 and all(self.state[c] in FINISHED for c in self.after[n]))
 
@@ -70,7 +75,7 @@ class ReferenceScheduler:
     def ready(self) -> list[str]:
         if self.stopped:
             return []
-        running = sum(1 for s in self.state.values() if s == State.RUNNING)
+        running = sum(1 for s in self.state.values() if s == RUNNING)
         free = (1 if self.sequential_fallback else self.max_concurrency) - running
         if free <= 0:
             return []
@@ -85,16 +90,16 @@ class ReferenceScheduler:
 
     def start(self, n: str) -> None:
         assert self.can_start(n)
-        self.state[n] = State.RUNNING
+        self.state[n] = RUNNING
 
     def finish(self, n: str, passed: bool) -> None:
-        self.state[n] = State.PASSED if passed else State.FAILED
+        self.state[n] = PASS if passed else FAIL
         if not passed:
             stack = [b for a, b in self.plan.dependency_edges if a == n]
             while stack:
                 d = stack.pop()
-                if self.state[d] == State.WAITING:
-                    self.state[d] = State.BLOCKED
+                if self.state[d] == WAITING:
+                    self.state[d] = BLOCKED
                     stack.extend(b for a, b in self.plan.dependency_edges if a == d)
             if self.fail_fast:
                 self.stopped = True
@@ -102,11 +107,11 @@ class ReferenceScheduler:
         if wave is None or wave in self.checked or self.sequential_fallback:
             return
         members = [t for t, w in self.plan.wave_of.items() if w == wave]
-        if any(self.state[t] in (State.WAITING, State.RUNNING) for t in members):
+        if any(self.state[t] in (WAITING, RUNNING) for t in members):
             return
         self.checked.add(wave)
-        ran = [t for t in members if self.state[t] in (State.PASSED, State.FAILED)]
-        if len(ran) >= 2 and all(self.state[t] == State.FAILED for t in ran):
+        ran = [t for t in members if self.state[t] in (PASS, FAIL)]
+        if len(ran) >= 2 and all(self.state[t] == FAIL for t in ran):
             self.sequential_fallback = True
 
 
@@ -197,11 +202,11 @@ def drive(plan: Plan, case: dict) -> tuple[Scheduler, Trace]:
         if not passed and trace.first_failure_at is None:
             trace.first_failure_at = clock
         was_sequential = sched.sequential_fallback
-        blocked = sched.finish(tid, passed, "tests fail")
+        blocked = sched.finish(tid, PASS if passed else FAIL, "tests fail")
         ref.finish(tid, passed)
         assert sched.state == ref.state
         assert sched.sequential_fallback == ref.sequential_fallback
-        assert all(sched.state[b] == State.BLOCKED for b in blocked)
+        assert all(sched.state[b] == BLOCKED for b in blocked)
         if sched.sequential_fallback and not was_sequential:
             trace.fallback_at = clock
     raise AssertionError("the run did not end")
@@ -265,7 +270,7 @@ def test_every_decision_follows_the_rules(case):
     # a failure blocks exactly its transitive dependents that had not run
     failed = {t for t, p in tr.passed.items() if not p}
     expected_blocked = transitive(plan.dependency_edges, failed) - done_before - set(tr.start)
-    blocked = {t for t, s in sched.state.items() if s == State.BLOCKED}
+    blocked = {t for t, s in sched.state.items() if s == BLOCKED}
     if not case["fail_fast"]:
         assert blocked == expected_blocked
     else:
@@ -273,11 +278,12 @@ def test_every_decision_follows_the_rules(case):
     # every task is accounted for: without fail-fast, everything not blocked ran
     for t, s in sched.state.items():
         if t in done_before:
-            assert s == State.DONE
+            assert s == DONE
         elif not case["fail_fast"]:
-            assert s in (State.PASSED, State.FAILED, State.BLOCKED), (t, s)
+            assert s in (PASS, FAIL, BLOCKED), (t, s)
         else:
-            assert s in (State.PASSED, State.FAILED, State.BLOCKED, State.HELD), (t, s)
+            # held back by fail-fast: still pending when the run ends
+            assert s in (PASS, FAIL, BLOCKED, WAITING), (t, s)
     if case["fail_fast"] and failed:
         assert sched.stopped
 
@@ -300,7 +306,7 @@ def test_eager_is_work_conserving_and_never_slower_than_waves_on_equal_tasks(cas
                 sched.start(tid)
                 running.append(tid)
             if policy == "eager":
-                startable = [n for n in plan.order if sched.state[n] == State.WAITING and all(
+                startable = [n for n in plan.order if sched.state[n] == WAITING and all(
                     sched.state[a] in SATISFIED for a in plan.predecessors[n])]
                 assert not startable or len(running) == case["slots"]
             if not running:
@@ -308,7 +314,7 @@ def test_eager_is_work_conserving_and_never_slower_than_waves_on_equal_tasks(cas
                 break
             t += 1  # every running task takes one tick
             for tid in running:
-                sched.finish(tid, True)
+                sched.finish(tid, PASS)
             running = []
             end = t
         spans[policy] = end
@@ -329,7 +335,7 @@ def test_ready_is_a_peek_and_the_order_is_longest_remaining_path_first():
     assert sched.ready() == ["3"]
     sched.start("3")
     assert sched.ready() == []
-    sched.finish("3", True)
+    sched.finish("3", PASS)
     assert sched.ready() == ["4"]
 
 
@@ -342,7 +348,7 @@ def test_waves_wait_for_the_whole_wave_eager_does_not():
         sched = Scheduler(plan, {}, policy=policy, max_concurrency=4)
         for t in sched.ready():
             sched.start(t)
-        sched.finish("2", True)
+        sched.finish("2", PASS)
         assert sched.ready() == expected, policy
 
 
@@ -356,9 +362,42 @@ def test_a_conflict_orders_but_a_failure_does_not_block_through_it():
     sched = Scheduler(plan, {}, policy="eager", max_concurrency=4)
     assert sched.ready() == ["1"]
     sched.start("1")
-    assert sched.finish("1", False, "tests fail") == ["3"]
+    assert sched.finish("1", FAIL, "tests fail") == ["3"]
     assert sched.blockers["3"] == "blocked by 1: tests fail"
     assert sched.ready() == ["2"]  # it waited for 1 to finish, not to pass
+
+
+def test_blocking_failures_keeps_ids_apart_from_messages():
+    """Regression: blocking_failures() parsed ids back out of "blocked by <id>: <reason>", so a
+    task id holding ":" (e.g. "api:auth") was cut at the colon and never reported."""
+    units = [SpecUnit(id="api:auth", description=""),
+             SpecUnit(id="ui", description="", deps=["api:auth"]),
+             SpecUnit(id="docs", description="")]
+    plan = plan_spec(make_spec(units, None), max_concurrency=4)
+    sched = Scheduler(plan, {}, policy="eager", max_concurrency=4)
+    for t in sched.ready():
+        sched.start(t)
+    assert sched.finish("api:auth", FAIL, "x: y") == ["ui"]
+    sched.finish("docs", FAIL)
+    assert sched.blockers["ui"] == "blocked by api:auth: x: y"
+    assert sched.blocked_by == {"ui": "api:auth"}
+    assert sched.blocking_failures() == ["api:auth"]
+    assert sched.failed() == ["api:auth", "docs"]
+
+
+def test_an_agent_that_reports_blocked_ends_blocked_and_blocks_its_dependents():
+    units = [SpecUnit(id="1", description=""), SpecUnit(id="2", description="", deps=["1"])]
+    plan = plan_spec(make_spec(units, None), max_concurrency=4)
+    sched = Scheduler(plan, {}, policy="eager", max_concurrency=4)
+    sched.start("1")
+    assert sched.finish("1", BLOCKED, "needs a key") == ["2"]
+    assert sched.state == {"1": BLOCKED, "2": BLOCKED}
+    assert sched.failed() == ["1"] and sched.blocked_by == {"2": "1"}
+    assert sched.is_finished()
+    other = Scheduler(plan, {}, max_concurrency=1)
+    other.start("1")
+    with pytest.raises(ValueError, match="cannot end its task"):
+        other.finish("1", WAITING)
 
 
 def test_unknown_policy_is_refused():
@@ -388,6 +427,6 @@ def test_five_thousand_tasks_schedule_in_well_under_a_second():
                 running.append(tid)
             if not running:
                 break
-            sched.finish(running.pop(0), True)
-        assert all(s == State.PASSED for s in sched.state.values())
+            sched.finish(running.pop(0), PASS)
+        assert all(s == PASS for s in sched.state.values())
         assert time.perf_counter() - t < 2.0, policy  # about 0.1 s on a laptop

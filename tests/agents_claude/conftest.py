@@ -218,4 +218,4 @@ def specwave_run(tmp_path: Path, model_server: ScriptedModelServer):
 def attempts(spec: Path, run_id: str, tid: str) -> list[dict[str, Any]]:
     from tasks_lib.runfolder import RunFolder
 
-    return RunFolder(spec, run_id).attempts(tid)
+    return [r.plain() for r in RunFolder(spec, run_id).attempts(tid)]
