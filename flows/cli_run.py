@@ -227,51 +227,16 @@ def print_final(result: dict, spec) -> None:
 def _attempt_costs(result: dict) -> dict[str, tuple[float, int | None]]:
     """task id -> (cost in USD over every attempt, last attempt's turns), from the run folder's
     attempt records; empty when the agent reports no cost (the command agent)."""
-    from tasks_lib.runfolder import read_json
+    from tasks_lib.runfolder import RunFolder
 
+    run = RunFolder.at(Path(result.get("run_dir") or "."))
     out: dict[str, tuple[float, int | None]] = {}
-    for path in sorted(Path(result.get("run_dir") or ".").glob("tasks/*/attempt-*.json")):
-        rec = read_json(path)
-        if not isinstance(rec, dict) or not isinstance(rec.get("info"), dict):
-            continue
-        cost = rec["info"].get("total_cost_usd")
-        if not isinstance(cost, (int, float)):
-            continue
-        tid = str(rec.get("task_id"))
-        prev, _ = out.get(tid, (0.0, None))
-        out[tid] = (prev + cost, rec["info"].get("num_turns"))
+    for tid in result.get("tasks") or {}:
+        recs = run.attempts(tid)
+        costs = [c for r in recs if (c := r.cost_usd) is not None]
+        if costs:
+            out[tid] = (sum(costs), recs[-1].info.get("num_turns"))
     return out
-
-
-def _run_off_main_thread(main, on_signal) -> dict | None:
-    """``asyncio.run(main())`` in a helper thread while the main thread handles SIGINT/SIGTERM.
-
-    Prefect's flow engine, when it runs in the main thread, installs its own SIGTERM handler
-    that raises ``TerminationSignal`` wherever the main thread happens to be — often inside the
-    event loop itself, outside any task — which aborts ``asyncio.run`` before the flow's cleanup
-    (kill every agent tree, put running tasks back to pending) is done and ends in a traceback.
-    Off the main thread Prefect installs no handler, and ours just cancels the run.
-    """
-    box: dict = {}
-
-    def target() -> None:
-        try:
-            box["result"] = asyncio.run(main())
-        except BaseException as exc:  # noqa: BLE001 - re-raised in the main thread
-            box["error"] = exc
-
-    old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        thread = threading.Thread(target=target, name="specwave-run", daemon=True)
-        thread.start()
-        while thread.is_alive():
-            thread.join(0.2)
-    finally:
-        for s, handler in old.items():
-            signal.signal(s, handler)
-    if "error" in box:
-        raise box["error"]
-    return box.get("result")
 
 
 #: After a signal: how long to let Prefect record the flow run's end once our own records
@@ -283,35 +248,139 @@ PREFECT_GRACE_AFTER_SIGNAL_S = 5.0
 MAX_WAIT_AFTER_SIGNAL_S = 90.0
 
 
-def _bound_wait_after_signal(spec_folder: Path, cancel_again, fired: dict) -> None:
-    """Cancel the run once more (cutting Prefect's API retries short) when the run folder
-    says the run is stopped and PREFECT_GRACE_AFTER_SIGNAL_S more have passed, or at
-    MAX_WAIT_AFTER_SIGNAL_S. The second cancel cannot cut our own cleanup short: the agents'
-    kill is shielded and the records are already written."""
-    from tasks_lib.runfolder import RunFolder, read_json
-    from tasks_lib.store import RunLock
+class RunSession:
+    """One ``specwave run``: the flow runs in a helper thread, the main thread handles
+    SIGINT/SIGTERM.
 
-    def recorded() -> bool:
-        holder = RunLock(spec_folder).holder() or {}
-        if holder.get("pid") != os.getpid() or not holder.get("flow_run_id"):
-            return False
-        run = RunFolder(spec_folder, str(holder["flow_run_id"]))
-        return (read_json(run.root / "run.json") or {}).get("status") not in (None, "running")
+    Why a thread: Prefect's flow engine, when it runs in the main thread, installs its own
+    SIGTERM handler that raises ``TerminationSignal`` wherever the main thread happens to be —
+    often inside the event loop itself, outside any task — which aborts ``asyncio.run`` before
+    the flow's cleanup (kill every agent tree, put running tasks back to pending) is done and
+    ends in a traceback. Off the main thread Prefect installs no handler, and ours just cancels
+    the run.
 
-    def watch() -> None:
+    The threads share this object: the helper thread sets ``loop``/``task`` (then only the
+    main thread's ``cancel`` touches them, through ``call_soon_threadsafe``), the main thread
+    sets ``signal``; ``code`` and ``result`` are read after the helper thread has ended.
+    """
+
+    def __init__(self, spec, params: dict, *, as_json: bool):
+        self.spec = spec
+        self.params = params
+        self.as_json = as_json
+        self.code = EXIT_INCOMPLETE
+        self.signal: int | None = None  # the first signal received
+        self.cut_short = False  # the deadline after a signal fired: leave without Prefect
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._task: asyncio.Task | None = None
+        self._error: BaseException | None = None
+        self._result: dict | None = None
+
+    def run(self) -> dict | None:
+        """Run the flow to its end; the run's result (None when it stopped early)."""
+        old = {s: signal.signal(s, self.on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            thread = threading.Thread(target=self._thread, name="specwave-run", daemon=True)
+            thread.start()
+            while thread.is_alive():
+                thread.join(0.2)
+        finally:
+            for s, handler in old.items():
+                signal.signal(s, handler)
+        if self._error is not None:
+            raise self._error
+        return self._result
+
+    def on_signal(self, signum: int, frame=None) -> None:
+        first = self.signal is None
+        if first:
+            self.signal = signum
+        _err(f"specwave: {signal.Signals(signum).name}: stopping the agents…")
+        self.cancel()
+        if first:
+            threading.Thread(target=self._deadline_after_signal, daemon=True,
+                             name="specwave-signal-deadline").start()
+
+    def cancel(self) -> None:
+        if self._loop is not None and self._task is not None:
+            try:
+                self._loop.call_soon_threadsafe(self._task.cancel)
+            except RuntimeError:  # the loop already closed: nothing left to stop
+                pass
+
+    def _thread(self) -> None:
+        try:
+            self._result = asyncio.run(self._main())
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the main thread
+            self._error = exc
+
+    async def _main(self) -> dict | None:
+        from flows.execute_spec import execute_spec
+
+        self._loop, self._task = asyncio.get_running_loop(), asyncio.current_task()
+        if self.signal is not None:  # a signal arrived before the loop started
+            self.code = 128 + self.signal
+            return None
+        try:
+            state = await execute_spec(**self.params, return_state=True)
+        except asyncio.CancelledError:
+            self.code = 128 + (self.signal or signal.SIGTERM)
+            return None
+        except Exception as exc:  # noqa: BLE001
+            if self.signal is None:
+                raise
+            # stopped by a signal, then Prefect could not record it (its API is gone: a
+            # terminal's Ctrl-C also stops the ephemeral API server): our records are written
+            _err(f"specwave: stopped; Prefect could not record the end of the flow run "
+                 f"({type(exc).__name__}) — tasks.json and the run folder are up to date")
+            self.code = 128 + self.signal
+            return None
+        result = await state.result(raise_on_failure=False)
+        if isinstance(result, BaseException):
+            if isinstance(result, SpecError):
+                raise result
+            _err(f"specwave: the run failed: {type(result).__name__}: {result}")
+            return None
+        self.code = EXIT_OK if result.get("status") == "success" else EXIT_INCOMPLETE
+        if "metrics" not in result:  # the run stopped early (write failure, Prefect cancel)
+            _err(f"specwave: {result.get('message') or result.get('status')}")
+            if self.as_json:
+                print(json.dumps(result, indent=2, default=str))
+            return None
+        return result
+
+    def _deadline_after_signal(self) -> None:
+        """Cancel the run once more (cutting Prefect's API retries short) when the run folder
+        says the run is stopped and PREFECT_GRACE_AFTER_SIGNAL_S more have passed, or at
+        MAX_WAIT_AFTER_SIGNAL_S. The second cancel cannot cut our own cleanup short: the
+        agents' kill is shielded and the records are already written."""
         start, seen = time.monotonic(), None
         while True:
             time.sleep(0.2)
             now = time.monotonic()
-            if seen is None and recorded():
+            if seen is None and self._recorded():
                 seen = now
             if (seen is not None and now - seen >= PREFECT_GRACE_AFTER_SIGNAL_S) or (
                     now - start >= MAX_WAIT_AFTER_SIGNAL_S):
-                fired["yes"] = True
-                cancel_again()
+                self.cut_short = True
+                self.cancel()
                 return
 
-    threading.Thread(target=watch, name="specwave-signal-deadline", daemon=True).start()
+    def _recorded(self) -> bool:
+        """This process's run has written how it ended."""
+        from tasks_lib.records import RecordError
+        from tasks_lib.runfolder import RunFolder
+        from tasks_lib.state import RunStatus
+        from tasks_lib.store import RunLock
+
+        holder = RunLock(self.spec.folder).holder() or {}
+        if holder.get("pid") != os.getpid() or not holder.get("flow_run_id"):
+            return False
+        try:
+            record = RunFolder(self.spec.folder, str(holder["flow_run_id"])).read_run()
+        except RecordError:
+            return False
+        return record is not None and record.status != RunStatus.RUNNING
 
 
 def _exit_now(code: int) -> None:
@@ -428,99 +497,40 @@ def run(
     except SpecError as exc:
         _fail(exc)
 
-    if dry_run:
+    if dry_run:  # the plan, and exactly the prompts the agents would get
         from flows.render import render_plan
-        from tasks_lib.prompt import build_prompt
+        from tasks_lib.prompt import task_prompt
 
         render_plan(spec, plan)
         for w in plan.waves:
             for tid in w.tasks:
                 print(f"\n{'=' * 30} prompt for task {tid} (wave {w.wave_id}) {'=' * 30}")
-                print(build_prompt(spec, spec.unit(tid), wave=w.wave_id,
-                                   concurrent=[t for t in w.tasks if t != tid]))
+                print(task_prompt(spec, plan, tid))
         return
 
     _quiet_prefect(verbose)
-    from flows.execute_spec import execute_spec
-
     params = dict(spec_folder=str(spec_dir), agent=agent_cfg,
                   repo=str(repo) if repo else None, max_concurrency=max_concurrency,
                   retries=retries, timeout_seconds=timeout, fail_fast=fail_fast,
                   scheduler=scheduler, replan=replan, format=format, tag=tag,
                   parallel=parallel, approve_waves=approve_waves,
                   concurrency_limit=concurrency_limit)
-    interactive = not as_json and os.isatty(1)
-    code = {"value": EXIT_INCOMPLETE}
-
-    got: dict[str, int] = {}
-    running: dict = {}
-
-    cut_short: dict[str, bool] = {}
-
-    def cancel_run() -> None:
-        loop, task = running.get("loop"), running.get("task")
-        if loop is not None and task is not None:
-            try:
-                loop.call_soon_threadsafe(task.cancel)
-            except RuntimeError:  # the loop already closed: nothing left to stop
-                pass
-
-    def on_signal(signum: int, frame=None) -> None:
-        first = "signal" not in got
-        got.setdefault("signal", signum)
-        _err(f"specwave: {signal.Signals(signum).name}: stopping the agents…")
-        cancel_run()
-        if first:
-            _bound_wait_after_signal(spec.folder, cancel_run, cut_short)
-
-    async def main() -> dict | None:
-        running["loop"], running["task"] = asyncio.get_running_loop(), asyncio.current_task()
-        if got:  # a signal arrived before the loop started
-            code["value"] = 128 + got["signal"]
-            return None
-        try:
-            state = await execute_spec(**params, return_state=True)
-        except asyncio.CancelledError:
-            code["value"] = 128 + got.get("signal", signal.SIGTERM)
-            return None
-        except Exception as exc:  # noqa: BLE001
-            if not got:
-                raise
-            # stopped by a signal, then Prefect could not record it (its API is gone: a
-            # terminal's Ctrl-C also stops the ephemeral API server): our records are written
-            _err(f"specwave: stopped; Prefect could not record the end of the flow run "
-                 f"({type(exc).__name__}) — tasks.json and the run folder are up to date")
-            code["value"] = 128 + got["signal"]
-            return None
-        result = await state.result(raise_on_failure=False)
-        if isinstance(result, BaseException):
-            if isinstance(result, SpecError):
-                raise result
-            _err(f"specwave: the run failed: {type(result).__name__}: {result}")
-            return None
-        code["value"] = EXIT_OK if result.get("status") == "success" else EXIT_INCOMPLETE
-        if "metrics" not in result:  # the run stopped early (write failure, Prefect cancel)
-            _err(f"specwave: {result.get('message') or result.get('status')}")
-            if as_json:
-                print(json.dumps(result, indent=2, default=str))
-            return None
-        return result
-
+    session = RunSession(spec, params, as_json=as_json)
     startup_done()  # every import is done: the garbage collector is back on for the run
     try:
-        with LiveView(spec, plan, interactive):
-            result = _run_off_main_thread(main, on_signal)
+        with LiveView(spec, plan, not as_json and os.isatty(1)):
+            result = session.run()
     except SpecError as exc:
         _fail(exc)
-    if cut_short:
-        _exit_now(code["value"])
+    if session.cut_short:
+        _exit_now(session.code)
     if result is None:
-        raise typer.Exit(code["value"])
+        raise typer.Exit(session.code)
     if as_json:
         print(json.dumps(result, indent=2, default=str))
     else:
         print_final(result, spec)
-    raise typer.Exit(code["value"])
+    raise typer.Exit(session.code)
 
 
 @app.command()
@@ -537,11 +547,13 @@ def status(
         spec = load_spec(spec_dir, format=format, tag=tag)
     except SpecError as exc:
         _fail(exc)
-    from tasks_lib.runfolder import RunFolder, read_json
+    from tasks_lib.runfolder import RunFolder
 
-    runs = sorted(RunFolder.runs_dir(spec.folder).glob("*/run.json"),
-                  key=lambda p: p.stat().st_mtime)
-    last_run = read_json(runs[-1]) if runs else None
+    try:
+        last = RunFolder.latest(spec.folder)
+        last_run = last.read_run().plain() if last else None  # type: ignore[union-attr]
+    except SpecError as exc:
+        _fail(exc)
     tasks = {u.id: {"description": u.description, "status": u.status.value,
                     "raw_status": u.raw_status, "attempts": u.attempts,
                     "subtasks": {s.id: s.status.value for s in u.subtasks}}
