@@ -33,7 +33,7 @@ async def watch_for_cancellation(flow_run_id: str, target: asyncio.Task,
                 continue
             if run.state is not None and run.state.type in (StateType.CANCELLING,
                                                             StateType.CANCELLED):
-                seen["state"] = run.state.name
+                seen["state"] = run.state.name or run.state.type.value
                 target.cancel()
                 return
 

@@ -124,9 +124,11 @@ def plan(
 @app.command()
 def schema(which: str = typer.Argument(..., help="tasks or context")) -> None:
     """Print the JSON Schema of tasks.json or context-summary.json."""
+    from pydantic import BaseModel
+
     from tasks_lib.spec import ContextSummary, TasksFile
 
-    models = {"tasks": TasksFile, "context": ContextSummary}
+    models: dict[str, type[BaseModel]] = {"tasks": TasksFile, "context": ContextSummary}
     if which not in models:
         _err(f'specwave schema: unknown schema "{which}" — use "tasks" or "context"')
         raise typer.Exit(EXIT_INVALID)

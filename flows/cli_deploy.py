@@ -233,9 +233,9 @@ def deploy(
             say(f"  container: image {job['image']}, volumes {job['volumes']}, env "
                 f"{sorted(job['env'])}")
         if activate_schedule and SCHEDULED_DEPLOYMENT in process_names:
-            n = asyncio.run(activate_schedules(f"{FLOW_NAME}/{SCHEDULED_DEPLOYMENT}"))
+            switched = asyncio.run(activate_schedules(f"{FLOW_NAME}/{SCHEDULED_DEPLOYMENT}"))
             report["schedule_activated"] = True
-            say(f"schedule of {SCHEDULED_DEPLOYMENT}: active ({n} switched on)")
+            say(f"schedule of {SCHEDULED_DEPLOYMENT}: active ({switched} switched on)")
         report["details"] = asyncio.run(describe(report["deployments"]))
         for d in report["details"]:
             sched = "".join(f", schedule {s['cron']} ({'on' if s['active'] else 'off'})"
@@ -279,7 +279,7 @@ async def answer_pause(flow_run_id: str, proceed: bool, note: str) -> str:
     if result.status.value != "ACCEPT":
         reason = getattr(result.details, "reason", "") or result.status.value
         raise ValueError(f"the server did not accept the answer: {reason}")
-    return fr.state.name
+    return fr.state.name  # type: ignore[return-value]  # paused: it has a named state
 
 
 @app.command()

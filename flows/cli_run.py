@@ -16,7 +16,7 @@ import signal
 import threading
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -110,10 +110,10 @@ def _base_agent(agent: str, command: str | None, agent_json: str | None) -> dict
             raise SpecError.single("--command", "the command agent needs --command",
                                    hint='e.g. --command "python my_agent.py {prompt_file}"')
         return {"kind": "command", "command": command}
-    cfg: dict = {"kind": agent}
+    base: dict = {"kind": agent}
     if command:
-        cfg["command"] = command
-    return cfg
+        base["command"] = command
+    return base
 
 
 def _statuses(spec) -> dict[str, dict]:
@@ -203,7 +203,7 @@ def print_final(result: dict, spec) -> None:
     for tid, info in result["tasks"].items():
         st = info["status"]
         style = STATUS_STYLE.get(st, "")
-        extra = ()
+        extra: tuple[str, ...] = ()
         if costs:
             cost, turns = costs.get(tid, (None, None))
             extra = (f"${cost:.4f}" if cost else "", str(turns or ""))
@@ -335,7 +335,8 @@ class RunSession:
                  f"({type(exc).__name__}) — tasks.json and the run folder are up to date")
             self.code = 128 + self.signal
             return None
-        result = await state.result(raise_on_failure=False)
+        # State.result is sync or async by context; mypy only sees the sync signature
+        result = await state.result(raise_on_failure=False)  # type: ignore[misc]
         if isinstance(result, BaseException):
             if isinstance(result, SpecError):
                 raise result
@@ -554,7 +555,8 @@ def status(
         last_run = last.read_run().plain() if last else None  # type: ignore[union-attr]
     except SpecError as exc:
         _fail(exc)
-    tasks = {u.id: {"description": u.description, "status": u.status.value,
+    tasks: dict[str, dict[str, Any]] = {u.id: {"description": u.description,
+                                                "status": u.status.value,
                     "raw_status": u.raw_status, "attempts": u.attempts,
                     "subtasks": {s.id: s.status.value for s in u.subtasks}}
              for u in spec.units}
@@ -569,16 +571,16 @@ def status(
     from rich.console import Console
     from rich.table import Table
 
-    t = Table(title=f"{spec.name} ({spec.format})", title_justify="left")
+    table = Table(title=f"{spec.name} ({spec.format})", title_justify="left")
     for col in ("task", "status", "attempts", "description"):
-        t.add_column(col)
+        table.add_column(col)
     for tid, info in tasks.items():
         st = info["status"]
         style = STATUS_STYLE.get(st, "")
-        t.add_row(tid, f"[{style}]{st}[/{style}]" if style else st, str(info["attempts"]),
+        table.add_row(tid, f"[{style}]{st}[/{style}]" if style else st, str(info["attempts"]),
                   " ".join(info["description"].split())[:70])
     console = Console()
-    console.print(t)
+    console.print(table)
     console.print("  ".join(f"{k}: {v}" for k, v in sorted(counts.items())))
     if last_run:
         console.print(f"last run: {last_run.get('status')} (started {last_run.get('started_at')}"

@@ -31,7 +31,7 @@ from typing import Any, Literal
 
 from prefect import flow, get_run_logger
 from prefect.settings import PREFECT_API_URL
-from prefect.states import Cancelled, Failed
+from prefect.states import Cancelled, Failed, State
 
 from flows.dispatch import LocalDispatch
 from flows.run_guard import RunGuard
@@ -99,7 +99,7 @@ async def execute_spec(
     parallel: bool = False,
     approve_waves: bool = False,
     concurrency_limit: str | None = None,
-) -> dict[str, Any]:
+) -> dict[str, Any] | State:
     """Run every pending task of a spec through coding-agent workers, concurrently.
 
     Args:
@@ -135,7 +135,7 @@ async def execute_spec(
     agent_cfg = _agent_config(agent)
     if concurrency_limit:
         await _check_concurrency_limit(concurrency_limit)
-    scheduler = _approval_scheduler(approve_waves, scheduler)
+    policy = _approval_scheduler(approve_waves, scheduler)
     workspace = WorkspaceSpec(path=str(Path(repo or os.getcwd()).resolve()))  # noqa: ASYNC240
     run_id, flow_run_id = _run_ids()
 
@@ -143,7 +143,7 @@ async def execute_spec(
     try:
         async with guard:
             settings = RunSettings(
-                run_id=run_id, scheduler=scheduler, agent_kind=agent_cfg.kind,
+                run_id=run_id, scheduler=policy, agent_kind=agent_cfg.kind,
                 agent={**agent_cfg.model_dump(mode="json"),
                        "env": {**agent_cfg.env, **guard.agent_env}},
                 retries=retries, timeout_seconds=timeout_seconds, fail_fast=fail_fast,

@@ -80,9 +80,11 @@ class RunGuard:
             self._recover_unrecorded_passes()
             self.marker = self._marker()
             if self.flow_run_id:
+                flow_task = asyncio.current_task()
+                assert flow_task is not None  # we run in the flow's task
                 self._watcher = asyncio.create_task(
-                    watch_for_cancellation(self.flow_run_id, asyncio.current_task(),
-                                           self._seen), name="specwave-cancel-watcher")
+                    watch_for_cancellation(self.flow_run_id, flow_task, self._seen),
+                    name="specwave-cancel-watcher")
         except BaseException:
             self.lock.release()
             raise

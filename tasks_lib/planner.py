@@ -181,7 +181,7 @@ def _weights(spec: LoadedSpec, ids: list[str]) -> tuple[dict[str, float], str]:
     by_id = {u.id: u for u in spec.units}  # spec.unit() is a linear scan: O(n^2) for 5,000
     units = [by_id[i] for i in ids]
     if units and all(u.estimate_minutes for u in units):
-        return {u.id: float(u.estimate_minutes) for u in units}, "minutes"
+        return {u.id: float(u.estimate_minutes or 0) for u in units}, "minutes"
     if spec.declared_waves and units:
         per: dict[str, float] = {}
         for w in spec.declared_waves:
@@ -191,7 +191,7 @@ def _weights(spec: LoadedSpec, ids: list[str]) -> tuple[dict[str, float], str]:
         if all(i in per for i in ids):
             return {i: per[i] for i in ids}, "minutes (wave estimates)"
     if units and all(u.estimated_tokens for u in units):
-        return {u.id: float(u.estimated_tokens) for u in units}, "tokens"
+        return {u.id: float(u.estimated_tokens or 0) for u in units}, "tokens"
     return {i: 1.0 for i in ids}, "tasks"
 
 

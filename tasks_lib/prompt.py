@@ -64,7 +64,9 @@ def extract_sections(markdown: str, names: list[str]) -> dict[str, str]:
     wanted = {n.strip().lstrip("#").strip().lower(): n for n in names}
     found: dict[str, str] = {}
     lines = markdown.splitlines()
-    current, level, buf = None, 0, []
+    current: str | None = None
+    level = 0
+    buf: list[str] = []
     for line in lines + ["# "]:
         stripped = line.lstrip()
         if stripped.startswith("#"):

@@ -52,7 +52,7 @@ def close_dead_run(holder: Mapping[str, Any], record: RunRecord | None, run_id: 
         return None
     pid = holder.get("pid")
     ended = record.status if record is not None else None
-    if ended in (None, RunStatus.RUNNING, RunStatus.DIED):
+    if ended is None or ended in (RunStatus.RUNNING, RunStatus.DIED):
         note = f"the orchestrator (pid {pid}) died; found by run {run_id}"
         died = (record.model_copy(update={"status": RunStatus.DIED, "note": note})
                 if record is not None and ended == RunStatus.RUNNING else None)

@@ -83,8 +83,8 @@ class Scheduler:
             for t in w:
                 self._wave_pos.setdefault(t, i)
         self._wave_members: dict[int, list[str]] = {}
-        for t, w in self.plan.wave_of.items():
-            self._wave_members.setdefault(w, []).append(t)
+        for t, wave in self.plan.wave_of.items():
+            self._wave_members.setdefault(wave, []).append(t)
         self._fallback_checked: set[int] = set()
         self._ran: set[str] = set()  # tasks whose worker finished in this run
         # ready tasks (WAITING, nothing unmet): one heap (eager: best first) or one heap per

@@ -21,7 +21,7 @@ from typing import Any
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
-from prefect.states import Cancelled, Failed
+from prefect.states import Cancelled, Failed, State
 from pydantic import BaseModel, Field
 
 from tasks_lib.agents import make_agent, parse_agent_config
@@ -84,7 +84,7 @@ def attempt_timeout(base: float, previous: list[AttemptRecord]) -> float:
 
 
 @agent_task(retries=1, retry_condition_fn=_retry_condition)
-async def run_worker(inp: WorkerInput) -> list[dict[str, Any]]:
+async def run_worker(inp: WorkerInput) -> list[dict[str, Any]] | State:
     """Run one agent attempt for one spec task.
 
     Returns (and, for a non-pass, carries as its Failed state's data) every attempt record

@@ -482,7 +482,7 @@ class ScriptedModelServer:
             if rec["session_id"] is None:
                 meta = (body.get("metadata") or {}).get("user_id")
                 try:
-                    rec["session_id"] = json.loads(meta).get("session_id")
+                    rec["session_id"] = json.loads(meta or "").get("session_id")
                 except (TypeError, ValueError, AttributeError):
                     pass
             if path.endswith("count_tokens"):
