@@ -140,6 +140,11 @@ class AgentOsJson:
                                    hint="see the tasks.json format in the README")
         return raw
 
+    @classmethod
+    def for_spec(cls, spec: LoadedSpec) -> AgentOsJson:
+        """The write-back for a spec read from an Agent OS tasks.json."""
+        return cls()
+
     def __init__(self) -> None:
         # (text this object last rendered, the style it used): the next write of the same
         # file reads that text back, and detecting its style again is a regex pass over the
@@ -254,10 +259,14 @@ _STANDARD_SUMMARY_KEYS = ("total_tasks", "parent_tasks", "subtasks", "completed"
 # ------------------------------------------------------------------ reading into LoadedSpec
 
 
-def read_agent_os(folder: Path, tasks_path: Path | None = None) -> LoadedSpec:
-    """Read and check an Agent OS spec folder. Raises SpecError with every problem found."""
+def read_agent_os(folder: Path, tasks_path: Path | None = None, *,
+                  parallel: bool = False) -> LoadedSpec:
+    """Read and check an Agent OS spec folder. Raises SpecError with every problem found.
+
+    ``parallel`` only earns a warning: the file's dependencies say what runs together.
+    """
     with _gc_paused():
-        return _read_agent_os(folder, tasks_path)
+        return _read_agent_os(folder, tasks_path, parallel)
 
 
 @contextlib.contextmanager
@@ -279,7 +288,7 @@ def _gc_paused() -> Iterator[None]:
             gc.enable()
 
 
-def _read_agent_os(folder: Path, tasks_path: Path | None) -> LoadedSpec:
+def _read_agent_os(folder: Path, tasks_path: Path | None, parallel: bool) -> LoadedSpec:
     tasks_path = tasks_path or folder / TASKS_FILE
     label = display_path(tasks_path)
     text = read_text(tasks_path, root=folder, what="tasks.json")
@@ -304,6 +313,11 @@ def _read_agent_os(folder: Path, tasks_path: Path | None) -> LoadedSpec:
             raise SpecError(validation_problems(exc, ctx_label, ctx_raw, _task_id_at)) from None
 
     spec = _to_loaded(model, folder, tasks_path, label, context, ctx_label)
+    if parallel:
+        spec.warnings.insert(0, Problem(label, "--parallel has no effect on an Agent OS "
+                                               "tasks.json: its dependencies say what runs "
+                                               "together", severity="warning",
+                                        hint="drop --parallel"))
     for doc in ("spec.md", "spec-lite.md", "technical-spec.md"):
         p = folder / doc
         if p.is_file() and not p.is_symlink() and p.stat().st_size < 1_000_000:

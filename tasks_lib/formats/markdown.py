@@ -20,7 +20,7 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from tasks_lib.spec import DONE_STATUSES, TaskStatus
+from tasks_lib.spec import DONE_STATUSES, LoadedSpec, TaskStatus
 from tasks_lib.store import TaskUpdate
 
 BOM = "\ufeff"
@@ -259,6 +259,11 @@ class MarkdownChecklist:
 
     name = "markdown"
     default_tick = "x"
+
+    @classmethod
+    def for_spec(cls, spec: LoadedSpec) -> MarkdownChecklist:
+        """The write-back for a spec read from this kind of checklist."""
+        return cls()
 
     def index(self, lines: list[str], label: str) -> dict[str, Entry]:  # pragma: no cover
         raise NotImplementedError

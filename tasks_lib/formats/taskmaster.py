@@ -263,6 +263,11 @@ class TaskMasterJson:
     def __init__(self, tag: str | None = None):
         self.tag = tag
 
+    @classmethod
+    def for_spec(cls, spec: LoadedSpec) -> TaskMasterJson:
+        """The write-back for a spec read from a Task Master file (its tag)."""
+        return cls(tag=getattr(spec, "tag", None))
+
     def parse(self, text: str, label: str) -> TmDoc:
         raw = parse_json(text, label)
         # tag None on a file Task Master migrated to tags meanwhile reads "master"
@@ -355,10 +360,14 @@ def _ref(value: Any) -> str | None:
     return s or None
 
 
-def read_taskmaster(tasks_path: Path, *, tag: str | None = None,
+def read_taskmaster(folder: Path, tasks_path: Path | None = None, *, tag: str | None = None,
                     parallel: bool = False) -> TaskMasterSpec:
-    """Read a Task Master tasks.json into a LoadedSpec. Raises SpecError for unusable input."""
-    folder = tasks_path.parent
+    """Read a Task Master tasks.json into a LoadedSpec. Raises SpecError for unusable input.
+
+    ``folder`` is the spec folder (the file's folder, ``.taskmaster/tasks``): the run records
+    are kept there.
+    """
+    tasks_path = tasks_path or folder / "tasks.json"
     label = display_path(tasks_path)
     text = read_text(tasks_path, root=folder, what="tasks.json")
     raw = parse_json(text, label)
