@@ -15,7 +15,8 @@ spec-kit        ``specs/<feature>/tasks.md`` (``T001``)      :mod:`.speckit`
 
 Where things live: :mod:`.registry` (each format declared once: names, module, reader,
 write-back; :func:`load_spec`, :func:`document_format`), :mod:`.detect` (which format a path
-holds).
+holds), :mod:`.documents` (the spec's prompt documents and ``worker-prompt.md``, with one rule
+for symlinks: followed inside the project, skipped with a warning out of it).
 """
 
 from tasks_lib.formats.detect import detect_format, json_kind, md_kind

@@ -14,6 +14,7 @@ from pydantic import ValidationError
 
 from tasks_lib import jsondoc
 from tasks_lib.errors import Problem, SpecError
+from tasks_lib.formats.documents import read_documents, spec_project
 from tasks_lib.spec import (
     ContextSummary,
     DeclaredWave,
@@ -30,6 +31,7 @@ from tasks_lib.store import TaskUpdate, display_path, read_text
 
 TASKS_FILE = "tasks.json"
 CONTEXT_FILE = "context-summary.json"
+DOCUMENTS = ("spec.md", "spec-lite.md", "technical-spec.md")  # prompt order
 MAX_SCHEMA_PROBLEMS = 20
 
 
@@ -318,13 +320,8 @@ def _read_agent_os(folder: Path, tasks_path: Path | None, parallel: bool) -> Loa
                                                "tasks.json: its dependencies say what runs "
                                                "together", severity="warning",
                                         hint="drop --parallel"))
-    for doc in ("spec.md", "spec-lite.md", "technical-spec.md"):
-        p = folder / doc
-        if p.is_file() and not p.is_symlink() and p.stat().st_size < 1_000_000:
-            try:
-                spec.documents[doc] = p.read_text(encoding="utf-8")
-            except (UnicodeDecodeError, OSError):
-                pass
+    read_documents(spec, [(name, folder / name) for name in DOCUMENTS],
+                   project=spec_project(folder))
     return spec
 
 

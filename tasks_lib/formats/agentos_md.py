@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tasks_lib.errors import Problem, SpecError
+from tasks_lib.formats.documents import read_documents, spec_project
 from tasks_lib.formats.markdown import (
     CHECKBOX_RE,
     HEADING_RE,
@@ -313,38 +314,41 @@ def read_agent_os_md(folder: Path, tasks_path: Path | None = None, *,
     spec = LoadedSpec(name=folder.resolve().name, folder=folder, tasks_path=tasks_path,
                       format=FORMAT, units=units, warnings=warnings,
                       unit_parallel_default=parallel)
-    spec.documents.update(spec_documents(folder, text))
+    read_documents(spec, spec_documents(folder, text), project=spec_project(folder))
     return spec
 
 
-def spec_documents(folder: Path, text: str) -> dict[str, str]:
-    """The spec files a tasks.md points to (``@.agent-os/specs/x/spec.md``, resolved from the
-    folder's ancestors), else the folder's own spec.md / spec-lite.md, plus sub-specs/*.md.
-    Keys are paths relative to the spec folder."""
+def spec_documents(folder: Path, text: str) -> list[tuple[str, Path]]:
+    """The spec files a tasks.md points to (``@.agent-os/specs/x/spec.md``, looked up from the
+    folder and its ancestors up to the project root), else the folder's own spec.md /
+    spec-lite.md, plus sub-specs/*.md: ``(name, path)`` in prompt order, each file once, names
+    relative to the spec folder. :func:`~tasks_lib.formats.documents.read_documents` reads them.
+    """
     folder_r = folder.resolve()
+    project = spec_project(folder_r)
+    bases = [folder_r, *folder_r.parents]
+    bases = bases[: bases.index(project) + 1]
     found: list[Path] = []
     for ref in _SPEC_REF_RE.findall(text[:20_000]):
         if ref.startswith("/") or ".." in Path(ref).parts:
             continue
-        for base in [folder_r, *folder_r.parents]:
-            p = base / ref
-            if p.is_file():
-                if p.resolve().is_relative_to(base):
-                    found.append(p.resolve())
+        for base in bases:
+            if (base / ref).is_file():
+                found.append(base / ref)
                 break
     if not found:
-        for name in ("spec.md", "spec-lite.md"):
-            if (folder_r / name).is_file():
-                found.append(folder_r / name)
+        found += [folder_r / name for name in ("spec.md", "spec-lite.md")]
     sub = folder_r / "sub-specs"
     if sub.is_dir():
         found += sorted(p for p in sub.glob("*.md") if p.is_file())
-    docs: dict[str, str] = {}
-    for p in dict.fromkeys(found):
+    seen = {folder_r / TASKS_MD}  # a pointer to the tasks.md itself is not a spec document
+    docs: list[tuple[str, Path]] = []
+    for p in found:
         try:
-            if p.stat().st_size > 1_000_000 or p.name == TASKS_MD and p.parent == folder_r:
-                continue
-            docs[os.path.relpath(p, folder_r)] = p.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError):
-            continue
+            real = p.resolve()
+        except (OSError, RuntimeError):  # a link loop: read_documents leaves it out
+            real = p
+        if real not in seen:
+            seen.add(real)
+            docs.append((os.path.relpath(p, folder_r), p))
     return docs

@@ -6,7 +6,8 @@ written back. A format's module is imported the first time a spec needs it (read
 tasks.json does not import the Markdown formats).
 
 Adding a format: write ``tasks_lib/formats/<name>.py`` with a reader
-``(folder, plan_file, *, parallel, [tag]) -> LoadedSpec`` and a DocumentFormat class with a
+``(folder, plan_file, *, parallel, [tag]) -> LoadedSpec`` that ends with
+:func:`tasks_lib.formats.documents.read_documents`, and a DocumentFormat class with a
 ``for_spec(spec)`` classmethod; add one :class:`Format` line below; teach
 :func:`tasks_lib.formats.detect.detect_format` how to recognise its file when ``--format`` is
 not given.

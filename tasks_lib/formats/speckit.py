@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tasks_lib.errors import Problem, SpecError
+from tasks_lib.formats.documents import read_documents, spec_project
 from tasks_lib.formats.markdown import (
     CHECKBOX_RE,
     HEADING_RE,
@@ -48,7 +49,7 @@ from tasks_lib.store import display_path, read_text
 
 FORMAT = "spec-kit"
 TASKS_MD = "tasks.md"
-DOCUMENTS = ("spec.md", "plan.md", "data-model.md", "research.md", "quickstart.md")
+DOCUMENTS = ("spec.md", "plan.md", "data-model.md", "research.md", "quickstart.md")  # in order
 
 TASK_ID_RE = re.compile(r"^(?:\*\*|__)?(?P<id>T\d+)(?:\*\*|__)?:?(?=\s|$)\s*(?P<rest>.*)$")
 _MARKER_RE = re.compile(r"^(?:\*\*|__)?\[(?P<m>[^\]\[]{1,40})\](?:\*\*|__)?\s*")
@@ -220,11 +221,6 @@ def read_speckit(folder: Path, tasks_path: Path | None = None, *,
     order_through_done(units)
     spec = LoadedSpec(name=folder.resolve().name, folder=folder, tasks_path=tasks_path,
                       format=FORMAT, units=units, warnings=warnings)
-    for name in DOCUMENTS:
-        p = folder / name
-        try:
-            if p.is_file() and not p.is_symlink() and p.stat().st_size < 1_000_000:
-                spec.documents[name] = p.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError):
-            continue
+    read_documents(spec, [(name, folder / name) for name in DOCUMENTS],
+                   project=spec_project(folder))
     return spec

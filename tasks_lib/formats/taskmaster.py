@@ -48,11 +48,13 @@ from typing import Any
 
 from tasks_lib.errors import Problem, SpecError
 from tasks_lib.formats.agentos import parse_json
+from tasks_lib.formats.documents import read_documents
 from tasks_lib.spec import LoadedSpec, SpecUnit, SubUnit, TaskStatus
 from tasks_lib.store import TaskUpdate, display_path, read_text
 
 FORMAT = "taskmaster"
 DEFAULT_TAG = "master"
+PRD_FILES = (".taskmaster/docs/prd.txt", ".taskmaster/docs/prd.md", "scripts/prd.txt")
 
 STATUS_IN = {
     "pending": TaskStatus.PENDING,
@@ -345,6 +347,9 @@ class TaskMasterJson:
 
 
 def project_root(tasks_path: Path) -> Path:
+    """The Task Master project: the folder holding ``.taskmaster/`` (or the legacy ``tasks/``),
+    else the file's folder. Its PRD is read from there, and links must stay inside it (see
+    :mod:`tasks_lib.formats.documents`)."""
     root = tasks_path.parent
     if root.name == "tasks":
         root = root.parent
@@ -537,12 +542,8 @@ def read_taskmaster(folder: Path, tasks_path: Path | None = None, *, tag: str | 
     name = root.resolve().name + (f":{resolved}" if resolved not in (None, DEFAULT_TAG) else "")
     spec = TaskMasterSpec(name=name, folder=folder, tasks_path=tasks_path, format=FORMAT,
                           units=kept, warnings=warnings, tag=resolved)
-    for rel in (".taskmaster/docs/prd.txt", ".taskmaster/docs/prd.md", "scripts/prd.txt"):
-        p = root / rel
-        try:
-            if p.is_file() and p.stat().st_size < 1_000_000:
-                spec.documents[os.path.relpath(p, folder)] = p.read_text(encoding="utf-8")
-                break
-        except (OSError, UnicodeDecodeError):
-            continue
+    # the project's PRD: the first of PRD_FILES that exists, named relative to the spec folder
+    prd = next((root / rel for rel in PRD_FILES if (root / rel).is_file()), None)
+    read_documents(spec, [] if prd is None else [(os.path.relpath(prd, folder), prd)],
+                   project=root)
     return spec
