@@ -2,9 +2,10 @@
 
 Every format names its documents (Agent OS ``spec.md`` / ``spec-lite.md`` / ``sub-specs/*.md``,
 spec-kit's ``plan.md`` / ``spec.md`` / ``data-model.md``..., Task Master's PRD) and hands them to
-:func:`read_documents`.
+:func:`read_documents`, which also reads the spec folder's own prompt template
+(``worker-prompt.md``, :data:`tasks_lib.prompt.TEMPLATE_FILE`) into ``spec.prompt_template``.
 
-The rule, the same for every format:
+The rule, the same for every format and for the template:
 
 * a document is read when it is a regular file (after links) of at most
   :data:`MAX_DOCUMENT_BYTES` bytes of UTF-8 text; a name with no file behind it (missing, a
@@ -32,6 +33,7 @@ Example (what a format's reader does last)::
     read_documents(spec, [("spec.md", folder / "spec.md"), ("plan.md", folder / "plan.md")],
                    project=spec_project(folder))
     spec.documents        # {"spec.md": "..."}: plan.md is missing, a link out was warned about
+    spec.prompt_template  # the text of <folder>/worker-prompt.md, or None
 """
 
 from __future__ import annotations
@@ -42,13 +44,15 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from tasks_lib.errors import Problem
+from tasks_lib.prompt import TEMPLATE_FILE
 from tasks_lib.spec import LoadedSpec
 from tasks_lib.store import display_path
 
 MAX_DOCUMENT_BYTES = 1_000_000
 _LAYOUT_PARENTS = (".agent-os", "agent-os")
 
-__all__ = ["MAX_DOCUMENT_BYTES", "read_document", "read_documents", "spec_project"]
+__all__ = ["MAX_DOCUMENT_BYTES", "TEMPLATE_FILE", "read_document", "read_documents",
+           "spec_project"]
 
 
 def spec_project(folder: Path) -> Path:
@@ -115,7 +119,7 @@ def read_document(path: Path, *, project: Path, warnings: list[Problem]) -> str 
 
 def read_documents(spec: LoadedSpec, documents: Iterable[tuple[str, Path]], *,
                    project: Path) -> None:
-    """Fill ``spec.documents`` under the one rule.
+    """Fill ``spec.documents`` and ``spec.prompt_template`` under the one rule.
 
     Args:
         spec: the spec just read; its warnings get one line per document not read.
@@ -129,3 +133,5 @@ def read_documents(spec: LoadedSpec, documents: Iterable[tuple[str, Path]], *,
         text = read_document(path, project=project, warnings=spec.warnings)
         if text is not None:
             spec.documents[name] = text
+    spec.prompt_template = read_document(spec.folder / TEMPLATE_FILE, project=project,
+                                         warnings=spec.warnings)

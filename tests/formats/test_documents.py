@@ -1,4 +1,4 @@
-"""The spec's documents: one reader, one symlink rule, every format.
+"""The spec's documents and its worker-prompt.md: one reader, one symlink rule, every format.
 
 A link that stays inside the project is followed; one that leads out is skipped with a warning
 naming the file and the target (before, Task Master and Agent OS tasks.md followed such links out
@@ -17,7 +17,8 @@ from pathlib import Path
 import pytest
 
 from tasks_lib.formats import load_spec
-from tasks_lib.formats.documents import MAX_DOCUMENT_BYTES, spec_project
+from tasks_lib.formats.documents import MAX_DOCUMENT_BYTES, TEMPLATE_FILE, spec_project
+from tasks_lib.prompt import TEMPLATE_FILE as PROMPT_TEMPLATE_FILE
 from tasks_lib.store import display_path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -68,6 +69,10 @@ IDS = [c.format for c in CASES]
 @pytest.fixture(params=CASES, ids=IDS)
 def case(request) -> Case:
     return request.param
+
+
+def test_the_template_name_is_the_prompts():
+    assert TEMPLATE_FILE == PROMPT_TEMPLATE_FILE == "worker-prompt.md"
 
 
 def test_a_plain_document_is_read(tmp_path, case):
@@ -146,6 +151,40 @@ def test_a_link_inside_the_project_is_followed(tmp_path, case):
     spec = load_spec(folder)
     assert spec.documents == {case.key: "# shared design\n"}
     assert spec.warnings == []
+
+
+def test_the_spec_folders_worker_prompt_is_its_template(tmp_path, case):
+    folder = case.build(tmp_path / "p")
+    template = "Do $task_id: $description\n$sections\n"
+    put(folder / "worker-prompt.md", template)
+    spec = load_spec(folder)
+    assert spec.prompt_template == template
+    assert TEMPLATE_FILE not in spec.documents and spec.documents == {}
+    assert spec.warnings == []
+
+
+def test_no_worker_prompt_is_none(tmp_path, case):
+    spec = load_spec(case.build(tmp_path / "p"))
+    assert spec.prompt_template is None
+
+
+def test_a_worker_prompt_linked_from_outside_is_skipped_with_a_warning(tmp_path, case):
+    folder = case.build(tmp_path / "p")
+    secret = put(tmp_path / "outside" / "prompt.md", SECRET)
+    (folder / "worker-prompt.md").symlink_to(secret)
+    spec = load_spec(folder)
+    assert spec.prompt_template is None
+    [warning] = spec.warnings
+    assert warning.file == display_path(folder / "worker-prompt.md")
+    assert str(secret.resolve()) in warning.message
+
+
+def test_a_worker_prompt_linked_inside_the_project_is_followed(tmp_path, case):
+    project = tmp_path / "p"
+    folder = case.build(project)
+    put(project / "prompts" / "team.md", "Team prompt for $task_id\n")
+    (folder / "worker-prompt.md").symlink_to(project / "prompts" / "team.md")
+    assert load_spec(folder).prompt_template == "Team prompt for $task_id\n"
 
 
 def test_the_size_cap_is_the_same_for_every_format(tmp_path, case):
