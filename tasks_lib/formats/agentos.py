@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
+from pydantic_core import ErrorDetails
 
 from tasks_lib import jsondoc
 from tasks_lib.errors import Problem, SpecError
@@ -94,7 +95,7 @@ def validation_problems(exc: ValidationError, label: str, raw: Any,
                         id_of: Any = None) -> list[Problem]:
     """pydantic errors -> one Problem per wrong value, with the JSON path and the task id when
     known (the errors of every member of a union are folded into one line)."""
-    grouped: dict[tuple, list[dict]] = {}
+    grouped: dict[tuple, list[ErrorDetails]] = {}
     for err in exc.errors():
         loc = tuple(err["loc"])
         while loc and _union_member(loc[-1]):
@@ -212,8 +213,8 @@ class AgentOsJson:
         tasks = [t for t in doc.get("tasks", []) if isinstance(t, dict)]
         by_id = {id_str(t.get("id")): t for t in tasks}
         for t in tasks:
-            subs = [by_id.get(id_str(s)) for s in t.get("subtasks") or []]
-            subs = [s for s in subs if s is not None]
+            listed = [by_id.get(id_str(s)) for s in t.get("subtasks") or []]
+            subs = [s for s in listed if s is not None]
             if subs and "progress_percent" in t or subs and t.get("type") == "parent":
                 done = sum(1 for s in subs if normalize_status(s.get("status")) == TaskStatus.PASS)
                 t["progress_percent"] = round(100 * done / len(subs))
@@ -460,8 +461,8 @@ def _to_loaded(model: TasksFile, folder: Path, tasks_path: Path, label: str,
         if u.estimated_tokens is None:
             toks = [c.estimated_tokens for c in [ctx_tasks.get(u.id)] if c and c.estimated_tokens]
             if not toks:
-                toks = [ctx_tasks[s.id].estimated_tokens for s in u.subtasks
-                        if s.id in ctx_tasks and ctx_tasks[s.id].estimated_tokens]
+                toks = [c.estimated_tokens for c in (ctx_tasks.get(s.id) for s in u.subtasks)
+                        if c is not None and c.estimated_tokens]
             u.estimated_tokens = sum(toks) if toks else None
 
     for a, b in sorted(blocked_by_pairs - blocks_pairs):

@@ -126,6 +126,7 @@ def parse_tasks_md(lines: list[str], label: str) -> tuple[list[MdTask], list[Pro
     seen: dict[str, MdTask] = {}
     errors = []
     for t in tasks:
+        assert t.id is not None  # numbered above
         if t.id in seen:
             errors.append(Problem(label, f"two tasks have this number (lines {seen[t.id].line + 1}"
                                          f" and {t.line + 1})", task_id=t.id,
@@ -252,7 +253,8 @@ class AgentOsMarkdown(MarkdownChecklist):
 
     def index(self, lines: list[str], label: str) -> dict[str, Entry]:
         tasks, _ = parse_tasks_md(lines, label)
-        return {t.id: Entry(t.line, t.has_box, [s.line for s in t.subtasks]) for t in tasks}
+        return {t.id: Entry(t.line, t.has_box, [s.line for s in t.subtasks]) for t in tasks
+                if t.id is not None}  # parse_tasks_md numbers every task
 
 
 # ------------------------------------------------------------------------------ reading
@@ -304,6 +306,7 @@ def read_agent_os_md(folder: Path, tasks_path: Path | None = None, *,
         raw = f"[{t.mark}]" if t.mark is not None else None
         if t.note:
             raw = (raw + " " if raw else "") + t.note[0]
+        assert t.id is not None  # parse_tasks_md numbers every task
         units.append(SpecUnit(id=t.id, description=t.title, status=status, raw_status=raw,
                               files=files, subtasks=subs,
                               details="\n".join(t.details) or None))

@@ -297,6 +297,7 @@ class MarkdownChecklist:
         text, _old = split_note(content_of(raw))
         if kind is not None:
             m = re.match(r"^(.*?)([ \t]*)$", text)
+            assert m is not None  # the pattern matches any line
             body, ws = m.group(1), m.group(2)
             r = short_reason(reason)
             text = body + NOTE_PREFIX + kind + (f": {r}" if r else "") + ws

@@ -108,6 +108,7 @@ def parse_tasks_md(lines: list[str], label: str) -> list[KitTask]:
             else:
                 target = None
             continue
+        assert b is not None  # m was matched in b's text
         _, note = split_note(b.group("text") or "")
         rest = m.group("rest")
         parallel, story, labels = False, None, []

@@ -41,8 +41,9 @@ from __future__ import annotations
 import json
 import os
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from json.decoder import scanstring
+from json.decoder import scanstring  # type: ignore[attr-defined]  # not in typeshed
 from pathlib import Path
 from typing import Any
 
@@ -110,13 +111,16 @@ class JNode:
 
 
 _WS_RE = re.compile(r"[ \t\n\r]*")
+# the pattern matches the empty string, so match() never returns None: typed once here rather
+# than checked on every token (scan_json runs on every write of the file)
+_ws: Callable[[str, int], re.Match[str]] = _WS_RE.match  # type: ignore[assignment]
 _NUM_RE = re.compile(r"-?(?:0|[1-9]\d*)(?:\.\d+)?(?:[eE][+-]?\d+)?")
 _LITERALS = {"true": True, "false": False, "null": None}
 
 
 def scan_json(text: str, pos: int = 0) -> JNode:
     """Parse already-validated JSON text into JNodes (raises ValueError on bad input)."""
-    node, _end = _scan(text, _WS_RE.match(text, pos).end())
+    node, _end = _scan(text, _ws(text, pos).end())
     return node
 
 
@@ -125,7 +129,7 @@ def _scan(text: str, pos: int) -> tuple[JNode, int]:
     ch = text[pos:pos + 1]
     if ch == "{":
         node.members, node.value = [], {}
-        pos = _WS_RE.match(text, pos + 1).end()
+        pos = _ws(text, pos + 1).end()
         if text[pos:pos + 1] == "}":
             pos += 1
         else:
@@ -134,16 +138,16 @@ def _scan(text: str, pos: int) -> tuple[JNode, int]:
                     raise ValueError(f"expected a key at {pos}")
                 key, kend = scanstring(text, pos + 1)
                 kstart = pos
-                pos = _WS_RE.match(text, kend).end()
+                pos = _ws(text, kend).end()
                 if text[pos:pos + 1] != ":":
                     raise ValueError(f"expected ':' at {pos}")
-                pos = _WS_RE.match(text, pos + 1).end()
+                pos = _ws(text, pos + 1).end()
                 child, pos = _scan(text, pos)
                 node.members.append((key, kstart, kend, child))
                 node.value[key] = child.value
-                pos = _WS_RE.match(text, pos).end()
+                pos = _ws(text, pos).end()
                 if text[pos:pos + 1] == ",":
-                    pos = _WS_RE.match(text, pos + 1).end()
+                    pos = _ws(text, pos + 1).end()
                     continue
                 if text[pos:pos + 1] != "}":
                     raise ValueError(f"expected ',' or '}}' at {pos}")
@@ -151,7 +155,7 @@ def _scan(text: str, pos: int) -> tuple[JNode, int]:
                 break
     elif ch == "[":
         node.items, node.value = [], []
-        pos = _WS_RE.match(text, pos + 1).end()
+        pos = _ws(text, pos + 1).end()
         if text[pos:pos + 1] == "]":
             pos += 1
         else:
@@ -159,9 +163,9 @@ def _scan(text: str, pos: int) -> tuple[JNode, int]:
                 child, pos = _scan(text, pos)
                 node.items.append(child)
                 node.value.append(child.value)
-                pos = _WS_RE.match(text, pos).end()
+                pos = _ws(text, pos).end()
                 if text[pos:pos + 1] == ",":
-                    pos = _WS_RE.match(text, pos + 1).end()
+                    pos = _ws(text, pos + 1).end()
                     continue
                 if text[pos:pos + 1] != "]":
                     raise ValueError(f"expected ',' or ']' at {pos}")
@@ -280,7 +284,9 @@ class TaskMasterJson:
             raise SpecError.single(label, f"could not read the JSON structure: {exc}",
                                    hint="check the file") from None
         holder = root if tag is None else root.member(tag)
-        return TmDoc(text, holder.member("tasks"))
+        tasks = holder.member("tasks") if holder is not None else None
+        assert tasks is not None  # select_tag found the tag and its tasks list
+        return TmDoc(text, tasks)
 
     def render(self, doc: TmDoc, original: str) -> str:
         if not doc.edits:
