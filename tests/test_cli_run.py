@@ -21,7 +21,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from tests.fixtures.fake import FAKE_AGENT, TAG_ENV
+from tests.fixtures.fake import FAKE_AGENT, TAG_ENV, launched
 from tests.fixtures.procs import live_processes, survivors
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -75,12 +75,7 @@ class Cli:
         return p
 
     def launched(self) -> dict[str, list[int]]:
-        out: dict[str, list[int]] = {}
-        if self.trace_path.exists():
-            for line in self.trace_path.read_text().splitlines():
-                e = json.loads(line)
-                out.setdefault(e["task"], []).append(e["attempt"])
-        return out
+        return launched(self.trace_path)
 
     def markers(self) -> set[str]:
         """The SPECWAVE_AGENT_MARKER of every agent the runs of this test recorded."""

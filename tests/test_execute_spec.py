@@ -13,6 +13,8 @@ import copy
 import json
 import os
 import socket
+import subprocess
+import sys
 import time
 import uuid
 from datetime import datetime
@@ -711,6 +713,33 @@ async def test_dry_run_launches_nothing_and_returns_the_prompts(example, rig):
     assert rig.launched() == {} and not rig.trace_path.exists()
     assert (spec / "tasks.json").read_text() == text
     assert not (spec / ".specwave" / "runs").exists()
+    assert rig.survivors() == []
+
+
+async def test_dry_run_shows_exactly_the_prompts_agents_get_with_the_spec_template(example,
+                                                                                rig):
+    """Regression: ``specwave run --dry-run`` built prompts without the spec's
+    worker-prompt.md, so it printed a different prompt from the one the agents got."""
+
+    spec = example("small-feature")
+    (spec / "worker-prompt.md").write_text(
+        "# Our own worker prompt for $task_id (wave $wave, with: $concurrent)\n\n"
+        "$sections\n$output_format")
+    _, result = await run_flow(spec, agent=rig.agent(), repo=str(rig.repo), dry_run=True)
+    prompts = result["prompts"]
+    assert prompts["1"].startswith("# Our own worker prompt for 1 (wave 1, with: 2)")
+    assert prompts["3"].startswith("# Our own worker prompt for 3 (wave 2, with: )")
+    cli = subprocess.run([sys.executable, "-c", "from flows.cli import main; main()", "run",
+                          str(spec), "--command", "true", "--dry-run"], capture_output=True,
+                         text=True, timeout=120, cwd=ROOT)
+    assert cli.returncode == 0, cli.stderr
+    for tid, prompt in prompts.items():
+        assert prompt in cli.stdout, tid  # word for word what the agent would be given
+    # and the agents get it: the first task's prompt file is the template's
+    state, result = await run_flow(spec, agent=rig.agent(), repo=str(rig.repo))
+    assert state.is_completed(), state
+    run_dir = Path(result["run_dir"])
+    assert (run_dir / "tasks" / "1" / "prompt.md").read_text() == prompts["1"]
     assert rig.survivors() == []
 
 
