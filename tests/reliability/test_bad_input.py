@@ -19,7 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.reliability.conftest import FAKE_AGENT, ROOT, SPECWAVE, spec_tree
+from tests.fixtures.fake import FAKE_AGENT
+from tests.reliability.conftest import ROOT, SPECWAVE, spec_tree
 
 BAD = ROOT / "tests" / "data" / "bad"
 MANIFEST: dict[str, str] = json.loads((BAD / "MANIFEST.json").read_text())
