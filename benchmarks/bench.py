@@ -554,7 +554,7 @@ def main() -> int:
     ap.add_argument("--bp-mean", type=float, default=0.3,
                     help="backpressure: mean task seconds")
     ap.add_argument("--poll", type=float, help="makespan what-if: also run eager with "
-                                               "agents.process._POLL_S set to this")
+                                               "agents.proctable.POLL_S set to this")
     ap.add_argument("--bp-tasks", type=int, help="backpressure: tasks (default 500)")
     ap.add_argument("--configs", nargs="+", choices=list(SERVER_CONFIGS),
                     help="backpressure: server settings to try (default: all)")

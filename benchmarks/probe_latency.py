@@ -54,7 +54,7 @@ def main() -> int:
     ap.add_argument("--profile", type=int, default=0, metavar="N",
                     help="cProfile the event-loop thread; print the top N by own time")
     ap.add_argument("--poll", type=float, default=None,
-                    help="what-if: agents.process._POLL_S (exit poll where no pidfd is usable)")
+                    help="what-if: agents.proctable.POLL_S (exit poll where no pidfd is usable)")
     ap.add_argument("--quiet-logs", action="store_true",
                     help="PREFECT_LOGGING_LEVEL=WARNING (no per-line logs to the API)")
     a = ap.parse_args()
@@ -100,9 +100,9 @@ def main() -> int:
             pid_task[info["pid"]] = info["task_id"]
             return super().record_agent(info)
 
-        def write_attempt(self, task_id, attempt, record):
-            stamps[task_id]["t3"] = time.perf_counter()
-            return super().write_attempt(task_id, attempt, record)
+        def write_attempt(self, record):
+            stamps[record.task_id]["t3"] = time.perf_counter()
+            return super().write_attempt(record)
 
     tasks_mod.RunFolder = ProbeFolder
 
@@ -128,9 +128,9 @@ def main() -> int:
     te._aconcurrency = aconcurrency
 
     # agents.process: when the leader's exit is seen, when the cleanup sweep (a thread) runs
-    import tasks_lib.agents.process as proc_mod
+    from tasks_lib.agents import exits, kill, proctable
 
-    orig_wait_exit, orig_terminate = proc_mod._wait_exit, proc_mod._terminate
+    orig_wait_exit, orig_terminate = exits.wait_exit, kill.terminate
     pid_task: dict[int, str] = {}
 
     async def wait_exit(proc):
@@ -140,7 +140,7 @@ def main() -> int:
             stamps[tid]["x1"] = time.perf_counter()
         return code
 
-    def terminate(roots, pgids, *args, **kwargs):  # whatever else _terminate takes
+    def terminate(roots, pgids, *args, **kwargs):  # whatever else kill.terminate takes
         tid = next((pid_task.get(g) for g in pgids if g in pid_task), None)
         if tid:
             stamps[tid]["x2"] = time.perf_counter()
@@ -152,9 +152,9 @@ def main() -> int:
             if tid:
                 stamps[tid]["x3"] = time.perf_counter()
 
-    proc_mod._wait_exit, proc_mod._terminate = wait_exit, terminate
+    exits.wait_exit, kill.terminate = wait_exit, terminate
     if a.poll is not None:
-        proc_mod._POLL_S = a.poll
+        proctable.POLL_S = a.poll
 
     # the plan file: how many writes, how long (wall and the writing thread's CPU)
     from tasks_lib.store import PlanStore

@@ -65,12 +65,12 @@ if _PREFIX:
         pass
 
 # What-if experiments on the engine, without editing it: SPECWAVE_BENCH_POLL_S sets
-# tasks_lib.agents.process._POLL_S (how often a running agent's exit is polled; 0.05 s).
+# tasks_lib.agents.proctable.POLL_S (how often an exit is polled where no pidfd is usable).
 _POLL = os.environ.get("SPECWAVE_BENCH_POLL_S")
 if _POLL:
     try:
-        import tasks_lib.agents.process as _process
+        import tasks_lib.agents.proctable as _proctable
 
-        _process._POLL_S = float(_POLL)
+        _proctable.POLL_S = float(_POLL)
     except ImportError:
         pass

@@ -21,7 +21,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-import tasks_lib.agents.process as process_mod
+from tasks_lib.agents import exits, proctable
 from tasks_lib.agents.process import (
     MARKER_ENV,
     MAX_LINE_BYTES,
@@ -558,7 +558,7 @@ needs_pidfd = pytest.mark.skipif(not _pidfd_works(), reason="no pidfd here (Linu
 @needs_pidfd
 async def test_leader_exit_is_an_event_not_a_poll(tag, tmp_path, monkeypatch):
     # With the fallback poll set to 60 s, only the pidfd can see the exits this soon.
-    monkeypatch.setattr(process_mod, "_POLL_S", 60.0)
+    monkeypatch.setattr(proctable, "POLL_S", 60.0)
     res = await run(tag, "sleep", "0.3", "exit", "5", tmp=tmp_path, timeout=120)
     assert res.exit_code == 5 and res.duration_s < 30
     argv = [sys.executable, "-c", "import os, signal; os.kill(os.getpid(), signal.SIGKILL)"]
@@ -572,15 +572,15 @@ def test_peek_child_reads_the_exit_code_without_reaping(tag):
     child = subprocess.Popen(agent(tag, "sleep", "120"), start_new_session=True)
     fd = os.pidfd_open(child.pid)
     try:
-        assert process_mod._peek_child(fd) == ("running", None)
+        assert exits.peek_child(fd) == ("running", None)
         child.kill()
         poller = select.poll()
         poller.register(fd, select.POLLIN)
         assert poller.poll(30_000), "pidfd never became readable"
-        assert process_mod._peek_child(fd) == ("exited", -signal.SIGKILL)
-        assert process_mod._peek_child(fd) == ("exited", -signal.SIGKILL)  # still not reaped
+        assert exits.peek_child(fd) == ("exited", -signal.SIGKILL)
+        assert exits.peek_child(fd) == ("exited", -signal.SIGKILL)  # still not reaped
         assert child.wait(timeout=10) == -signal.SIGKILL  # the owner reaps it as usual
-        assert process_mod._peek_child(fd) == ("reaped", None)
+        assert exits.peek_child(fd) == ("reaped", None)
     finally:
         os.close(fd)
         child.kill()
@@ -593,12 +593,12 @@ async def test_exit_code_without_a_usable_pidfd(tag, tmp_path, monkeypatch, pidf
     # No pidfd support at all; the leader already reaped when pidfd_open runs (ESRCH); a
     # pidfd_open refused (seccomp). Each falls back to asyncio's returncode; leftovers die.
     if pidfd_open_error is None:
-        monkeypatch.setattr(process_mod, "_HAVE_PIDFD", False)
+        monkeypatch.setattr(proctable, "HAVE_PIDFD", False)
     else:
         def refuse(pid: int) -> int:
             raise pidfd_open_error(f"pidfd_open({pid}) refused by the test")
-        monkeypatch.setattr(process_mod, "_HAVE_PIDFD", True)
-        monkeypatch.setattr(process_mod.os, "pidfd_open", refuse, raising=False)
+        monkeypatch.setattr(proctable, "HAVE_PIDFD", True)
+        monkeypatch.setattr(proctable.os, "pidfd_open", refuse, raising=False)
     res = await run(tag, "daemon", "sleep", "0.2", "exit", "4", tmp=tmp_path, grace_seconds=2,
                     timeout=60)
     pids = pids_announced(res.stdout)
@@ -620,7 +620,7 @@ async def test_exit_code_of_a_leader_that_exits_at_once(tag, tmp_path):
 def test_kill_waits_for_exits_as_events(tag, monkeypatch):
     # Group member, setsid'd grandchild (not our child) and the leader (our child, left a
     # zombie until reaped) all die on SIGTERM; a 60 s fallback poll would show.
-    monkeypatch.setattr(process_mod, "_POLL_S", 60.0)
+    monkeypatch.setattr(proctable, "POLL_S", 60.0)
     leader = subprocess.Popen(agent(tag, "child", "setsid-child", "sleep", "120"),
                               start_new_session=True, stdout=subprocess.PIPE, text=True)
     try:
@@ -641,7 +641,7 @@ def test_kill_waits_for_exits_as_events(tag, monkeypatch):
 
 def test_proc_scan_finds_group_members_and_marked_processes(tag):
     marker = uuid.uuid4().hex
-    before = process_mod._boot_ticks()
+    before = proctable.boot_ticks()
     marked = subprocess.Popen(agent(tag, "sleep", "120"), start_new_session=True,
                               env={**env_for(tag), MARKER_ENV: f"outer,{marker}"})
     other = subprocess.Popen(agent(tag, "sleep", "120"), start_new_session=True,
@@ -649,7 +649,7 @@ def test_proc_scan_finds_group_members_and_marked_processes(tag):
     try:
         wait_for(lambda: MARKER_ENV in psutil.Process(marked.pid).environ(), 30, "exec")
         wait_for(lambda: MARKER_ENV in psutil.Process(other.pid).environ(), 30, "exec")
-        scan = process_mod._scan_proc
+        scan = proctable.scan_proc
         assert scan(set(), {marker}, set(), 0) == [marked.pid]
         assert scan(set(), {marker}, set(), before) == [marked.pid]
         assert sorted(scan({other.pid}, {marker}, set(), 0)) == sorted([marked.pid, other.pid])
@@ -657,11 +657,11 @@ def test_proc_scan_finds_group_members_and_marked_processes(tag):
         # The start-time bound only limits the marker search, never the group's members.
         assert scan({other.pid}, {marker}, set(), before + 10**9) == [other.pid]
         # The same answer as the portable (psutil) search.
-        exclude = process_mod._own_lineage()
-        fast = process_mod._collect([], {other.pid}, {marker}, exclude, before)
+        exclude = proctable.own_lineage()
+        fast = proctable.collect([], {other.pid}, {marker}, exclude, before)
         with pytest.MonkeyPatch.context() as mp:
-            mp.setattr(process_mod, "_scan_proc", lambda *a: None)
-            slow = process_mod._collect([], {other.pid}, {marker}, exclude)
+            mp.setattr(proctable, "scan_proc", lambda *a: None)
+            slow = proctable.collect([], {other.pid}, {marker}, exclude)
         assert sorted(fast) == sorted(slow) == sorted([marked.pid, other.pid])
         # A zombie counts as gone.
         marked.kill()
@@ -677,4 +677,4 @@ def test_proc_scan_finds_group_members_and_marked_processes(tag):
 
 def test_own_lineage_matches_psutil():
     expected = {os.getpid()} | {p.pid for p in psutil.Process().parents()}
-    assert process_mod._own_lineage() == expected
+    assert proctable.own_lineage() == expected
