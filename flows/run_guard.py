@@ -10,9 +10,12 @@ On entry, in this order:
    the plan file are recorded (and those tasks are not run again);
 3. **the run's agent marker**: every agent of this run inherits it, so a later run can find
    the ones this run could not record;
-4. **the cancel watch**: a cancel from Prefect (UI, API) stops the run like a signal.
+4. **the watchdog** (tasks_lib/agents/watchdog.py): a small process that kills every agent
+   carrying the marker if this orchestrator dies without cleaning up, even by SIGKILL;
+5. **the cancel watch**: a cancel from Prefect (UI, API) stops the run like a signal.
 
-On exit (also on failure and cancellation): the watch is stopped and the lock released.
+On exit (also on failure and cancellation): the watch is stopped, the watchdog told goodbye
+(the run's agents are ended by then) and the lock released.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from prefect import get_run_logger
 
 from flows.cancel_watch import watch_for_cancellation
 from tasks_lib.agents.process import MARKER_ENV, ProcessInfo, reap
+from tasks_lib.agents.watchdog import Watchdog
 from tasks_lib.formats import document_format
 from tasks_lib.recovery import agents_to_reap, close_dead_run, passes_to_recover
 from tasks_lib.report import iso
@@ -54,6 +58,7 @@ class RunGuard:
         self.marker = ""
         self._seen: dict[str, str] = {}
         self._watcher: asyncio.Task | None = None
+        self._watchdog: Watchdog | None = None
 
     @property
     def agent_env(self) -> dict[str, str]:
@@ -79,6 +84,9 @@ class RunGuard:
             self._reap_earlier_agents()
             self._recover_unrecorded_passes()
             self.marker = self._marker()
+            self._watchdog = Watchdog(self.marker)
+            self._watchdog.start()
+            logger.debug(f"agent watchdog started (pid {self._watchdog.pid})")
             if self.flow_run_id:
                 flow_task = asyncio.current_task()
                 assert flow_task is not None  # we run in the flow's task
@@ -86,6 +94,7 @@ class RunGuard:
                     watch_for_cancellation(self.flow_run_id, flow_task, self._seen),
                     name="specwave-cancel-watcher")
         except BaseException:
+            self._stop_watchdog()
             self.lock.release()
             raise
         return self
@@ -94,8 +103,14 @@ class RunGuard:
         if self._watcher is not None:
             self._watcher.cancel()
             await asyncio.gather(self._watcher, return_exceptions=True)
+        await asyncio.to_thread(self._stop_watchdog)
         self.lock.release()
         get_run_logger().debug("run lock released")
+
+    def _stop_watchdog(self) -> None:
+        if self._watchdog is not None:
+            self._watchdog.stop()
+            self._watchdog = None
 
     # ------------------------------------------------------------------ recovery, applied
 
