@@ -170,8 +170,8 @@ def demo(
 
     cli = bundled_cli()
     if cli is None and not shutil.which("claude"):
-        print("specwave demo: the Claude Code CLI is not installed — pip install "
-              "'prefect-specwave[claude]' (its wheel bundles the CLI), or run "
+        print("specwave demo: the Claude Code CLI is not installed — reinstall "
+              "claude-agent-sdk (its wheel bundles the CLI), or run "
               "`specwave demo --simulated`", file=sys.stderr)
         raise typer.Exit(2)
     if real_model and not _has_real_auth():

@@ -17,7 +17,7 @@ import fcntl
 import os
 import tempfile
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC
 from pathlib import Path
 from typing import Any, Protocol
@@ -130,7 +130,6 @@ class TaskUpdate:
     notes: str | None = None
     artifacts: dict[str, list[str]] | None = None
     subtasks_status: str | None = None  # applied to every subtask (e.g. pass when parent passes)
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 class WriteFailed(RuntimeError):

@@ -10,8 +10,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Callable
-from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 from pydantic import BaseModel, Field
 
@@ -55,7 +54,6 @@ class AgentRequest(BaseModel):
     timeout_seconds: float = Field(description="Kill the agent tree after this long.")
     attempt: int = Field(1, description="1-based attempt number.")
     log_path: str | None = Field(None, description="Raw output is appended here.")
-    scratch_dir: str | None = Field(None, description="A private folder for this attempt.")
 
 
 class AgentRun(BaseModel):
@@ -123,7 +121,8 @@ async def aload_secrets(settings: AgentSettings) -> dict[str, str]:
 
     out: dict[str, str] = {}
     for env, block in settings.env_secrets.items():
-        secret = await Secret.aload(block)
+        # Prefect types aload's result as an unbound TypeVar: say what it is
+        secret = cast(Secret, await Secret.aload(block))
         value = secret.get()
         out[env] = value if isinstance(value, str) else json.dumps(value)
     return out
@@ -155,9 +154,3 @@ def substitute(arg: str, request: AgentRequest) -> str:
     for key, value in values.items():
         arg = arg.replace("{" + key + "}", value)
     return arg
-
-
-def ensure_dir(path: str | Path) -> Path:
-    p = Path(path)
-    p.mkdir(parents=True, exist_ok=True)
-    return p

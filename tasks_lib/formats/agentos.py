@@ -191,8 +191,6 @@ class AgentOsJson:
                 merged = list(arts.get(key) or [])
                 merged += [v for v in values if v not in merged]
                 arts[key] = merged
-        for key, value in update.extra.items():
-            task[key] = value
         if update.subtasks_status is not None:
             for sid in task.get("subtasks") or []:
                 sub = self._find(doc, id_str(sid))

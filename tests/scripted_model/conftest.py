@@ -237,7 +237,7 @@ def claude_bin() -> Path:
     path = bundled_claude()
     if path is None:
         pytest.skip("Claude Code CLI not found at claude_agent_sdk/_bundled/claude "
-                    "(install prefect-specwave[claude])")
+                    "(pip install -e . installs claude-agent-sdk, which bundles it)")
     return path
 
 
