@@ -21,6 +21,10 @@ Isolation: every run gets a private ``CLAUDE_CONFIG_DIR`` and ``TMPDIR`` (parall
 share ``~/.claude*`` corrupt it; without ``CLAUDE_CONFIG_DIR`` the CLI writes
 ``~/.claude.json``), deleted when the run's process tree is gone.
 
+Each stdout line is parsed once, as it arrives, into a typed event
+(:mod:`tasks_lib.agents.claude_stream`) and folded into a :class:`StreamSummary`; the outcome
+is then decided by the pure :func:`decide_outcome`.
+
 What is read from the final ``result`` line: the ``result`` text (parsed for the worker's json
 block), ``is_error`` (not ``subtype``: an API error reports subtype "success" with is_error
 true), ``permission_denials`` (a claimed pass with a denial is a fail), ``api_error_status``,
@@ -74,6 +78,14 @@ from tasks_lib.agents.base import (
     redact,
     secret_values,
 )
+from tasks_lib.agents.claude_stream import (
+    ApiRetryEvent,
+    InitEvent,
+    ResultEvent,
+    StreamSummary,
+    one_line,
+    summarize_event,
+)
 from tasks_lib.agents.process import AgentLaunchError, ProcessInfo, run_process_group
 from tasks_lib.results import AgentSignals, tail
 
@@ -82,9 +94,12 @@ __all__ = [
     "SPEC_SETTINGS_FILE",
     "ClaudeAgent",
     "ClaudeAgentConfig",
+    "ClaudeOutcome",
     "ClaudeSpecSettings",
     "StreamSummary",
+    "attempt_info",
     "bundled_cli",
+    "decide_outcome",
     "summarize_event",
 ]
 
@@ -112,7 +127,6 @@ QUIET_ENV = {
     "DISABLE_TELEMETRY": "1",
 }
 RETRYABLE_HTTP = frozenset({408, 409, 429, 500, 502, 503, 504, 529})
-_LOG_TEXT_CHARS = 300
 _RSS_INTERVAL_S = 0.25
 
 
@@ -153,8 +167,8 @@ class ClaudeAgentConfig(AgentSettings):
     kind: Literal["claude"] = "claude"
     executable: str | None = Field(
         None, description="Path (or name on PATH) of the Claude Code CLI. Default: the CLI "
-                          "bundled in the claude-agent-sdk wheel (pip install "
-                          "'prefect-specwave[claude]'), else `claude` on PATH.")
+                          "bundled in the claude-agent-sdk wheel (a dependency of "
+                          "prefect-specwave), else `claude` on PATH.")
     model: str | None = Field(None, description="Model alias or full name (--model); default: "
                                                 "the CLI's default model.")
     permission_mode: PermissionMode | None = Field(
@@ -217,7 +231,8 @@ def resolve_executable(configured: str | None, path_env: str | None) -> str:
         return found
     raise AgentLaunchError(
         "cannot start agent: Claude Code CLI not found (no claude_agent_sdk/_bundled/claude, "
-        "no `claude` on PATH) — pip install 'prefect-specwave[claude]' or set executable")
+        "no `claude` on PATH) — reinstall prefect-specwave (its claude-agent-sdk dependency "
+        "bundles the CLI; `pip install -e .` in a checkout) or set executable")
 
 
 def load_spec_settings(spec_dir: str | Path) -> ClaudeSpecSettings:
@@ -296,166 +311,128 @@ def _bypass_requested(eff: _Effective) -> bool:
         a in ("--dangerously-skip-permissions", "bypassPermissions") for a in eff.extra_args)
 
 
-# --------------------------------------------------------------------------- stream-json
+# --------------------------------------------------------------------------- the outcome
+
+OutcomeKind = Literal["authentication", "api_transient", "api_request", "max_turns",
+                      "max_budget"]
 
 
-def _one_line(text: Any, limit: int = _LOG_TEXT_CHARS) -> str:
-    s = " ".join(str(text).split())
-    return s if len(s) <= limit else s[: limit - 1] + "…"
+class ClaudeOutcome(BaseModel):
+    """What one finished attempt amounts to (see the module docstring's failure semantics)."""
+
+    exit_code: int | None
+    is_error: bool
+    #: Never retried (auth, a bad request, a turn or budget limit).
+    final: bool = False
+    #: Retryable after this back-off (an overload, rate limit, 5xx or connection error).
+    retry_after_s: float | None = None
+    #: The failure class, if one of the above; ``None`` otherwise (the worker's output and
+    #: ``is_error`` decide).
+    kind: OutcomeKind | None = None
+    #: HTTP status of the failing API call: the result line's, else the stopping event's.
+    api_error_status: int | None = None
+    #: The CLI was stopped by specwave (at its first authentication_failed retry).
+    stopped_by_specwave: str | None = None
+    #: Newest first: the failure explained, then the CLI's own errors (deduplicated).
+    errors: list[str] = Field(default_factory=list)
 
 
-def _tool_brief(name: str, data: Any) -> str:
-    if not isinstance(data, dict):
-        return _one_line(data, 200)
-    for key in ("command", "file_path", "path", "pattern", "url", "query", "description"):
-        if isinstance(data.get(key), str):
-            return _one_line(data[key], 200)
-    return _one_line(json.dumps(data, ensure_ascii=False, default=str), 200)
+def decide_outcome(summary: StreamSummary, *, exit_code: int | None, timed_out: bool,
+                   cancelled: bool, stderr: str = "", stopped_reason: str | None = None,
+                   stopped_status: int | None = None, api_retries: int = DEFAULT_API_RETRIES,
+                   max_turns: int | None = None, max_budget_usd: float | None = None,
+                   retry_after_s: float = 0.0) -> ClaudeOutcome:
+    """Classify a finished attempt from its stream summary and how the process ended.
 
-
-def _content_text(content: Any) -> str:
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        return " ".join(_content_text(c.get("text") if isinstance(c, dict) else c)
-                        for c in content)
-    return "" if content is None else str(content)
-
-
-def _blocks(event: dict[str, Any]) -> list[dict[str, Any]]:
-    """The content blocks of a message event, whatever shape the line has."""
-    message = event.get("message")
-    content = message.get("content") if isinstance(message, dict) else None
-    return [b for b in content if isinstance(b, dict)] if isinstance(content, list) else []
-
-
-def _as_list(value: Any) -> list[Any]:
-    """A field the CLI documents as a list, whatever the line holds."""
-    if isinstance(value, list):
-        return value
-    return [value] if value else []
-
-
-def summarize_event(event: dict[str, Any]) -> list[str]:
-    """Like :func:`_summarize_event`, but a line of an unexpected shape can never stop the
-    worker (this runs for every line the agent prints): it is logged as compact JSON."""
-    try:
-        return _summarize_event(event)
-    except Exception:  # noqa: BLE001 - a log summary must not kill the agent
-        return [_one_line(json.dumps(event, ensure_ascii=False, default=str), 200)]
-
-
-def _summarize_event(event: dict[str, Any]) -> list[str]:
-    """One compact log line per meaningful piece of a stream-json event (may be empty).
+    Pure: ``retry_after_s`` is the back-off to use if the failure is retryable (the caller
+    draws the jitter); ``api_retries``, ``max_turns`` and ``max_budget_usd`` only go into the
+    messages.
 
     Example:
-        >>> _summarize_event({"type": "system", "subtype": "api_retry", "attempt": 1,
-        ...                  "max_retries": 2, "retry_delay_ms": 567, "error_status": 529,
-        ...                  "error": "overloaded"})
-        ['API retry 1/2 in 567 ms: HTTP 529 overloaded']
+        >>> s = StreamSummary(result={"is_error": True, "api_error_status": 529,
+        ...                           "terminal_reason": "api_error", "result": "Overloaded"})
+        >>> o = decide_outcome(s, exit_code=1, timed_out=False, cancelled=False,
+        ...                    retry_after_s=12.5)
+        >>> o.kind, o.final, o.retry_after_s
+        ('api_transient', False, 12.5)
     """
-    kind = event.get("type")
-    sub = event.get("subtype")
-    if kind == "system" and sub == "init":
-        return [(f"claude {event.get('claude_code_version', '?')} session "
-                 f"{event.get('session_id')} model {event.get('model')} permission "
-                 f"{event.get('permissionMode')} cwd {event.get('cwd')}")]
-    if kind == "system" and sub == "api_retry":
-        return [(f"API retry {event.get('attempt')}/{event.get('max_retries')} in "
-                 f"{event.get('retry_delay_ms')} ms: HTTP {event.get('error_status')} "
-                 f"{event.get('error')}")]
-    if kind == "system":
-        return [f"system {sub}"]
-    if kind == "assistant":
-        out = []
-        for block in _blocks(event):
-            btype = block.get("type")
-            if btype == "text" and str(block.get("text", "")).strip():
-                out.append("assistant: " + _one_line(block["text"]))
-            elif btype == "tool_use":
-                out.append(f"tool {block.get('name')}: "
-                           f"{_tool_brief(str(block.get('name')), block.get('input'))}")
-            elif btype == "thinking":
-                out.append("thinking…")
-        return out
-    if kind == "user":
-        out = []
-        for block in _blocks(event):
-            if block.get("type") == "tool_result":
-                flag = " (error)" if block.get("is_error") else ""
-                out.append(f"tool result{flag}: "
-                           f"{_one_line(_content_text(block.get('content')), 200)}")
-        return out
-    if kind == "result":
-        cost = event.get("total_cost_usd")
-        parts = [f"result: {event.get('subtype')}", f"is_error={event.get('is_error')}",
-                 f"turns={event.get('num_turns')}",
-                 f"cost=${cost:.4f}" if isinstance(cost, (int, float)) else "cost=?"]
-        if event.get("api_error_status"):
-            parts.append(f"api_error_status={event['api_error_status']}")
-        if _as_list(event.get("permission_denials")):
-            parts.append(f"permission_denials={len(_as_list(event['permission_denials']))}")
-        if event.get("terminal_reason") not in (None, "completed"):
-            parts.append(f"terminal_reason={event['terminal_reason']}")
-        return [" ".join(parts)]
-    if kind == "stream_event":
-        return []
-    return [_one_line(json.dumps(event, ensure_ascii=False, default=str), 200)]
+    result = summary.result or ResultEvent()
+    errors = list(result.errors)
+    is_error = bool(result.is_error)
+    status = result.api_error_status
+    if status is None and stopped_status is not None:
+        status = stopped_status
+    auth_stop = stopped_reason == "authentication_failed"
+    final = False
+    retry_after: float | None = None
+    kind: OutcomeKind | None = None
+    terminal = result.terminal_reason
+    sub = result.subtype or ""
+
+    if auth_stop:
+        # We stopped the CLI ourselves: report the failure, not a kill.
+        exit_code = 1 if exit_code in (None, 0) else exit_code
+        is_error = True
+    if status in (401, 403) or auth_stop:
+        final, kind = True, "authentication"
+        what = "authentication failed" if status != 403 else "permission denied by the API"
+        errors.insert(0, f"{what} (HTTP {status}) — check ANTHROPIC_API_KEY (or "
+                         "CLAUDE_CODE_OAUTH_TOKEN) in the orchestrator's environment; "
+                         "not retried")
+    elif terminal == "api_error" or (is_error and status is not None):
+        text = one_line(result.result or "", 200)
+        if status is None or status in RETRYABLE_HTTP or status >= 500:
+            retry_after, kind = retry_after_s, "api_transient"
+            label = f"HTTP {status}" if status is not None else "connection error"
+            errors.insert(0, f"API error ({label}) after {api_retries} CLI retries: "
+                             f"{text}; retrying after {retry_after:.1f} s")
+        else:
+            final, kind = True, "api_request"
+            errors.insert(0, f"API error (HTTP {status}): {text} — fix the request "
+                             "(model name, prompt size); not retried")
+    elif terminal == "max_turns" or sub == "error_max_turns":
+        final, kind = True, "max_turns"
+        errors.insert(0, f"stopped at max_turns ({max_turns}) — raise max_turns or "
+                         "split the task")
+    elif terminal == "budget_exhausted" or sub == "error_max_budget_usd":
+        final, kind = True, "max_budget"
+        errors.insert(0, f"stopped at max_budget_usd ({max_budget_usd}) — raise "
+                         "max_budget_usd; not retried (it would spend again)")
+    if summary.result is None and not timed_out and not cancelled:
+        # No result line: the CLI failed before or while running (bad flag, crash).
+        first = tail(stderr, 3, 400) or tail("\n".join(summary.other_lines), 3, 400)
+        if first:
+            errors.append("the CLI ended without a result: " + one_line(first, 400))
+    return ClaudeOutcome(exit_code=exit_code, is_error=is_error, final=final,
+                         retry_after_s=retry_after, kind=kind, api_error_status=status,
+                         stopped_by_specwave="authentication_failed" if auth_stop else None,
+                         errors=list(dict.fromkeys(errors)))
 
 
-class StreamSummary(BaseModel):
-    """What a finished run's stream-json said (built from the whole stdout)."""
-
-    result: dict[str, Any] | None = None
-    init: dict[str, Any] | None = None
-    api_retries: list[dict[str, Any]] = Field(default_factory=list)
-    assistant_text: list[str] = Field(default_factory=list)
-    tool_uses: int = 0
-    other_lines: list[str] = Field(default_factory=list)
-
-    @classmethod
-    def parse(cls, stdout: str) -> StreamSummary:
-        s = cls()
-        for line in stdout.splitlines():
-            line = line.strip()
-            if not line:
-                continue
-            try:
-                event = json.loads(line)
-            except json.JSONDecodeError:
-                s.other_lines.append(line)
-                continue
-            if not isinstance(event, dict):
-                s.other_lines.append(line)
-                continue
-            kind, sub = event.get("type"), event.get("subtype")
-            if kind == "result":
-                s.result = event
-            elif kind == "system" and sub == "init":
-                s.init = event
-            elif kind == "system" and sub == "api_retry":
-                s.api_retries.append(event)
-            elif kind == "assistant":
-                for block in _blocks(event):
-                    if block.get("type") == "text":
-                        s.assistant_text.append(str(block.get("text", "")))
-                    elif block.get("type") == "tool_use":
-                        s.tool_uses += 1
-        return s
-
-    def output(self) -> str:
-        """The text to parse: the final result text, else everything the assistant said."""
-        if self.result is not None and isinstance(self.result.get("result"), str):
-            return self.result["result"]
-        return "\n".join(self.assistant_text)
-
-
-def _usage(usage: Any) -> dict[str, Any]:
-    if not isinstance(usage, dict):
-        return {}
-    keys = ("input_tokens", "output_tokens", "cache_creation_input_tokens",
-            "cache_read_input_tokens")
-    return {k: usage[k] for k in keys if isinstance(usage.get(k), (int, float))}
+def attempt_info(summary: StreamSummary, permission_mode: str,
+                 api_error_status: int | None) -> dict[str, Any]:
+    """What the attempt record's ``info`` keeps of the stream."""
+    result = summary.result or ResultEvent()
+    init = summary.init or InitEvent()
+    cost = result.total_cost_usd
+    return {
+        "session_id": summary.session_id,
+        "model": init.model,
+        "claude_code_version": init.claude_code_version,
+        "permission_mode": permission_mode,
+        "is_error": result.is_error,
+        "subtype": result.subtype,
+        "terminal_reason": result.terminal_reason,
+        "api_error_status": api_error_status,
+        "api_error_type": result.api_error_type,
+        "total_cost_usd": round(cost, 6) if cost is not None else None,
+        "num_turns": result.num_turns,
+        "usage": result.usage.counts(),
+        "permission_denials": list(result.permission_denials),
+        "duration_api_ms": result.duration_api_ms,
+        "api_retries": [e.brief() for e in summary.api_retries],
+        "tool_uses": summary.tool_uses,
+    }
 
 
 # --------------------------------------------------------------------------- the agent
@@ -545,13 +522,14 @@ class ClaudeAgent:
                 'or VM without secrets) add "env": {"IS_SANDBOX": "1"}, or use acceptEdits')
         executable = resolve_executable(self.config.executable, env.get("PATH"))
         argv = build_argv(executable, eff)
-        secrets = secret_values(env)
+        hidden = secret_values(env)
         stream_path = _stream_path(request)
         # Plain blocking appends on purpose (as agents.process does for its log).
         stream_fh = (open(stream_path, "a", encoding="utf-8")  # noqa: SIM115, ASYNC230
                      if stream_path else None)
         stop = asyncio.Event()
         stopped: dict[str, Any] = {}
+        summary = StreamSummary()
         rss = _RssSampler()
 
         def line(stream: str, text: str) -> None:
@@ -560,25 +538,22 @@ class ClaudeAgent:
                     on_line(stream, text)
                 return
             if stream_fh is not None:
-                stream_fh.write(redact(text, secrets) + "\n")
+                stream_fh.write(redact(text, hidden) + "\n")
                 stream_fh.flush()
-            try:
-                event = json.loads(text)
-            except json.JSONDecodeError:
-                event = None
-            if not isinstance(event, dict):
+            event = summary.feed(text)  # the only parse of this line
+            if event is None:
                 if on_line is not None and text.strip():
-                    on_line("stdout", _one_line(text, 2000))
+                    on_line("stdout", one_line(text, 2000))
                 return
-            if (event.get("type") == "system" and event.get("subtype") == "api_retry"
-                    and event.get("error") == "authentication_failed" and not stop.is_set()):
+            if (isinstance(event, ApiRetryEvent) and event.error == "authentication_failed"
+                    and not stop.is_set()):
                 # Retrying a rejected key only delays the failure: stop the CLI now.
                 stopped["reason"] = "authentication_failed"
-                stopped["status"] = event.get("error_status")
+                stopped["status"] = event.error_status
                 stop.set()
             if on_line is not None:
-                for summary in summarize_event(event):
-                    on_line("stdout", summary)
+                for piece in summarize_event(event.raw):
+                    on_line("stdout", piece)
 
         def started(info: ProcessInfo) -> None:
             rss.start(info.pid)
@@ -595,101 +570,40 @@ class ClaudeAgent:
             if stream_fh is not None:
                 stream_fh.close()
 
-        summary = StreamSummary.parse(res.stdout)
+        summary.finish()
         run = self._outcome(request, eff, res, summary, stopped)
         run.info["peak_rss_mb"] = round(rss.peak / 2**20, 1) if rss.peak else None
         run.info["executable"] = executable
         if stream_path:
             run.info["stream_log"] = str(stream_path)
-        run.info = json.loads(redact(json.dumps(run.info, default=str), secrets))
+        run.info = json.loads(redact(json.dumps(run.info, default=str), hidden))
         run.signals = AgentSignals.model_validate(
-            json.loads(redact(run.signals.model_dump_json(), secrets)))
-        run.output = redact(run.output, secrets)
-        run.stderr_tail = redact(run.stderr_tail, secrets)
+            json.loads(redact(run.signals.model_dump_json(), hidden)))
+        run.output = redact(run.output, hidden)
+        run.stderr_tail = redact(run.stderr_tail, hidden)
         return run
 
     def _outcome(self, request: AgentRequest, eff: _Effective, res: Any,
                  summary: StreamSummary, stopped: dict[str, Any]) -> AgentRun:
-        result = summary.result or {}
-        status = result.get("api_error_status")
-        if status is None and stopped.get("status") is not None:
-            status = stopped["status"]
-        info: dict[str, Any] = {
-            "session_id": result.get("session_id") or (summary.init or {}).get("session_id"),
-            "model": (summary.init or {}).get("model"),
-            "claude_code_version": (summary.init or {}).get("claude_code_version"),
-            "permission_mode": eff.permission_mode,
-            "is_error": result.get("is_error"),
-            "subtype": result.get("subtype"),
-            "terminal_reason": result.get("terminal_reason"),
-            "api_error_status": status,
-            "api_error_type": result.get("api_error_type"),
-            "total_cost_usd": (round(result["total_cost_usd"], 6)
-                               if isinstance(result.get("total_cost_usd"), (int, float))
-                               else None),
-            "num_turns": result.get("num_turns"),
-            "usage": _usage(result.get("usage")),
-            "permission_denials": [d if isinstance(d, dict) else str(d)
-                                   for d in _as_list(result.get("permission_denials"))],
-            "duration_api_ms": result.get("duration_api_ms"),
-            "api_retries": [{k: e.get(k) for k in ("attempt", "error_status", "error",
-                                                  "retry_delay_ms")}
-                            for e in summary.api_retries],
-            "tool_uses": summary.tool_uses,
-        }
-        errors = [str(e) for e in _as_list(result.get("errors"))]
-        is_error = bool(result.get("is_error"))
-        final = False
-        retry_after: float | None = None
-        exit_code = res.exit_code
-        stderr = res.stderr
-        terminal = result.get("terminal_reason")
-        sub = str(result.get("subtype") or "")
-
-        if stopped.get("reason") == "authentication_failed":
-            # We stopped the CLI ourselves: report the failure, not a kill.
-            exit_code = 1 if exit_code in (None, 0) else exit_code
-            is_error = True
-            info["stopped_by_specwave"] = "authentication_failed"
-        if status in (401, 403) or stopped.get("reason") == "authentication_failed":
-            final = True
-            what = "authentication failed" if status != 403 else "permission denied by the API"
-            errors.insert(0, f"{what} (HTTP {status}) — check ANTHROPIC_API_KEY (or "
-                             "CLAUDE_CODE_OAUTH_TOKEN) in the orchestrator's environment; "
-                             "not retried")
-        elif terminal == "api_error" or (is_error and status is not None):
-            text = _one_line(result.get("result") or "", 200)
-            if status is None or status in RETRYABLE_HTTP or status >= 500:
-                retry_after = self._backoff(request.attempt)
-                label = f"HTTP {status}" if status is not None else "connection error"
-                errors.insert(0, f"API error ({label}) after {eff.api_retries} CLI retries: "
-                                 f"{text}; retrying after {retry_after:.1f} s")
-            else:
-                final = True
-                errors.insert(0, f"API error (HTTP {status}): {text} — fix the request "
-                                 "(model name, prompt size); not retried")
-        elif terminal == "max_turns" or sub == "error_max_turns":
-            final = True
-            errors.insert(0, f"stopped at max_turns ({eff.max_turns}) — raise max_turns or "
-                             "split the task")
-        elif terminal == "budget_exhausted" or sub == "error_max_budget_usd":
-            final = True
-            errors.insert(0, f"stopped at max_budget_usd ({eff.max_budget_usd}) — raise "
-                             "max_budget_usd; not retried (it would spend again)")
-        if summary.result is None and not res.timed_out and not res.cancelled:
-            # No result line: the CLI failed before or while running (bad flag, crash).
-            first = tail(stderr, 3, 400) or tail("\n".join(summary.other_lines), 3, 400)
-            if first:
-                errors.append("the CLI ended without a result: " + _one_line(first, 400))
-        dedup = list(dict.fromkeys(errors))
+        outcome = decide_outcome(
+            summary, exit_code=res.exit_code, timed_out=res.timed_out, cancelled=res.cancelled,
+            stderr=res.stderr, stopped_reason=stopped.get("reason"),
+            stopped_status=stopped.get("status"), api_retries=eff.api_retries,
+            max_turns=eff.max_turns, max_budget_usd=eff.max_budget_usd,
+            retry_after_s=self._backoff(request.attempt))
+        info = attempt_info(summary, eff.permission_mode, outcome.api_error_status)
+        if outcome.stopped_by_specwave:
+            info["stopped_by_specwave"] = outcome.stopped_by_specwave
         # When we stopped the CLI ourselves it is not a leftover; its descendants still are.
         killed = [pid for pid in res.killed_pids if not (res.cancelled and pid == res.pid)]
-        signals = AgentSignals(is_error=is_error, permission_denials=info["permission_denials"],
-                               errors=dedup)
-        return AgentRun(exit_code=exit_code, timed_out=res.timed_out, output=summary.output(),
-                        stderr_tail=tail(stderr, 20, 2000), duration_s=res.duration_s,
-                        signals=signals, info=info, killed_pids=killed,
-                        retry_after_s=retry_after, final=final)
+        signals = AgentSignals(is_error=outcome.is_error,
+                               permission_denials=info["permission_denials"],
+                               errors=outcome.errors)
+        return AgentRun(exit_code=outcome.exit_code, timed_out=res.timed_out,
+                        output=summary.output(), stderr_tail=tail(res.stderr, 20, 2000),
+                        duration_s=res.duration_s, signals=signals, info=info,
+                        killed_pids=killed, retry_after_s=outcome.retry_after_s,
+                        final=outcome.final)
 
     def _backoff(self, attempt: int) -> float:
         base = self.config.retry_backoff_seconds * (2 ** max(0, attempt - 1))
