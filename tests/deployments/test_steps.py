@@ -68,5 +68,5 @@ def test_prefect_yaml_declares_the_three_deployments():
     # The Dockerfile the build step uses exists and installs specwave and the Claude Code CLI.
     dockerfile = (ROOT / docker["build"][0]["deployments.steps.build_image"]["dockerfile"])
     text = dockerfile.read_text()
-    assert 'pip install -e ".[claude,docker]"' in text and "/usr/local/bin/claude" in text
+    assert 'pip install -e ".[docker]"' in text and "/usr/local/bin/claude" in text
     assert Path(ROOT / "deployments" / "Dockerfile") == dockerfile
