@@ -25,8 +25,7 @@ earlier runs do not interfere):
 * ``backpressure``: HTTP 503 responses (each one a client back-off and retry) counted in the
   ``specwave run`` process during a 500-task run, for each server configuration tried.
 
-``--json FILE`` writes every raw measurement. Figures and their discussion: the README,
-"Benchmarks".
+``--json FILE`` writes every raw measurement. Current figures: docs/benchmarks.md.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 prefect.yaml build step (``steps``), the rendered docker job configuration (``render``).
 
 prefect.yaml (project root) declares the deployments; ``specwave deploy`` creates what they
-need and runs ``prefect deploy``. See "Run it as a service" in the README.
+need and runs ``prefect deploy``. See docs/service.md.
 """
 
 from deployments.pools import (

@@ -68,7 +68,7 @@ class Plan:
     errors: list[Problem] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
-        """The stable JSON shape of ``specwave plan --json`` (documented in the README)."""
+        """The stable JSON shape of ``specwave plan --json`` (scripts read it: keep keys stable)."""
         return {
             "mode": self.mode,
             "source": self.source,

@@ -140,7 +140,7 @@ class AgentOsJson:
         raw = parse_json(text, label)
         if not isinstance(raw, dict) or not isinstance(raw.get("tasks"), list):
             raise SpecError.single(label, 'top level must be a JSON object with a "tasks" list',
-                                   hint="see the tasks.json format in the README")
+                                   hint="see the tasks.json format in docs/formats.md")
         return raw
 
     @classmethod
@@ -307,7 +307,7 @@ def _read_agent_os(folder: Path, tasks_path: Path | None, parallel: bool) -> Loa
         ctx_raw = parse_json(ctx_text, ctx_label)
         if not isinstance(ctx_raw, dict):
             raise SpecError.single(ctx_label, "top level must be a JSON object",
-                                   hint="see the context-summary.json format in the README")
+                                   hint="see the context-summary.json format in docs/formats.md")
         try:
             context = ContextSummary.model_validate(ctx_raw)
         except ValidationError as exc:
