@@ -61,8 +61,13 @@ HOOKS = BENCH / "_hooks"
 SPECWAVE = shutil.which("specwave") or "specwave"
 ENGINE = ROOT  # the specwave code that runs (--engine: another checkout, e.g. a baseline)
 
-TARGETS = {"makespan": 1.05, "overhead_ms": 10.0, "rss_mb": 300.0, "first_launch": 1.2,
-           "http_503": 0}
+TARGETS = {
+    "makespan": 1.05,
+    "overhead_ms": 10.0,
+    "rss_mb": 300.0,
+    "first_launch": 1.2,
+    "http_503": 0,
+}
 
 # Server settings tried by the back-pressure measure (applied to the server process: the
 # ephemeral one inherits them from `specwave run`, a local server gets them at start).
@@ -81,8 +86,11 @@ SERVER_CONFIGS: dict[str, dict[str, str]] = {
 
 
 def log(msg: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')} load {os.getloadavg()[0]:.1f}] {msg}",
-          file=sys.stderr, flush=True)
+    print(
+        f"[{time.strftime('%H:%M:%S')} load {os.getloadavg()[0]:.1f}] {msg}",
+        file=sys.stderr,
+        flush=True,
+    )
 
 
 def median(xs: list[float]) -> float:
@@ -103,20 +111,39 @@ def machine() -> dict[str, Any]:
                 mem = int(line.split()[1]) // 1024
     import prefect
 
-    return {"date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
-            "cpu": cpu, "cores": os.cpu_count(), "mem_mb": mem,
-            "python": platform.python_version(), "prefect": prefect.__version__,
-            "os": f"{platform.system()} {platform.release()}"}
+    return {
+        "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "mem_mb": mem,
+        "python": platform.python_version(),
+        "prefect": prefect.__version__,
+        "os": f"{platform.system()} {platform.release()}",
+    }
 
 
 def engine_rev() -> str:
     try:
-        rev = subprocess.run(["git", "-C", str(ENGINE), "log", "-1", "--format=%h %cd",
-                              "--date=format:%Y-%m-%d %H:%M"], capture_output=True, text=True,
-                             timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(ENGINE), "status", "--porcelain", "--",
-                                "flows", "tasks_lib"], capture_output=True, text=True,
-                               timeout=10).stdout.strip()
+        rev = subprocess.run(
+            [
+                "git",
+                "-C",
+                str(ENGINE),
+                "log",
+                "-1",
+                "--format=%h %cd",
+                "--date=format:%Y-%m-%d %H:%M",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(ENGINE), "status", "--porcelain", "--", "flows", "tasks_lib"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
         return f"{ENGINE} @ {rev}" + (" (+ uncommitted changes)" if dirty else "")
     except (OSError, subprocess.SubprocessError):
         return str(ENGINE)
@@ -131,8 +158,9 @@ def free_port() -> int:
 class Prefect:
     """An isolated Prefect home; ``server=True`` also starts a local API server in it."""
 
-    def __init__(self, tmp: Path, name: str, *, server: bool,
-                 settings: dict[str, str] | None = None):
+    def __init__(
+        self, tmp: Path, name: str, *, server: bool, settings: dict[str, str] | None = None
+    ):
         self.home = tmp / f"prefect-{name}"
         self.home.mkdir(parents=True, exist_ok=True)
         self.server = server
@@ -142,8 +170,14 @@ class Prefect:
 
     def env(self, **extra: str) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
-        env.update({"PREFECT_HOME": str(self.home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-                    "DO_NOT_TRACK": "1", "PYTHONPATH": str(ENGINE)})
+        env.update(
+            {
+                "PREFECT_HOME": str(self.home),
+                "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+                "DO_NOT_TRACK": "1",
+                "PYTHONPATH": str(ENGINE),
+            }
+        )
         env.update(self.settings)
         if self.url:
             env["PREFECT_API_URL"] = self.url
@@ -154,10 +188,24 @@ class Prefect:
         if self.server:
             port = free_port()
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1",
-                 "--port", str(port), "--log-level", "WARNING"],
-                env=self.env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                start_new_session=True)
+                [
+                    sys.executable,
+                    "-m",
+                    "prefect",
+                    "server",
+                    "start",
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    str(port),
+                    "--log-level",
+                    "WARNING",
+                ],
+                env=self.env(),
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                start_new_session=True,
+            )
             self.url = f"http://127.0.0.1:{port}/api"
             import httpx
 
@@ -193,20 +241,48 @@ def read_trace(path: Path) -> dict[str, tuple[float, float]]:
     return out
 
 
-def run_specwave(spec: Path, *, env: dict[str, str], j: int, scheduler: str = "eager",
-                 trace: Path | None = None, durations: Path | None = None,
-                 sample_rss: bool = False, timeout: float = 1800) -> dict[str, Any]:
+def run_specwave(
+    spec: Path,
+    *,
+    env: dict[str, str],
+    j: int,
+    scheduler: str = "eager",
+    trace: Path | None = None,
+    durations: Path | None = None,
+    sample_rss: bool = False,
+    timeout: float = 1800,
+) -> dict[str, Any]:
     """``specwave run`` as a subprocess; returns wall, exit code, result JSON, the agent
     trace and (sample_rss) the process's peak RSS."""
     repo = spec.parent / "repo"
     repo.mkdir(exist_ok=True)
     cmd_agent = f"sh {SIM_AGENT} {durations or '-'} {trace or ''}".strip()
-    argv = [SPECWAVE, "run", str(spec), "--command", cmd_agent, "-j", str(j), "--scheduler",
-            scheduler, "--retries", "0", "--repo", str(repo), "--json"]
+    argv = [
+        SPECWAVE,
+        "run",
+        str(spec),
+        "--command",
+        cmd_agent,
+        "-j",
+        str(j),
+        "--scheduler",
+        scheduler,
+        "--retries",
+        "0",
+        "--repo",
+        str(repo),
+        "--json",
+    ]
     t0 = time.time()
     cpu0 = child_cpu()
-    proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, start_new_session=True)
+    proc = subprocess.Popen(
+        argv,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
     peak = {"hwm_kb": 0, "server_kb": 0}
     stop = threading.Event()
 
@@ -223,8 +299,11 @@ def run_specwave(spec: Path, *, env: dict[str, str], j: int, scheduler: str = "e
                     if line.startswith("VmHWM"):
                         peak["hwm_kb"] = max(peak["hwm_kb"], int(line.split()[1]))
             with contextlib.suppress(psutil.Error):
-                srv = sum(c.memory_info().rss for c in me.children(recursive=True)
-                          if "uvicorn" in " ".join(c.cmdline()))
+                srv = sum(
+                    c.memory_info().rss
+                    for c in me.children(recursive=True)
+                    if "uvicorn" in " ".join(c.cmdline())
+                )
                 peak["server_kb"] = max(peak["server_kb"], srv // 1024)
             stop.wait(0.05)
 
@@ -251,18 +330,26 @@ def run_specwave(spec: Path, *, env: dict[str, str], j: int, scheduler: str = "e
     try:
         result = json.loads(out)
     except json.JSONDecodeError:
-        raise SystemExit(f"specwave run failed ({proc.returncode}) on {spec}:\n"
-                         f"{out[-2000:]}\n{err[-3000:]}") from None
+        raise SystemExit(
+            f"specwave run failed ({proc.returncode}) on {spec}:\n{out[-2000:]}\n{err[-3000:]}"
+        ) from None
     if result.get("status") != "success":
-        raise SystemExit(f"specwave run did not succeed on {spec}: {result.get('status')}\n"
-                         f"{err[-3000:]}")
-    return {"t0": t0, "wall": wall, "cpu": cpu, "result": result, "stderr": err,
-            "trace": read_trace(trace) if trace else {}, "peak_rss_mb": peak["hwm_kb"] / 1024,
-            "server_rss_mb": peak["server_kb"] / 1024}
+        raise SystemExit(
+            f"specwave run did not succeed on {spec}: {result.get('status')}\n{err[-3000:]}"
+        )
+    return {
+        "t0": t0,
+        "wall": wall,
+        "cpu": cpu,
+        "result": result,
+        "stderr": err,
+        "trace": read_trace(trace) if trace else {},
+        "peak_rss_mb": peak["hwm_kb"] / 1024,
+        "server_rss_mb": peak["server_kb"] / 1024,
+    }
 
 
-def dependency_gaps(plan: Any, trace: dict[str, tuple[float, float]],
-                    slots: int) -> list[float]:
+def dependency_gaps(plan: Any, trace: dict[str, tuple[float, float]], slots: int) -> list[float]:
     """The engine's latency on a chain: for each task whose last predecessor ended while a
     slot was free (fewer than ``slots`` other agents running then, so it waited for nothing
     else), its agent's start − that predecessor agent's end (exit seen, recorded, next task
@@ -301,11 +388,17 @@ def fresh_spec(tmp: Path, name: str, params: SynthParams) -> Path:
 def table(title: str, header: list[str], rows: list[list[Any]]) -> str:
     cells = [header] + [[str(c) for c in r] for r in rows]
     widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
-    lines = [title, "| " + " | ".join(h.ljust(w) for h, w in zip(header, widths)) + " |",
-             "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
+    lines = [
+        title,
+        "| " + " | ".join(h.ljust(w) for h, w in zip(header, widths)) + " |",
+        "|" + "|".join("-" * (w + 2) for w in widths) + "|",
+    ]
     for r in cells[1:]:
-        lines.append("| " + " | ".join(c.rjust(w) if i else c.ljust(w)
-                                       for i, (c, w) in enumerate(zip(r, widths))) + " |")
+        lines.append(
+            "| "
+            + " | ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths)))
+            + " |"
+        )
     return "\n".join(lines)
 
 
@@ -321,8 +414,15 @@ def bench_makespan(tmp: Path, args: argparse.Namespace, raw: dict) -> str:
     rows = []
     with Prefect(tmp, "makespan", server=True) as pf:
         for n in sizes:
-            params = SynthParams(tasks=n, deps=1.0, window=30, conflicts=0.1,
-                                 durations="lognormal", mean=args.mean, seed=args.seed)
+            params = SynthParams(
+                tasks=n,
+                deps=1.0,
+                window=30,
+                conflicts=0.1,
+                durations="lognormal",
+                mean=args.mean,
+                seed=args.seed,
+            )
             spec = fresh_spec(tmp, f"ms-{n}", params)
             plan = plan_spec(load_spec(spec), max_concurrency=j)
             durations = json.loads((spec / "durations.json").read_text())
@@ -336,8 +436,14 @@ def bench_makespan(tmp: Path, args: argparse.Namespace, raw: dict) -> str:
                     spec = fresh_spec(tmp, f"ms-{n}", params)
                     trace = spec.parent / "trace.txt"
                     log(f"makespan: {n} tasks, {policy}, repeat {rep + 1}/{args.repeat}")
-                    r = run_specwave(spec, env=pf.env(), j=j, scheduler=policy, trace=trace,
-                                     durations=spec / "durations.txt")
+                    r = run_specwave(
+                        spec,
+                        env=pf.env(),
+                        j=j,
+                        scheduler=policy,
+                        trace=trace,
+                        durations=spec / "durations.txt",
+                    )
                     assert len(r["trace"]) == n, (len(r["trace"]), n)
                     real[policy].append(span(r["trace"]))
                     if policy == "eager":
@@ -345,33 +451,80 @@ def bench_makespan(tmp: Path, args: argparse.Namespace, raw: dict) -> str:
                 if args.poll:  # what-if: the same eager run with a faster exit poll
                     spec = fresh_spec(tmp, f"ms-{n}", params)
                     trace = spec.parent / "trace.txt"
-                    log(f"makespan: {n} tasks, eager with exit poll {args.poll:g} s, "
-                        f"repeat {rep + 1}/{args.repeat}")
-                    env = pf.env(SPECWAVE_BENCH_POLL_S=str(args.poll),
-                                 PYTHONPATH=f"{HOOKS}{os.pathsep}{ENGINE}")
-                    r = run_specwave(spec, env=env, j=j, scheduler="eager", trace=trace,
-                                     durations=spec / "durations.txt")
+                    log(
+                        f"makespan: {n} tasks, eager with exit poll {args.poll:g} s, "
+                        f"repeat {rep + 1}/{args.repeat}"
+                    )
+                    env = pf.env(
+                        SPECWAVE_BENCH_POLL_S=str(args.poll),
+                        PYTHONPATH=f"{HOOKS}{os.pathsep}{ENGINE}",
+                    )
+                    r = run_specwave(
+                        spec,
+                        env=env,
+                        j=j,
+                        scheduler="eager",
+                        trace=trace,
+                        durations=spec / "durations.txt",
+                    )
                     real["eager-poll"].append(span(r["trace"]))
                     gaps_poll += dependency_gaps(plan, r["trace"], j)
             raw.setdefault("makespan", []).append(
-                {"tasks": n, "slots": j, "params": params.label(), "lower_bound": lb,
-                 "critical_path": plan.critical_path_length, "work": plan.total_work,
-                 "sim": sim, "real": real, "eager_gaps_ms": [g * 1000 for g in gaps],
-                 "eager_poll_gaps_ms": [g * 1000 for g in gaps_poll], "poll": args.poll,
-                 "load": os.getloadavg()[0]})
+                {
+                    "tasks": n,
+                    "slots": j,
+                    "params": params.label(),
+                    "lower_bound": lb,
+                    "critical_path": plan.critical_path_length,
+                    "work": plan.total_work,
+                    "sim": sim,
+                    "real": real,
+                    "eager_gaps_ms": [g * 1000 for g in gaps],
+                    "eager_poll_gaps_ms": [g * 1000 for g in gaps_poll],
+                    "poll": args.poll,
+                    "load": os.getloadavg()[0],
+                }
+            )
             e, w = median(real["eager"]), median(real["waves"])
-            rows.append([n, f"{lb:.1f}", f"{sim['eager'] / lb:.3f}", f"{sim['waves'] / lb:.3f}",
-                         f"{e:.1f}", f"{e / lb:.3f}", f"{w:.1f}", f"{w / lb:.3f}",
-                         f"{w / e:.2f}×", f"{median(gaps) * 1000:.0f}"]
-                        + ([f"{median(real['eager-poll']) / lb:.3f}",
-                            f"{median(gaps_poll) * 1000:.0f}"] if args.poll else [])
-                        + [f"{os.getloadavg()[0]:.1f}"])
-    return table(f"makespan / lower bound ({j} slots, lognormal durations mean {args.mean:g} s, "
-                 f"median of {args.repeat}; target eager ≤ {TARGETS['makespan']})",
-                 ["tasks", "LB s", "sim eager", "sim waves", "eager s", "eager/LB", "waves s",
-                  "waves/LB", "waves/eager", "eager chain gap ms (median)"]
-                 + ([f"eager/LB, exit poll {args.poll:g} s", "its chain gap ms"]
-                    if args.poll else []) + ["load"], rows)
+            rows.append(
+                [
+                    n,
+                    f"{lb:.1f}",
+                    f"{sim['eager'] / lb:.3f}",
+                    f"{sim['waves'] / lb:.3f}",
+                    f"{e:.1f}",
+                    f"{e / lb:.3f}",
+                    f"{w:.1f}",
+                    f"{w / lb:.3f}",
+                    f"{w / e:.2f}×",
+                    f"{median(gaps) * 1000:.0f}",
+                ]
+                + (
+                    [f"{median(real['eager-poll']) / lb:.3f}", f"{median(gaps_poll) * 1000:.0f}"]
+                    if args.poll
+                    else []
+                )
+                + [f"{os.getloadavg()[0]:.1f}"]
+            )
+    return table(
+        f"makespan / lower bound ({j} slots, lognormal durations mean {args.mean:g} s, "
+        f"median of {args.repeat}; target eager ≤ {TARGETS['makespan']})",
+        [
+            "tasks",
+            "LB s",
+            "sim eager",
+            "sim waves",
+            "eager s",
+            "eager/LB",
+            "waves s",
+            "waves/LB",
+            "waves/eager",
+            "eager chain gap ms (median)",
+        ]
+        + ([f"eager/LB, exit poll {args.poll:g} s", "its chain gap ms"] if args.poll else [])
+        + ["load"],
+        rows,
+    )
 
 
 def bench_overhead(tmp: Path, args: argparse.Namespace, raw: dict) -> str:
@@ -380,24 +533,39 @@ def bench_overhead(tmp: Path, args: argparse.Namespace, raw: dict) -> str:
     rows = []
     with Prefect(tmp, "overhead", server=True) as pf:
         for n in sizes:
-            params = SynthParams(tasks=n, deps=0, window=0, conflicts=0, durations="constant",
-                                 mean=0.0, seed=1)
+            params = SynthParams(
+                tasks=n, deps=0, window=0, conflicts=0, durations="constant", mean=0.0, seed=1
+            )
             got: dict[str, list[float]] = {"plain": [], "prefect": [], "specwave": []}
             cpus: dict[str, list[float]] = {"plain": [], "prefect": [], "specwave": []}
             walls = []
             for rep in range(args.repeat):
                 folder = tmp / f"launchers-{n}"
                 folder.mkdir(exist_ok=True)
-                for name, script in (("plain", "plain_launcher.py"),
-                                     ("prefect", "prefect_launcher.py")):
+                for name, script in (
+                    ("plain", "plain_launcher.py"),
+                    ("prefect", "prefect_launcher.py"),
+                ):
                     trace = folder / f"trace-{name}.txt"
                     trace.unlink(missing_ok=True)
                     log(f"overhead: {name} launcher, {n} agents, repeat {rep + 1}")
                     c0 = child_cpu()
-                    subprocess.run([sys.executable, str(BENCH / script), str(n), "-j", str(j),
-                                    "--trace", str(trace)], check=True, cwd=folder,
-                                   env=pf.env(), stdout=subprocess.DEVNULL,
-                                   stderr=subprocess.DEVNULL)
+                    subprocess.run(
+                        [
+                            sys.executable,
+                            str(BENCH / script),
+                            str(n),
+                            "-j",
+                            str(j),
+                            "--trace",
+                            str(trace),
+                        ],
+                        check=True,
+                        cwd=folder,
+                        env=pf.env(),
+                        stdout=subprocess.DEVNULL,
+                        stderr=subprocess.DEVNULL,
+                    )
                     cpus[name].append(child_cpu() - c0)
                     t = read_trace(trace)
                     assert len(t) == n, (name, len(t))
@@ -414,34 +582,69 @@ def bench_overhead(tmp: Path, args: argparse.Namespace, raw: dict) -> str:
             def per(a: str, b: str, n: int = n, got: dict = got) -> list[float]:
                 return [(x - y) / n * 1000 for x, y in zip(got[a], got[b])]
 
-            sw_plain, pf_plain, sw_pf = per("specwave", "plain"), per("prefect", "plain"), per(
-                "specwave", "prefect")
+            sw_plain, pf_plain, sw_pf = (
+                per("specwave", "plain"),
+                per("prefect", "plain"),
+                per("specwave", "prefect"),
+            )
             cpu_sw = [(x - y) / n * 1000 for x, y in zip(cpus["specwave"], cpus["plain"])]
             cpu_pf = [(x - y) / n * 1000 for x, y in zip(cpus["prefect"], cpus["plain"])]
             raw.setdefault("overhead", []).append(
-                {"tasks": n, "j": j, **got, "cpu": cpus, "cpu_specwave_minus_plain_ms": cpu_sw,
-                 "cpu_prefect_minus_plain_ms": cpu_pf, "walls": walls,
-                 "specwave_minus_plain_ms": sw_plain,
-                 "prefect_minus_plain_ms": pf_plain, "specwave_minus_prefect_ms": sw_pf,
-                 "load": os.getloadavg()[0]})
-            rows.append([n, f"{median(got['plain']):.2f}", f"{median(got['prefect']):.2f}",
-                         f"{median(got['specwave']):.2f}", f"{median(sw_plain):.1f}",
-                         f"{min(sw_plain):.1f}–{max(sw_plain):.1f}", f"{median(pf_plain):.1f}",
-                         f"{median(sw_pf):.1f}", f"{median(cpu_pf):.1f}",
-                         f"{median(cpu_sw):.1f}", f"{os.getloadavg()[0]:.1f}"])
-    return table(f"engine overhead, zero-work agents, concurrency {j}, first agent start → last "
-                 f"agent end (median of {args.repeat}; target specwave − plain ≤ "
-                 f"{TARGETS['overhead_ms']:g} ms/task)",
-                 ["agents", "plain s", "prefect tasks s", "specwave s",
-                  "specwave − plain ms/task", "range", "prefect − plain ms/task",
-                  "specwave − prefect ms/task", "CPU prefect − plain ms/task",
-                  "CPU specwave − plain ms/task", "load"], rows)
+                {
+                    "tasks": n,
+                    "j": j,
+                    **got,
+                    "cpu": cpus,
+                    "cpu_specwave_minus_plain_ms": cpu_sw,
+                    "cpu_prefect_minus_plain_ms": cpu_pf,
+                    "walls": walls,
+                    "specwave_minus_plain_ms": sw_plain,
+                    "prefect_minus_plain_ms": pf_plain,
+                    "specwave_minus_prefect_ms": sw_pf,
+                    "load": os.getloadavg()[0],
+                }
+            )
+            rows.append(
+                [
+                    n,
+                    f"{median(got['plain']):.2f}",
+                    f"{median(got['prefect']):.2f}",
+                    f"{median(got['specwave']):.2f}",
+                    f"{median(sw_plain):.1f}",
+                    f"{min(sw_plain):.1f}–{max(sw_plain):.1f}",
+                    f"{median(pf_plain):.1f}",
+                    f"{median(sw_pf):.1f}",
+                    f"{median(cpu_pf):.1f}",
+                    f"{median(cpu_sw):.1f}",
+                    f"{os.getloadavg()[0]:.1f}",
+                ]
+            )
+    return table(
+        f"engine overhead, zero-work agents, concurrency {j}, first agent start → last "
+        f"agent end (median of {args.repeat}; target specwave − plain ≤ "
+        f"{TARGETS['overhead_ms']:g} ms/task)",
+        [
+            "agents",
+            "plain s",
+            "prefect tasks s",
+            "specwave s",
+            "specwave − plain ms/task",
+            "range",
+            "prefect − plain ms/task",
+            "specwave − prefect ms/task",
+            "CPU prefect − plain ms/task",
+            "CPU specwave − plain ms/task",
+            "load",
+        ],
+        rows,
+    )
 
 
 def bench_rss(tmp: Path, args: argparse.Namespace, raw: dict) -> str:
     n = 64
-    params = SynthParams(tasks=n, deps=0, window=0, conflicts=0, durations="constant",
-                         mean=args.rss_sleep, seed=1)
+    params = SynthParams(
+        tasks=n, deps=0, window=0, conflicts=0, durations="constant", mean=args.rss_sleep, seed=1
+    )
     rows = []
     for mode in ("ephemeral", "server"):
         peaks, servers = [], []
@@ -450,23 +653,41 @@ def bench_rss(tmp: Path, args: argparse.Namespace, raw: dict) -> str:
                 spec = fresh_spec(tmp, "rss", params)
                 trace = spec.parent / "trace.txt"
                 log(f"rss: {n} sleeping agents ({mode}), repeat {rep + 1}")
-                r = run_specwave(spec, env=pf.env(), j=n, trace=trace,
-                                 durations=spec / "durations.txt", sample_rss=True)
+                r = run_specwave(
+                    spec,
+                    env=pf.env(),
+                    j=n,
+                    trace=trace,
+                    durations=spec / "durations.txt",
+                    sample_rss=True,
+                )
                 peaks.append(r["peak_rss_mb"])
                 servers.append(r["server_rss_mb"])
-        raw.setdefault("rss", []).append({"mode": mode, "agents": n, "peak_mb": peaks,
-                                          "server_mb": servers})
-        rows.append([mode, n, f"{median(peaks):.0f}", f"{max(peaks):.0f}",
-                     f"{median(servers):.0f}" if mode == "ephemeral" else "(separate)",
-                     f"{os.getloadavg()[0]:.1f}"])
-    return table(f"orchestrator peak RSS (VmHWM of the `specwave run` process), {n} concurrent "
-                 f"agents sleeping {args.rss_sleep:g} s (target ≤ {TARGETS['rss_mb']:g} MB)",
-                 ["mode", "agents", "median MB", "max MB", "ephemeral server MB", "load"], rows)
+        raw.setdefault("rss", []).append(
+            {"mode": mode, "agents": n, "peak_mb": peaks, "server_mb": servers}
+        )
+        rows.append(
+            [
+                mode,
+                n,
+                f"{median(peaks):.0f}",
+                f"{max(peaks):.0f}",
+                f"{median(servers):.0f}" if mode == "ephemeral" else "(separate)",
+                f"{os.getloadavg()[0]:.1f}",
+            ]
+        )
+    return table(
+        f"orchestrator peak RSS (VmHWM of the `specwave run` process), {n} concurrent "
+        f"agents sleeping {args.rss_sleep:g} s (target ≤ {TARGETS['rss_mb']:g} MB)",
+        ["mode", "agents", "median MB", "max MB", "ephemeral server MB", "load"],
+        rows,
+    )
 
 
 def bench_first_launch(tmp: Path, args: argparse.Namespace, raw: dict) -> str:
-    params = SynthParams(tasks=1, deps=0, window=0, conflicts=0, durations="constant",
-                         mean=0.0, seed=1)
+    params = SynthParams(
+        tasks=1, deps=0, window=0, conflicts=0, durations="constant", mean=0.0, seed=1
+    )
     rows = []
     for mode in args.modes:
         sw, tf = [], []
@@ -480,23 +701,44 @@ def bench_first_launch(tmp: Path, args: argparse.Namespace, raw: dict) -> str:
                 trace2 = spec.parent / "trace-trivial.txt"
                 log(f"first launch ({mode}): trivial flow, repeat {rep + 1}")
                 t0 = time.time()
-                subprocess.run([sys.executable, str(BENCH / "trivial_flow.py"), str(trace2)],
-                               env=pf.env(), check=True, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL)
+                subprocess.run(
+                    [sys.executable, str(BENCH / "trivial_flow.py"), str(trace2)],
+                    env=pf.env(),
+                    check=True,
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                )
                 tf.append(min(s for s, _ in read_trace(trace2).values()) - t0)
         ratio = median(sw) / median(tf)
         raw.setdefault("first_launch", []).append({"mode": mode, "specwave": sw, "trivial": tf})
-        rows.append([mode, f"{median(tf):.2f}", f"{median(sw):.2f}", f"{ratio:.2f}",
-                     f"{os.getloadavg()[0]:.1f}"])
-    return table(f"time to first agent launch, from process start (median of {args.repeat + 2}; "
-                 f"target ≤ {TARGETS['first_launch']}× Prefect's trivial flow)",
-                 ["mode", "trivial flow s", "specwave run s", "ratio", "load"], rows)
+        rows.append(
+            [
+                mode,
+                f"{median(tf):.2f}",
+                f"{median(sw):.2f}",
+                f"{ratio:.2f}",
+                f"{os.getloadavg()[0]:.1f}",
+            ]
+        )
+    return table(
+        f"time to first agent launch, from process start (median of {args.repeat + 2}; "
+        f"target ≤ {TARGETS['first_launch']}× Prefect's trivial flow)",
+        ["mode", "trivial flow s", "specwave run s", "ratio", "load"],
+        rows,
+    )
 
 
 def bench_backpressure(tmp: Path, args: argparse.Namespace, raw: dict) -> str:
     n = args.bp_tasks or (100 if args.quick else 500)
-    params = SynthParams(tasks=n, deps=1.0, window=30, conflicts=0.1, durations="lognormal",
-                         mean=args.bp_mean, seed=args.seed)
+    params = SynthParams(
+        tasks=n,
+        deps=1.0,
+        window=30,
+        conflicts=0.1,
+        durations="lognormal",
+        mean=args.bp_mean,
+        seed=args.seed,
+    )
     j = 16
     rows = []
     for cfg_name, settings in SERVER_CONFIGS.items():
@@ -504,16 +746,24 @@ def bench_backpressure(tmp: Path, args: argparse.Namespace, raw: dict) -> str:
             continue
         for mode in args.modes:
             counts503, counts_all, walls = [], [], []
-            with Prefect(tmp, f"bp-{mode}-{len(rows)}", server=mode == "server",
-                         settings=settings) as pf:
+            with Prefect(
+                tmp, f"bp-{mode}-{len(rows)}", server=mode == "server", settings=settings
+            ) as pf:
                 for rep in range(args.repeat):
                     spec = fresh_spec(tmp, "bp", params)
                     prefix = spec.parent / "http"
                     log(f"backpressure: {n} tasks, {mode}, {cfg_name}, repeat {rep + 1}")
-                    env = pf.env(SPECWAVE_BENCH_HTTP_LOG=str(prefix),
-                                 PYTHONPATH=f"{HOOKS}{os.pathsep}{ENGINE}")
-                    r = run_specwave(spec, env=env, j=j, trace=spec.parent / "trace.txt",
-                                     durations=spec / "durations.txt")
+                    env = pf.env(
+                        SPECWAVE_BENCH_HTTP_LOG=str(prefix),
+                        PYTHONPATH=f"{HOOKS}{os.pathsep}{ENGINE}",
+                    )
+                    r = run_specwave(
+                        spec,
+                        env=env,
+                        j=j,
+                        trace=spec.parent / "trace.txt",
+                        durations=spec / "durations.txt",
+                    )
                     walls.append(r["wall"])
                     c503, call = 0, 0
                     per_route: dict[str, int] = {}
@@ -527,46 +777,88 @@ def bench_backpressure(tmp: Path, args: argparse.Namespace, raw: dict) -> str:
                     counts503.append(c503)
                     counts_all.append(call)
                     raw.setdefault("backpressure", []).append(
-                        {"config": cfg_name, "mode": mode, "tasks": n, "503": c503,
-                         "requests": call, "routes_503": per_route, "wall": r["wall"]})
-            rows.append([cfg_name, mode, n, "/".join(str(c) for c in counts503),
-                         f"{median(counts_all):.0f}", f"{median(walls):.1f}",
-                         f"{os.getloadavg()[0]:.1f}"])
-    return table(f"HTTP 503 back-offs during a {n}-task run (concurrency {j}; each repeat; "
-                 f"target {TARGETS['http_503']})",
-                 ["server settings", "mode", "tasks", "503s", "requests", "wall s", "load"],
-                 rows)
+                        {
+                            "config": cfg_name,
+                            "mode": mode,
+                            "tasks": n,
+                            "503": c503,
+                            "requests": call,
+                            "routes_503": per_route,
+                            "wall": r["wall"],
+                        }
+                    )
+            rows.append(
+                [
+                    cfg_name,
+                    mode,
+                    n,
+                    "/".join(str(c) for c in counts503),
+                    f"{median(counts_all):.0f}",
+                    f"{median(walls):.1f}",
+                    f"{os.getloadavg()[0]:.1f}",
+                ]
+            )
+    return table(
+        f"HTTP 503 back-offs during a {n}-task run (concurrency {j}; each repeat; "
+        f"target {TARGETS['http_503']})",
+        ["server settings", "mode", "tasks", "503s", "requests", "wall s", "load"],
+        rows,
+    )
 
 
-MEASURES = {"makespan": bench_makespan, "overhead": bench_overhead, "rss": bench_rss,
-            "first-launch": bench_first_launch, "backpressure": bench_backpressure}
+MEASURES = {
+    "makespan": bench_makespan,
+    "overhead": bench_overhead,
+    "rss": bench_rss,
+    "first-launch": bench_first_launch,
+    "backpressure": bench_backpressure,
+}
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("measures", nargs="*", choices=[[], *MEASURES], default=[],
-                    help=f"any of {', '.join(MEASURES)} (default: all)")
+    ap.add_argument(
+        "measures",
+        nargs="*",
+        choices=[[], *MEASURES],
+        default=[],
+        help=f"any of {', '.join(MEASURES)} (default: all)",
+    )
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--quick", action="store_true", help="small sizes, one repeat")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--mean", type=float, default=1.0, help="makespan: mean task seconds")
-    ap.add_argument("--bp-mean", type=float, default=0.3,
-                    help="backpressure: mean task seconds")
-    ap.add_argument("--poll", type=float, help="makespan what-if: also run eager with "
-                                               "agents.proctable.POLL_S set to this")
+    ap.add_argument("--bp-mean", type=float, default=0.3, help="backpressure: mean task seconds")
+    ap.add_argument(
+        "--poll",
+        type=float,
+        help="makespan what-if: also run eager with agents.proctable.POLL_S set to this",
+    )
     ap.add_argument("--bp-tasks", type=int, help="backpressure: tasks (default 500)")
-    ap.add_argument("--configs", nargs="+", choices=list(SERVER_CONFIGS),
-                    help="backpressure: server settings to try (default: all)")
-    ap.add_argument("--modes", nargs="+", choices=["ephemeral", "server"],
-                    default=["ephemeral", "server"],
-                    help="backpressure, first-launch: API modes")
+    ap.add_argument(
+        "--configs",
+        nargs="+",
+        choices=list(SERVER_CONFIGS),
+        help="backpressure: server settings to try (default: all)",
+    )
+    ap.add_argument(
+        "--modes",
+        nargs="+",
+        choices=["ephemeral", "server"],
+        default=["ephemeral", "server"],
+        help="backpressure, first-launch: API modes",
+    )
     ap.add_argument("--rss-sleep", type=float, default=5.0)
-    ap.add_argument("--sizes", type=int, nargs="+", help="overhead: agent counts "
-                                                             "(default 100 500)")
-    ap.add_argument("--ms-sizes", type=int, nargs="+", help="makespan: spec sizes "
-                                                            "(default 30 100 300)")
-    ap.add_argument("--engine", type=Path, help="run `specwave` from this checkout (e.g. a git "
-                                                "worktree of an older commit, for a baseline)")
+    ap.add_argument("--sizes", type=int, nargs="+", help="overhead: agent counts (default 100 500)")
+    ap.add_argument(
+        "--ms-sizes", type=int, nargs="+", help="makespan: spec sizes (default 30 100 300)"
+    )
+    ap.add_argument(
+        "--engine",
+        type=Path,
+        help="run `specwave` from this checkout (e.g. a git "
+        "worktree of an older commit, for a baseline)",
+    )
     ap.add_argument("--json", type=Path, help="write raw measurements here")
     ap.add_argument("--keep", type=Path, help="work here and keep the files")
     args = ap.parse_args()
@@ -586,10 +878,12 @@ def main() -> int:
     tmp = args.keep or Path(tempfile.mkdtemp(prefix="specwave-bench-"))
     tmp.mkdir(parents=True, exist_ok=True)
     load0 = os.getloadavg()
-    print(f"specwave benchmarks — {info['date']}; {info['cpu']}, {info['cores']} cores, "
-          f"{info['mem_mb']} MB; Python {info['python']}, Prefect {info['prefect']}; "
-          f"load at start {load0[0]:.1f}/{load0[1]:.1f}/{load0[2]:.1f}; engine {engine_rev()}",
-          flush=True)
+    print(
+        f"specwave benchmarks — {info['date']}; {info['cpu']}, {info['cores']} cores, "
+        f"{info['mem_mb']} MB; Python {info['python']}, Prefect {info['prefect']}; "
+        f"load at start {load0[0]:.1f}/{load0[1]:.1f}/{load0[2]:.1f}; engine {engine_rev()}",
+        flush=True,
+    )
     try:
         for name in chosen:
             t = time.time()

@@ -25,8 +25,13 @@ async def one(tid: str, argv: list[str], sem: asyncio.Semaphore) -> int:
         env = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "LANG")}
         env.update({"SPECWAVE_TASK_ID": tid, "SPECWAVE_ATTEMPT": "1"})
         proc = await asyncio.create_subprocess_exec(
-            *argv, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE, env=env, start_new_session=True)
+            *argv,
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            env=env,
+            start_new_session=True,
+        )
         out, _ = await proc.communicate(PROMPT)
         lines = out.decode().splitlines()
         assert lines and lines[-1] == "TASK COMPLETE", lines

@@ -33,8 +33,9 @@ from tasks_lib.planner import plan_spec  # noqa: E402
 TARGET_SECONDS = 1.0
 
 
-def generate(n: int, seed: int, *, deps_per_task: int = 3, window: int = 40,
-             sharing: float = 0.10) -> tuple[dict, dict]:
+def generate(
+    n: int, seed: int, *, deps_per_task: int = 3, window: int = 40, sharing: float = 0.10
+) -> tuple[dict, dict]:
     """Return (tasks.json, context-summary.json) documents for an n-task spec."""
     rng = random.Random(seed)
     ids = [str(i + 1) for i in range(n)]
@@ -57,27 +58,29 @@ def generate(n: int, seed: int, *, deps_per_task: int = 3, window: int = 40,
                 files.append(rng.choice(dir_pool))
             elif rng.random() < 0.2:
                 files.append(f"src/shared/pkg_{rng.randrange(5)}/part_{tid}.py")
-        tasks.append({
-            "id": tid,
-            "type": "parent",
-            "subtasks": [],
-            "description": f"Implement unit {tid} of the generated feature",
-            "status": "pending",
-            "attempts": 0,
-            "started_at": None,
-            "completed_at": None,
-            "duration_minutes": None,
-            "notes": None,
-            "blocker": None,
-            "parallelization": {
-                "wave": None,
-                "can_parallel_with": [],
-                "blocked_by": blocked_by[tid],
-                "blocks": blocks[tid],
-                "shared_files": files,
-                "isolation_score": round(rng.random(), 2),
-            },
-        })
+        tasks.append(
+            {
+                "id": tid,
+                "type": "parent",
+                "subtasks": [],
+                "description": f"Implement unit {tid} of the generated feature",
+                "status": "pending",
+                "attempts": 0,
+                "started_at": None,
+                "completed_at": None,
+                "duration_minutes": None,
+                "notes": None,
+                "blocker": None,
+                "parallelization": {
+                    "wave": None,
+                    "can_parallel_with": [],
+                    "blocked_by": blocked_by[tid],
+                    "blocks": blocks[tid],
+                    "shared_files": files,
+                    "isolation_score": round(rng.random(), 2),
+                },
+            }
+        )
         contexts[tid] = {
             "summary": f"Unit {tid}",
             "spec_sections": ["Generated"],
@@ -93,14 +96,25 @@ def generate(n: int, seed: int, *, deps_per_task: int = 3, window: int = 40,
         "created": "2025-12-03T14:22:08Z",
         "updated": "2025-12-03T14:22:08Z",
         "tasks": tasks,
-        "summary": {"total_tasks": n, "parent_tasks": n, "subtasks": 0, "completed": 0,
-                    "in_progress": 0, "blocked": 0, "pending": n, "overall_percent": 0},
+        "summary": {
+            "total_tasks": n,
+            "parent_tasks": n,
+            "subtasks": 0,
+            "completed": 0,
+            "in_progress": 0,
+            "blocked": 0,
+            "pending": n,
+            "overall_percent": 0,
+        },
     }
     context_doc = {
         "version": "2.0",
         "spec": f"generated-{n}",
-        "global_context": {"product_pitch": "Benchmark", "tech_stack": ["Python"],
-                           "branch_name": "bench"},
+        "global_context": {
+            "product_pitch": "Benchmark",
+            "tech_stack": ["Python"],
+            "branch_name": "bench",
+        },
         "tasks": contexts,
     }
     return tasks_doc, context_doc
@@ -110,8 +124,9 @@ def write_spec(folder: Path, n: int, seed: int) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     tasks_doc, context_doc = generate(n, seed)
     (folder / "tasks.json").write_text(json.dumps(tasks_doc, indent=2) + "\n", encoding="utf-8")
-    (folder / "context-summary.json").write_text(json.dumps(context_doc, indent=2) + "\n",
-                                                 encoding="utf-8")
+    (folder / "context-summary.json").write_text(
+        json.dumps(context_doc, indent=2) + "\n", encoding="utf-8"
+    )
     return folder
 
 
@@ -157,9 +172,18 @@ def main() -> int:
         assert not plan.errors, plan.errors[:3]
 
         exe = shutil.which("specwave")
-        cmd = [exe, "plan", str(folder), "--json"] if exe else [
-            sys.executable, "-c", "from flows.cli import main; main()", "plan", str(folder),
-            "--json"]
+        cmd = (
+            [exe, "plan", str(folder), "--json"]
+            if exe
+            else [
+                sys.executable,
+                "-c",
+                "from flows.cli import main; main()",
+                "plan",
+                str(folder),
+                "--json",
+            ]
+        )
 
         def run_cli() -> dict:
             proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
@@ -171,15 +195,24 @@ def main() -> int:
         assert out["tasks"] == args.tasks
 
         rows = [
-            ("spec", f"{args.tasks} tasks, {plan.total_work:,.0f} {plan.estimate_unit}, "
-                     f"{size / 1e6:.1f} MB on disk"),
-            ("graph", f"{len(plan.dependency_edges)} dependency edges, {len(plan.conflicts)} "
-                      f"file conflicts, {len(plan.waves)} waves, critical path "
-                      f"{len(plan.critical_path)} tasks"),
+            (
+                "spec",
+                f"{args.tasks} tasks, {plan.total_work:,.0f} {plan.estimate_unit}, "
+                f"{size / 1e6:.1f} MB on disk",
+            ),
+            (
+                "graph",
+                f"{len(plan.dependency_edges)} dependency edges, {len(plan.conflicts)} "
+                f"file conflicts, {len(plan.waves)} waves, critical path "
+                f"{len(plan.critical_path)} tasks",
+            ),
             (f"load_spec (best of {args.repeat})", f"{t_load * 1000:8.0f} ms"),
             (f"plan_spec (best of {args.repeat})", f"{t_plan * 1000:8.0f} ms"),
-            (f"load + plan (best of {args.repeat})", f"{t_both * 1000:8.0f} ms"
-             + ("   ok (< 1 s)" if t_both < TARGET_SECONDS else "   OVER the 1 s target")),
+            (
+                f"load + plan (best of {args.repeat})",
+                f"{t_both * 1000:8.0f} ms"
+                + ("   ok (< 1 s)" if t_both < TARGET_SECONDS else "   OVER the 1 s target"),
+            ),
             ("`specwave plan --json` (subprocess)", f"{t_cli * 1000:8.0f} ms"),
         ]
         width = max(len(k) for k, _ in rows)

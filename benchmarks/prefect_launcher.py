@@ -27,8 +27,13 @@ async def launch(tid: str, argv: list[str]) -> int:
     env = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "LANG")}
     env.update({"SPECWAVE_TASK_ID": tid, "SPECWAVE_ATTEMPT": "1"})
     proc = await asyncio.create_subprocess_exec(
-        *argv, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE, env=env, start_new_session=True)
+        *argv,
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env=env,
+        start_new_session=True,
+    )
     out, _ = await proc.communicate(PROMPT)
     assert out.decode().splitlines()[-1] == "TASK COMPLETE"
     return proc.returncode

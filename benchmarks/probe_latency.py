@@ -47,16 +47,31 @@ def main() -> int:
     ap.add_argument("spec", nargs="?")
     ap.add_argument("--seconds", type=float, default=0.5)
     ap.add_argument("--durations")
-    ap.add_argument("--sh", action="store_true",
-                    help="agent = benchmarks/sim_agent.sh (durations from SPEC/durations.txt)")
+    ap.add_argument(
+        "--sh",
+        action="store_true",
+        help="agent = benchmarks/sim_agent.sh (durations from SPEC/durations.txt)",
+    )
     ap.add_argument("-j", "--max-concurrency", type=int, default=None)
     ap.add_argument("--scheduler", default="eager")
-    ap.add_argument("--profile", type=int, default=0, metavar="N",
-                    help="cProfile the event-loop thread; print the top N by own time")
-    ap.add_argument("--poll", type=float, default=None,
-                    help="what-if: agents.proctable.POLL_S (exit poll where no pidfd is usable)")
-    ap.add_argument("--quiet-logs", action="store_true",
-                    help="PREFECT_LOGGING_LEVEL=WARNING (no per-line logs to the API)")
+    ap.add_argument(
+        "--profile",
+        type=int,
+        default=0,
+        metavar="N",
+        help="cProfile the event-loop thread; print the top N by own time",
+    )
+    ap.add_argument(
+        "--poll",
+        type=float,
+        default=None,
+        help="what-if: agents.proctable.POLL_S (exit poll where no pidfd is usable)",
+    )
+    ap.add_argument(
+        "--quiet-logs",
+        action="store_true",
+        help="PREFECT_LOGGING_LEVEL=WARNING (no per-line logs to the API)",
+    )
     a = ap.parse_args()
     if a.quiet_logs:
         os.environ["PREFECT_LOGGING_LEVEL"] = "WARNING"
@@ -202,8 +217,7 @@ def main() -> int:
         try:
             resp = orig_sync_send(self, request, *args, **kw)
         except Exception as exc:
-            requests[("sync " + request.method, _route(request.url.path),
-                      type(exc).__name__)] += 1
+            requests[("sync " + request.method, _route(request.url.path), type(exc).__name__)] += 1
             raise
         dt = time.perf_counter() - t
         requests[("sync " + request.method, _route(request.url.path), resp.status_code)] += 1
@@ -218,8 +232,9 @@ def main() -> int:
     folder = tmp / src.name
     shutil.copytree(src, folder, ignore=shutil.ignore_patterns(".specwave"))
     (tmp / "repo").mkdir()
-    cmd = [sys.executable, str(SIM)] + (["--durations", a.durations] if a.durations
-                                        else ["--seconds", str(a.seconds)])
+    cmd = [sys.executable, str(SIM)] + (
+        ["--durations", a.durations] if a.durations else ["--seconds", str(a.seconds)]
+    )
     if a.sh:
         cmd = ["sh", str(ROOT / "benchmarks" / "sim_agent.sh"), str(folder / "durations.txt")]
     lags: list[float] = []
@@ -234,9 +249,14 @@ def main() -> int:
     async def go():
         tick = asyncio.create_task(ticker())
         t = T0[0] = time.perf_counter()
-        state = await execute_spec(str(folder), agent={"kind": "command", "command": cmd},
-                                   repo=str(tmp / "repo"), max_concurrency=a.max_concurrency,
-                                   scheduler=a.scheduler, return_state=True)
+        state = await execute_spec(
+            str(folder),
+            agent={"kind": "command", "command": cmd},
+            repo=str(tmp / "repo"),
+            max_concurrency=a.max_concurrency,
+            scheduler=a.scheduler,
+            return_state=True,
+        )
         T0[1] = time.perf_counter()
         wall = T0[1] - t
         tick.cancel()
@@ -251,42 +271,61 @@ def main() -> int:
         state, wall = prof.runcall(asyncio.run, go())
     else:
         state, wall = asyncio.run(go())
-    print(f"state {state.type.value}; wall {wall:.2f} s; load {load:.2f} -> "
-          f"{os.getloadavg()[0]:.2f}")
+    print(
+        f"state {state.type.value}; wall {wall:.2f} s; load {load:.2f} -> {os.getloadavg()[0]:.2f}"
+    )
     t_first = min(s["t0"] for s in stamps.values() if "t0" in s)
     t_last = max(s["t4"] for s in stamps.values() if "t4" in s)
-    print(f"flow call → first start {t_first - T0[0]:.2f} s; first start → last finish "
-          f"{t_last - t_first:.2f} s; last finish → flow return {T0[1] - t_last:.2f} s")
-    print(f"orchestrator CPU (all threads) first start → last finish: "
-          f"{(cpu['last'] - cpu['first']) * 1000 / len(stamps):.1f} ms per task, of which "
-          f"process-tree sweeps (threads) {cpu.get('sweeps', 0) * 1000 / len(stamps):.1f} ms")
-    print(f"plan file: {cpu.get('store_n', 0)} writes, {cpu.get('store_wall', 0):.2f} s wall, "
-          f"{cpu.get('store_cpu', 0):.2f} s CPU")
-    rows = [("c0-t0 start→tagconc", "t0", "c0"), ("c1-c0 tag conc.", "c0", "c1"),
-            ("t1-c1 →body", "c1", "t1"), ("t1-t0 start→body", "t0", "t1"),
-            ("t2-t1 body→spawn", "t1", "t2"),
-            ("x1-t2 spawn→exit seen", "t2", "x1"), ("x2-x1 →sweep start", "x1", "x2"),
-            ("x3-x2 sweep", "x2", "x3"), ("t3-x3 →record", "x3", "t3"),
-            ("t3-t2 agent", "t2", "t3"), ("t4-t3 end→flow", "t3", "t4"),
-            ("t4-t0 total", "t0", "t4")]
+    print(
+        f"flow call → first start {t_first - T0[0]:.2f} s; first start → last finish "
+        f"{t_last - t_first:.2f} s; last finish → flow return {T0[1] - t_last:.2f} s"
+    )
+    print(
+        f"orchestrator CPU (all threads) first start → last finish: "
+        f"{(cpu['last'] - cpu['first']) * 1000 / len(stamps):.1f} ms per task, of which "
+        f"process-tree sweeps (threads) {cpu.get('sweeps', 0) * 1000 / len(stamps):.1f} ms"
+    )
+    print(
+        f"plan file: {cpu.get('store_n', 0)} writes, {cpu.get('store_wall', 0):.2f} s wall, "
+        f"{cpu.get('store_cpu', 0):.2f} s CPU"
+    )
+    rows = [
+        ("c0-t0 start→tagconc", "t0", "c0"),
+        ("c1-c0 tag conc.", "c0", "c1"),
+        ("t1-c1 →body", "c1", "t1"),
+        ("t1-t0 start→body", "t0", "t1"),
+        ("t2-t1 body→spawn", "t1", "t2"),
+        ("x1-t2 spawn→exit seen", "t2", "x1"),
+        ("x2-x1 →sweep start", "x1", "x2"),
+        ("x3-x2 sweep", "x2", "x3"),
+        ("t3-x3 →record", "x3", "t3"),
+        ("t3-t2 agent", "t2", "t3"),
+        ("t4-t3 end→flow", "t3", "t4"),
+        ("t4-t0 total", "t0", "t4"),
+    ]
     print(f"{'phase':<20}{'n':>4}{'p50 ms':>9}{'p90 ms':>9}{'max ms':>9}{'mean ms':>9}")
     for label, x, y in rows:
         d = [(s[y] - s[x]) * 1000 for s in stamps.values() if x in s and y in s]
-        print(f"{label:<20}{len(d):>4}{pct(d, .5):>9.1f}{pct(d, .9):>9.1f}"
-              f"{max(d, default=0):>9.1f}{statistics.fmean(d) if d else 0:>9.1f}")
-    print(f"event-loop lag: p50 {pct(lags, .5)*1000:.1f} ms, p99 {pct(lags, .99)*1000:.1f} ms, "
-          f"max {max(lags, default=0)*1000:.1f} ms")
-    order = sorted((s for s in stamps.values() if "t0" in s and "t4" in s),
-                   key=lambda s: s["t0"])
+        print(
+            f"{label:<20}{len(d):>4}{pct(d, 0.5):>9.1f}{pct(d, 0.9):>9.1f}"
+            f"{max(d, default=0):>9.1f}{statistics.fmean(d) if d else 0:>9.1f}"
+        )
+    print(
+        f"event-loop lag: p50 {pct(lags, 0.5) * 1000:.1f} ms, p99 {pct(lags, 0.99) * 1000:.1f} ms, "
+        f"max {max(lags, default=0) * 1000:.1f} ms"
+    )
+    order = sorted((s for s in stamps.values() if "t0" in s and "t4" in s), key=lambda s: s["t0"])
     gaps = [b["t0"] - a["t4"] for a, b in zip(order, order[1:]) if b["t0"] > a["t4"]]
     if gaps:
-        print(f"chain gap (flow saw a task end → it started the next), when sequential: "
-              f"p50 {pct(gaps, .5) * 1000:.1f} ms over {len(gaps)}")
+        print(
+            f"chain gap (flow saw a task end → it started the next), when sequential: "
+            f"p50 {pct(gaps, 0.5) * 1000:.1f} ms over {len(gaps)}"
+        )
     print("HTTP requests:")
     for (m, path, code), n in sorted(requests.items(), key=lambda kv: -kv[1]):
         print(f"  {n:5d}  {m:6} {path} -> {code}")
     for dt, what in sorted(slow, reverse=True)[:10]:
-        print(f"  slow {dt*1000:.0f} ms: {what}")
+        print(f"  slow {dt * 1000:.0f} ms: {what}")
     if a.profile:
         prof.dump_stats(str(Path(tempfile.gettempdir()) / "specwave-probe.prof"))
         pstats.Stats(prof).sort_stats("tottime").print_stats(a.profile)

@@ -25,8 +25,11 @@ ARGV = ["/bin/sh", "-c", "exit 0"]
 
 async def plain() -> None:
     proc = await asyncio.create_subprocess_exec(
-        *ARGV, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-        start_new_session=True)
+        *ARGV,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        start_new_session=True,
+    )
     await proc.communicate()
 
 
@@ -49,15 +52,21 @@ async def main(n: int) -> None:
     print("|---|---:|---:|---:|---:|")
     for name, values in walls.items():
         values.sort()
-        print(f"| {name} | {values[len(values) // 2]:.2f} | {values[int(len(values) * 0.9)]:.2f}"
-              f" | {statistics.mean(values):.2f} | {cpu[name] / n * 1000:.2f} |")
+        print(
+            f"| {name} | {values[len(values) // 2]:.2f} | {values[int(len(values) * 0.9)]:.2f}"
+            f" | {statistics.mean(values):.2f} | {cpu[name] / n * 1000:.2f} |"
+        )
 
 
 if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("-n", type=int, default=200, help="agents per launcher")
-    ap.add_argument("--engine", type=Path, default=Path(__file__).resolve().parents[1],
-                    help="import tasks_lib from this checkout")
+    ap.add_argument(
+        "--engine",
+        type=Path,
+        default=Path(__file__).resolve().parents[1],
+        help="import tasks_lib from this checkout",
+    )
     args = ap.parse_args()
     sys.path.insert(0, str(args.engine.resolve()))
     asyncio.run(main(args.n))

@@ -23,12 +23,20 @@ from tasks_lib.scheduler import Scheduler  # noqa: E402
 from tasks_lib.spec import TaskStatus  # noqa: E402
 
 
-def simulate(plan: Plan, durations: dict[str, float], policy: str = "eager",
-             max_concurrency: int | None = None,
-             overhead: float = 0.0) -> tuple[float, dict[str, tuple[float, float]]]:
+def simulate(
+    plan: Plan,
+    durations: dict[str, float],
+    policy: str = "eager",
+    max_concurrency: int | None = None,
+    overhead: float = 0.0,
+) -> tuple[float, dict[str, tuple[float, float]]]:
     """Returns (makespan, {task: (start, end)}). ``overhead`` is added to every task."""
-    sched = Scheduler(plan, {n: TaskStatus.PENDING for n in plan.order}, policy=policy,
-                      max_concurrency=max_concurrency or plan.max_concurrency)
+    sched = Scheduler(
+        plan,
+        {n: TaskStatus.PENDING for n in plan.order},
+        policy=policy,
+        max_concurrency=max_concurrency or plan.max_concurrency,
+    )
     now = 0.0
     events: list[tuple[float, int, str]] = []
     spans: dict[str, tuple[float, float]] = {}

@@ -46,9 +46,11 @@ class SynthParams:
     seed: int = 7
 
     def label(self) -> str:
-        return (f"n={self.tasks} deps={self.deps:g} window={self.window} "
-                f"conflicts={self.conflicts:g} {self.durations} mean={self.mean:g}s "
-                f"seed={self.seed}")
+        return (
+            f"n={self.tasks} deps={self.deps:g} window={self.window} "
+            f"conflicts={self.conflicts:g} {self.durations} mean={self.mean:g}s "
+            f"seed={self.seed}"
+        )
 
 
 def _poisson(rng: random.Random, lam: float) -> int:
@@ -73,8 +75,9 @@ def _duration(rng: random.Random, kind: str, mean: float) -> float:
     elif kind == "bimodal":
         d = 3.0 * mean if rng.random() < 0.2 else 0.5 * mean
     else:
-        raise ValueError(f'unknown duration distribution "{kind}" — use one of '
-                         f'{", ".join(DISTRIBUTIONS)}')
+        raise ValueError(
+            f'unknown duration distribution "{kind}" — use one of {", ".join(DISTRIBUTIONS)}'
+        )
     return round(max(0.05 * mean, d), 3)
 
 
@@ -98,23 +101,46 @@ def generate(p: SynthParams) -> tuple[dict, dict[str, float]]:
         files = [f"src/feature/task_{tid}.py"]
         if rng.random() < p.conflicts:
             files.append(rng.choice(shared))
-        tasks.append({
-            "id": tid, "type": "parent", "subtasks": [],
-            "description": f"Synthetic unit {tid} ({durations[tid]:g} s)",
-            "status": "pending", "attempts": 0, "started_at": None, "completed_at": None,
-            "duration_minutes": None, "notes": None, "blocker": None,
-            "estimated_minutes": durations[tid],
-            "parallelization": {"wave": None, "can_parallel_with": [],
-                                "blocked_by": blocked_by[tid], "blocks": blocks[tid],
-                                "shared_files": files, "isolation_score": 0.5},
-        })
+        tasks.append(
+            {
+                "id": tid,
+                "type": "parent",
+                "subtasks": [],
+                "description": f"Synthetic unit {tid} ({durations[tid]:g} s)",
+                "status": "pending",
+                "attempts": 0,
+                "started_at": None,
+                "completed_at": None,
+                "duration_minutes": None,
+                "notes": None,
+                "blocker": None,
+                "estimated_minutes": durations[tid],
+                "parallelization": {
+                    "wave": None,
+                    "can_parallel_with": [],
+                    "blocked_by": blocked_by[tid],
+                    "blocks": blocks[tid],
+                    "shared_files": files,
+                    "isolation_score": 0.5,
+                },
+            }
+        )
     doc = {
-        "version": "2.0", "spec": f"synthetic-{p.tasks}-s{p.seed}",
-        "created": "2026-01-01T00:00:00Z", "updated": "2026-01-01T00:00:00Z",
+        "version": "2.0",
+        "spec": f"synthetic-{p.tasks}-s{p.seed}",
+        "created": "2026-01-01T00:00:00Z",
+        "updated": "2026-01-01T00:00:00Z",
         "tasks": tasks,
-        "summary": {"total_tasks": p.tasks, "parent_tasks": p.tasks, "subtasks": 0,
-                    "completed": 0, "in_progress": 0, "blocked": 0, "pending": p.tasks,
-                    "overall_percent": 0},
+        "summary": {
+            "total_tasks": p.tasks,
+            "parent_tasks": p.tasks,
+            "subtasks": 0,
+            "completed": 0,
+            "in_progress": 0,
+            "blocked": 0,
+            "pending": p.tasks,
+            "overall_percent": 0,
+        },
     }
     return doc, durations
 
@@ -129,7 +155,8 @@ def write_spec(folder: Path, p: SynthParams) -> tuple[Path, Path]:
     dur = folder / "durations.json"
     dur.write_text(json.dumps(durations) + "\n", encoding="utf-8")
     (folder / "durations.txt").write_text(
-        "".join(f"{k} {v:g}\n" for k, v in durations.items()), encoding="utf-8")
+        "".join(f"{k} {v:g}\n" for k, v in durations.items()), encoding="utf-8"
+    )
     return tasks, dur
 
 
@@ -138,10 +165,15 @@ def main() -> int:
     ap.add_argument("out", type=Path)
     ap.add_argument("--tasks", type=int, default=100)
     ap.add_argument("--deps", type=float, default=1.5, help="mean dependencies per task")
-    ap.add_argument("--window", type=int, default=12, help="dependencies come from the "
-                                                           "previous N tasks (0: any)")
-    ap.add_argument("--conflicts", type=float, default=0.1,
-                    help="fraction of tasks touching a shared file")
+    ap.add_argument(
+        "--window",
+        type=int,
+        default=12,
+        help="dependencies come from the previous N tasks (0: any)",
+    )
+    ap.add_argument(
+        "--conflicts", type=float, default=0.1, help="fraction of tasks touching a shared file"
+    )
     ap.add_argument("--durations", choices=DISTRIBUTIONS, default="lognormal")
     ap.add_argument("--mean", type=float, default=1.0, help="mean task duration, seconds")
     ap.add_argument("--seed", type=int, default=7)

@@ -20,8 +20,14 @@ AGENT = Path(__file__).resolve().parent / "sim_agent.sh"
 @task
 async def launch(trace: str) -> int:
     proc = await asyncio.create_subprocess_exec(
-        "sh", str(AGENT), "-", trace, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-        env={"SPECWAVE_TASK_ID": "1", "PATH": "/usr/bin:/bin"})
+        "sh",
+        str(AGENT),
+        "-",
+        trace,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        env={"SPECWAVE_TASK_ID": "1", "PATH": "/usr/bin:/bin"},
+    )
     await proc.communicate(b"prompt")
     return proc.returncode
 

@@ -13,5 +13,10 @@ from deployments.pools import (
     ensure_work_pool,
 )
 
-__all__ = ["DEFAULT_LIMIT_NAME", "DOCKER_POOL", "PROCESS_POOL", "ensure_concurrency_limit",
-           "ensure_work_pool"]
+__all__ = [
+    "DEFAULT_LIMIT_NAME",
+    "DOCKER_POOL",
+    "PROCESS_POOL",
+    "ensure_concurrency_limit",
+    "ensure_work_pool",
+]

@@ -24,8 +24,9 @@ def base_job_template(pool_type: str) -> dict[str, Any]:
         try:
             from prefect_docker.worker import DockerWorker
         except ImportError as exc:  # pragma: no cover - depends on the install
-            raise RuntimeError("the docker pool needs prefect-docker: pip install "
-                               "'prefect-specwave[docker]'") from exc
+            raise RuntimeError(
+                "the docker pool needs prefect-docker: pip install 'prefect-specwave[docker]'"
+            ) from exc
         return DockerWorker.get_default_base_job_template()
     raise ValueError(f'unknown pool type "{pool_type}" — use "process" or "docker"')
 
@@ -51,19 +52,27 @@ async def ensure_work_pool(name: str, pool_type: str, client: Any = None) -> tup
     try:
         pool = await client.read_work_pool(name)
     except ObjectNotFound:
-        pool = await client.create_work_pool(WorkPoolCreate(
-            name=name, type=pool_type, base_job_template=base_job_template(pool_type),
-            description=f"specwave: {pool_type} workers for execute-spec runs"))
+        pool = await client.create_work_pool(
+            WorkPoolCreate(
+                name=name,
+                type=pool_type,
+                base_job_template=base_job_template(pool_type),
+                description=f"specwave: {pool_type} workers for execute-spec runs",
+            )
+        )
         return pool, True
     if pool.type != pool_type:
-        raise ValueError(f'work pool "{name}" exists with type "{pool.type}", not '
-                         f'"{pool_type}" — pick another name (--pool) or delete it: '
-                         f"prefect work-pool delete {name}")
+        raise ValueError(
+            f'work pool "{name}" exists with type "{pool.type}", not '
+            f'"{pool_type}" — pick another name (--pool) or delete it: '
+            f"prefect work-pool delete {name}"
+        )
     return pool, False
 
 
-async def ensure_concurrency_limit(name: str = DEFAULT_LIMIT_NAME, slots: int | None = None,
-                                   client: Any = None) -> tuple[Any, str]:
+async def ensure_concurrency_limit(
+    name: str = DEFAULT_LIMIT_NAME, slots: int | None = None, client: Any = None
+) -> tuple[Any, str]:
     """The global concurrency limit every agent launch occupies (flow parameter
     ``concurrency_limit``): create it with ``slots`` if missing, set its slots if they differ.
 
@@ -88,13 +97,16 @@ async def ensure_concurrency_limit(name: str = DEFAULT_LIMIT_NAME, slots: int | 
         limit = await client.read_global_concurrency_limit_by_name(name)
     except ObjectNotFound:
         if slots is None:
-            raise ValueError(f'global concurrency limit "{name}" does not exist — give its '
-                             "size: --agent-slots N") from None
+            raise ValueError(
+                f'global concurrency limit "{name}" does not exist — give its size: --agent-slots N'
+            ) from None
         await client.create_global_concurrency_limit(
-            GlobalConcurrencyLimitCreate(name=name, limit=slots, active=True))
+            GlobalConcurrencyLimitCreate(name=name, limit=slots, active=True)
+        )
         return await client.read_global_concurrency_limit_by_name(name), "created"
     if slots is not None and (limit.limit != slots or not limit.active):
         await client.update_global_concurrency_limit(
-            name, GlobalConcurrencyLimitUpdate(limit=slots, active=True))
+            name, GlobalConcurrencyLimitUpdate(limit=slots, active=True)
+        )
         return await client.read_global_concurrency_limit_by_name(name), "updated"
     return limit, "unchanged"

@@ -13,9 +13,13 @@ from typing import Any
 from uuid import uuid4
 
 
-async def render_docker_job(deployment_name: str, *, parameters: dict[str, Any] | None = None,
-                            job_variables: dict[str, Any] | None = None,
-                            client: Any = None) -> Any:
+async def render_docker_job(
+    deployment_name: str,
+    *,
+    parameters: dict[str, Any] | None = None,
+    job_variables: dict[str, Any] | None = None,
+    client: Any = None,
+) -> Any:
     """The ``DockerWorkerJobConfiguration`` a docker worker would build for a run of
     ``deployment_name`` (``"execute-spec/specwave-docker"``).
 
@@ -37,28 +41,44 @@ async def render_docker_job(deployment_name: str, *, parameters: dict[str, Any] 
 
     if client is None:
         async with get_client() as c:
-            return await render_docker_job(deployment_name, parameters=parameters,
-                                           job_variables=job_variables, client=c)
+            return await render_docker_job(
+                deployment_name, parameters=parameters, job_variables=job_variables, client=c
+            )
     deployment = await client.read_deployment_by_name(deployment_name)
     if not deployment.work_pool_name:
         raise ValueError(f'deployment "{deployment_name}" has no work pool')
     pool = await client.read_work_pool(deployment.work_pool_name)
     if pool.type != "docker":
-        raise ValueError(f'deployment "{deployment_name}" uses the {pool.type} pool '
-                         f'"{pool.name}", not a docker pool')
-    flow_run = FlowRun(id=uuid4(), name="specwave-render", flow_id=deployment.flow_id,
-                       deployment_id=deployment.id,
-                       parameters=parameters if parameters is not None
-                       else dict(deployment.parameters),
-                       job_variables=dict(job_variables or {}), work_pool_name=pool.name)
+        raise ValueError(
+            f'deployment "{deployment_name}" uses the {pool.type} pool '
+            f'"{pool.name}", not a docker pool'
+        )
+    flow_run = FlowRun(
+        id=uuid4(),
+        name="specwave-render",
+        flow_id=deployment.flow_id,
+        deployment_id=deployment.id,
+        parameters=parameters if parameters is not None else dict(deployment.parameters),
+        job_variables=dict(job_variables or {}),
+        work_pool_name=pool.name,
+    )
     return await DockerWorkerJobConfiguration.resolve_for_flow_run(
-        flow_run, client=client, work_pool=pool, worker_name="specwave-render",
-        deployment=deployment)
+        flow_run,
+        client=client,
+        work_pool=pool,
+        worker_name="specwave-render",
+        deployment=deployment,
+    )
 
 
 def summary(cfg: Any) -> dict[str, Any]:
     """The parts of a rendered docker job a reviewer checks (stable keys)."""
-    return {"image": cfg.image, "image_pull_policy": cfg.image_pull_policy,
-            "volumes": list(cfg.volumes or []), "env": dict(cfg.env or {}),
-            "command": cfg.command, "network_mode": cfg.network_mode,
-            "name": cfg.name}
+    return {
+        "image": cfg.image,
+        "image_pull_policy": cfg.image_pull_policy,
+        "volumes": list(cfg.volumes or []),
+        "env": dict(cfg.env or {}),
+        "command": cfg.command,
+        "network_mode": cfg.network_mode,
+        "name": cfg.name,
+    }

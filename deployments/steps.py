@@ -17,9 +17,13 @@ DEFAULT_DOCKERFILE = "deployments/Dockerfile"
 _TRUE = {"1", "true", "yes", "on"}
 
 
-def build_image(image_name: str | None = None, tag: str | None = None,
-                dockerfile: str | None = None, skip: bool | str | None = None,
-                **build_kwargs: Any) -> dict[str, Any]:
+def build_image(
+    image_name: str | None = None,
+    tag: str | None = None,
+    dockerfile: str | None = None,
+    skip: bool | str | None = None,
+    **build_kwargs: Any,
+) -> dict[str, Any]:
     """Build (or, skipped, just name) the specwave worker image.
 
     Empty values fall back to the defaults, so prefect.yaml can pass environment placeholders
@@ -57,24 +61,38 @@ def build_image(image_name: str | None = None, tag: str | None = None,
     dockerfile = dockerfile or DEFAULT_DOCKERFILE
     if _truthy(skip) or _truthy(os.environ.get("SPECWAVE_SKIP_BUILD")):
         print(f" > SPECWAVE_SKIP_BUILD: not building; the deployment uses {image_name}:{tag}")
-        return {"image_name": image_name, "tag": tag, "image": f"{image_name}:{tag}",
-                "image_id": None, "additional_tags": []}
+        return {
+            "image_name": image_name,
+            "tag": tag,
+            "image": f"{image_name}:{tag}",
+            "image_id": None,
+            "additional_tags": [],
+        }
     try:
         from prefect_docker.deployments.steps import build_docker_image
     except ImportError as exc:  # pragma: no cover - depends on the install
-        raise RuntimeError("building the image needs prefect-docker: pip install "
-                           "'prefect-specwave[docker]' (or set SPECWAVE_SKIP_BUILD=1 to use an "
-                           "existing image)") from exc
+        raise RuntimeError(
+            "building the image needs prefect-docker: pip install "
+            "'prefect-specwave[docker]' (or set SPECWAVE_SKIP_BUILD=1 to use an "
+            "existing image)"
+        ) from exc
     try:
-        result = build_docker_image(image_name=image_name, tag=tag, dockerfile=dockerfile,
-                                    **build_kwargs)
+        result = build_docker_image(
+            image_name=image_name, tag=tag, dockerfile=dockerfile, **build_kwargs
+        )
     except Exception as exc:
         msg = str(exc).lower()
-        if ("not running" in msg or "connection" in msg or "docker_host" in msg
-                or type(exc).__module__.startswith("docker")):
-            raise RuntimeError(f"could not build {image_name}:{tag} from {dockerfile}: {exc} — "
-                               "is a Docker engine running? (or set SPECWAVE_SKIP_BUILD=1 to "
-                               "use an existing image)") from exc
+        if (
+            "not running" in msg
+            or "connection" in msg
+            or "docker_host" in msg
+            or type(exc).__module__.startswith("docker")
+        ):
+            raise RuntimeError(
+                f"could not build {image_name}:{tag} from {dockerfile}: {exc} — "
+                "is a Docker engine running? (or set SPECWAVE_SKIP_BUILD=1 to "
+                "use an existing image)"
+            ) from exc
         raise
     return dict(result)
 

@@ -16,8 +16,9 @@ from uuid import UUID
 CANCEL_POLL_SECONDS = 1.0
 
 
-async def watch_for_cancellation(flow_run_id: str, target: asyncio.Task,
-                                 seen: dict[str, str]) -> None:
+async def watch_for_cancellation(
+    flow_run_id: str, target: asyncio.Task, seen: dict[str, str]
+) -> None:
     """Cancel ``target`` when flow run ``flow_run_id`` is cancelled from Prefect; record the
     state's name in ``seen["state"]`` first (so the flow can end Cancelled, not Crashed). API
     errors (a busy SQLite server answers 503s; a restart) are retried at the next poll."""
@@ -31,8 +32,10 @@ async def watch_for_cancellation(flow_run_id: str, target: asyncio.Task,
                 run = await client.read_flow_run(UUID(flow_run_id))
             except Exception:  # noqa: BLE001 - try again at the next poll
                 continue
-            if run.state is not None and run.state.type in (StateType.CANCELLING,
-                                                            StateType.CANCELLED):
+            if run.state is not None and run.state.type in (
+                StateType.CANCELLING,
+                StateType.CANCELLED,
+            ):
                 seen["state"] = run.state.name or run.state.type.value
                 target.cancel()
                 return

@@ -41,8 +41,15 @@ def _fail(exc: SpecError) -> None:
     raise typer.Exit(EXIT_INVALID)
 
 
-def load_and_plan(path: Path, *, max_concurrency: int | None = None, replan: bool = False,
-                  format: str | None = None, tag: str | None = None, parallel: bool = False):
+def load_and_plan(
+    path: Path,
+    *,
+    max_concurrency: int | None = None,
+    replan: bool = False,
+    format: str | None = None,
+    tag: str | None = None,
+    parallel: bool = False,
+):
     """Load + plan, raising SpecError with every error (used by every command)."""
     from tasks_lib.formats import load_spec
     from tasks_lib.planner import plan_spec
@@ -57,9 +64,11 @@ def load_and_plan(path: Path, *, max_concurrency: int | None = None, replan: boo
 SpecPath = typer.Argument(..., help="A spec folder (or its plan file).", show_default=False)
 FormatOpt = typer.Option(None, "--format", help="Force the input format instead of detecting it.")
 TagOpt = typer.Option(None, "--tag", help="Task Master tag to read (default: master).")
-ParallelOpt = typer.Option(False, "--parallel",
-                           help="Formats without dependency data: run top-level tasks in "
-                                "parallel instead of in order.")
+ParallelOpt = typer.Option(
+    False,
+    "--parallel",
+    help="Formats without dependency data: run top-level tasks in parallel instead of in order.",
+)
 
 
 @app.command()
@@ -72,17 +81,20 @@ def validate(
 ) -> None:
     """Check a spec: exit 0 when valid (warnings allowed), 2 with one line per problem."""
     try:
-        spec, plan = load_and_plan(spec_dir, replan=replan, format=format, tag=tag,
-                                   parallel=parallel)
+        spec, plan = load_and_plan(
+            spec_dir, replan=replan, format=format, tag=tag, parallel=parallel
+        )
     except SpecError as exc:
         _fail(exc)
     for w in plan.warnings:
         _err(f"warning: {w}")
     subtasks = sum(len(u.subtasks) for u in spec.units)
-    print(f"{_label(spec)}: valid — {len(spec.units)} tasks"
-          + (f" (+{subtasks} subtasks)" if subtasks else "")
-          + f", {len(plan.waves)} waves ({plan.source}), {len(plan.conflicts)} file conflicts"
-          + (f", {len(plan.warnings)} warnings" if plan.warnings else ""))
+    print(
+        f"{_label(spec)}: valid — {len(spec.units)} tasks"
+        + (f" (+{subtasks} subtasks)" if subtasks else "")
+        + f", {len(plan.waves)} waves ({plan.source}), {len(plan.conflicts)} file conflicts"
+        + (f", {len(plan.warnings)} warnings" if plan.warnings else "")
+    )
 
 
 def _label(spec) -> str:
@@ -94,11 +106,18 @@ def _label(spec) -> str:
 @app.command()
 def plan(
     spec_dir: Path = SpecPath,
-    max_concurrency: int | None = typer.Option(None, "--max-concurrency", "-j", min=1,
-                                                  help="Worker slots (default: the spec's "
-                                                       "max_concurrent_workers, else 4)."),
-    replan: bool = typer.Option(False, "--replan", help="Compute waves from the dependencies "
-                                                        "instead of using the declared ones."),
+    max_concurrency: int | None = typer.Option(
+        None,
+        "--max-concurrency",
+        "-j",
+        min=1,
+        help="Worker slots (default: the spec's max_concurrent_workers, else 4).",
+    ),
+    replan: bool = typer.Option(
+        False,
+        "--replan",
+        help="Compute waves from the dependencies instead of using the declared ones.",
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print the plan as JSON."),
     format: str | None = FormatOpt,
     tag: str | None = TagOpt,
@@ -106,8 +125,14 @@ def plan(
 ) -> None:
     """Show the waves, the critical path and the best possible speed-up."""
     try:
-        spec, p = load_and_plan(spec_dir, max_concurrency=max_concurrency, replan=replan,
-                                format=format, tag=tag, parallel=parallel)
+        spec, p = load_and_plan(
+            spec_dir,
+            max_concurrency=max_concurrency,
+            replan=replan,
+            format=format,
+            tag=tag,
+            parallel=parallel,
+        )
     except SpecError as exc:
         _fail(exc)
     if as_json:
@@ -153,8 +178,10 @@ def main() -> None:
         except Exception as exc:  # noqa: BLE001 - last line of defence
             if os.environ.get("SPECWAVE_DEBUG"):
                 raise
-            _err(f"specwave: internal error: {type(exc).__name__}: {exc} "
-                 "(set SPECWAVE_DEBUG=1 for a traceback)")
+            _err(
+                f"specwave: internal error: {type(exc).__name__}: {exc} "
+                "(set SPECWAVE_DEBUG=1 for a traceback)"
+            )
             sys.exit(EXIT_INCOMPLETE)
     finally:
         startup_done()
@@ -190,8 +217,13 @@ EXTRA_COMMAND_MODULES = ("flows.cli_run", "flows.cli_demo", "flows.cli_deploy")
 #: Commands whose module is known: running one imports only that module (``specwave run``
 #: does not pay for the demo and deploy commands before its first agent starts). Anything
 #: else (``--help``, no command, an unknown or new command) imports every module.
-_COMMAND_MODULES = {"validate": (), "plan": (), "schema": (),
-                    "run": ("flows.cli_run",), "status": ("flows.cli_run",)}
+_COMMAND_MODULES = {
+    "validate": (),
+    "plan": (),
+    "schema": (),
+    "run": ("flows.cli_run",),
+    "status": ("flows.cli_run",),
+}
 
 
 def _register_extra_commands(argv: list[str] | None = None) -> None:
@@ -201,8 +233,9 @@ def _register_extra_commands(argv: list[str] | None = None) -> None:
     import importlib
 
     args = sys.argv[1:] if argv is None else argv
-    modules = _COMMAND_MODULES.get(args[0], EXTRA_COMMAND_MODULES) if args else (
-        EXTRA_COMMAND_MODULES)
+    modules = (
+        _COMMAND_MODULES.get(args[0], EXTRA_COMMAND_MODULES) if args else (EXTRA_COMMAND_MODULES)
+    )
     for module in modules:
         try:
             importlib.import_module(module)

@@ -42,8 +42,14 @@ SCENARIOS_FILE = "scripted-model.json"
 #: Placeholder for the key the CLI sends to the scripted model (it checks none).
 SCRIPTED_KEY = "scripted-demo-no-real-key"
 #: Credentials that would send the CLI to a real API: removed for the scripted demo.
-_REAL_AUTH_ENV = ("ANTHROPIC_AUTH_TOKEN", "CLAUDE_CODE_OAUTH_TOKEN", "CLAUDE_CODE_USE_BEDROCK",
-                  "CLAUDE_CODE_USE_VERTEX", "CLAUDE_CODE_USE_FOUNDRY", "ANTHROPIC_MODEL")
+_REAL_AUTH_ENV = (
+    "ANTHROPIC_AUTH_TOKEN",
+    "CLAUDE_CODE_OAUTH_TOKEN",
+    "CLAUDE_CODE_USE_BEDROCK",
+    "CLAUDE_CODE_USE_VERTEX",
+    "CLAUDE_CODE_USE_FOUNDRY",
+    "ANTHROPIC_MODEL",
+)
 
 
 def _say(text: str = "") -> None:
@@ -68,16 +74,30 @@ def _call_run(**kwargs: Any) -> None:
 
 def _git(repo: Path, *argv: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        ["git", "-c", "user.name=specwave demo", "-c", "user.email=demo@specwave.invalid",
-         "-c", "commit.gpgsign=false", "-C", str(repo), *argv],
-        capture_output=True, text=True, check=False)
+        [
+            "git",
+            "-c",
+            "user.name=specwave demo",
+            "-c",
+            "user.email=demo@specwave.invalid",
+            "-c",
+            "commit.gpgsign=false",
+            "-C",
+            str(repo),
+            *argv,
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
 
 
 def _copy_demo_app(root: Path) -> tuple[Path, Path]:
     """examples/demo-app -> ROOT/repo (a git repository with one commit); returns (repo, spec)."""
     repo = root / "repo"
-    shutil.copytree(DEMO_APP, repo, ignore=shutil.ignore_patterns(
-        SCENARIOS_FILE, ".specwave", "__pycache__"))
+    shutil.copytree(
+        DEMO_APP, repo, ignore=shutil.ignore_patterns(SCENARIOS_FILE, ".specwave", "__pycache__")
+    )
     if shutil.which("git"):
         _git(repo, "init", "-q")
         _git(repo, "add", "-A")
@@ -104,14 +124,19 @@ def _scenarios(think: float) -> dict[str, Any]:
 
 
 def _latest_run_id(spec: Path) -> str | None:
-    runs = sorted((spec / ".specwave" / "runs").glob("*/run.json"),
-                  key=lambda p: p.stat().st_mtime)
+    runs = sorted((spec / ".specwave" / "runs").glob("*/run.json"), key=lambda p: p.stat().st_mtime)
     return runs[-1].parent.name if runs else None
 
 
 def _check_tests(repo: Path) -> str:
-    proc = subprocess.run([sys.executable, "-m", "unittest", "discover", "-s", "tests"],
-                          cwd=repo, capture_output=True, text=True, timeout=120, check=False)
+    proc = subprocess.run(
+        [sys.executable, "-m", "unittest", "discover", "-s", "tests"],
+        cwd=repo,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     lines = [ln for ln in (proc.stderr + proc.stdout).splitlines() if ln.strip()]
     ran = next((ln for ln in lines if ln.startswith("Ran ")), "no tests ran")
     verdict = lines[-1] if lines else ""
@@ -124,41 +149,79 @@ def _ui_lines(spec: Path) -> list[str]:
     if api:
         ui = api.removesuffix("/api")
         where = f"{ui}/runs/flow-run/{run_id}" if run_id else f"{ui}/runs"
-        return [(f"Prefect UI:  {where}  (task runs, their logs, the "
-                 f"{DEMO_SPEC}-tasks / -summary artifacts)")]
-    return [("Prefect UI:  this run used Prefect's embedded API (gone when the demo exits). "
-             "To see it in the UI:"),
-            "               prefect server start        # in another terminal",
-            "               PREFECT_API_URL=http://127.0.0.1:4200/api specwave demo",
-            "             then open http://127.0.0.1:4200 → Runs → execute-spec"]
+        return [
+            (
+                f"Prefect UI:  {where}  (task runs, their logs, the "
+                f"{DEMO_SPEC}-tasks / -summary artifacts)"
+            )
+        ]
+    return [
+        (
+            "Prefect UI:  this run used Prefect's embedded API (gone when the demo exits). "
+            "To see it in the UI:"
+        ),
+        "               prefect server start        # in another terminal",
+        "               PREFECT_API_URL=http://127.0.0.1:4200/api specwave demo",
+        "             then open http://127.0.0.1:4200 → Runs → execute-spec",
+    ]
 
 
 def _has_real_auth() -> bool:
-    return any(os.environ.get(k) for k in ("ANTHROPIC_API_KEY", "ANTHROPIC_AUTH_TOKEN",
-                                           "CLAUDE_CODE_OAUTH_TOKEN", "CLAUDE_CODE_USE_BEDROCK",
-                                           "CLAUDE_CODE_USE_VERTEX"))
+    return any(
+        os.environ.get(k)
+        for k in (
+            "ANTHROPIC_API_KEY",
+            "ANTHROPIC_AUTH_TOKEN",
+            "CLAUDE_CODE_OAUTH_TOKEN",
+            "CLAUDE_CODE_USE_BEDROCK",
+            "CLAUDE_CODE_USE_VERTEX",
+        )
+    )
 
 
 @app.command()
 def demo(
-    real_model: Annotated[bool, typer.Option(
-        "--real-model", help="Run the same spec with the real model: needs ANTHROPIC_API_KEY "
-                             "(or another Claude Code login) and costs money (at most "
-                             "--max-budget-usd per task).")] = False,
-    simulated: Annotated[bool, typer.Option(
-        "--simulated", help="No Claude Code: run --example with a simulated command agent "
-                            "(each task sleeps --seconds).")] = False,
-    seconds: Annotated[float, typer.Option(
-        "--seconds", min=0, help="Scripted model: thinking time per turn. --simulated: time "
-                                 "per task.")] = 1.0,
-    model: Annotated[str | None, typer.Option(
-        "--model", help="--real-model: the model (alias or full name).")] = None,
-    max_budget_usd: Annotated[float, typer.Option(
-        "--max-budget-usd", min=0.01, help="--real-model: spend limit per task attempt.")] = 0.5,
-    example: Annotated[str, typer.Option(
-        "--example", help="--simulated: which example spec to run.")] = "checkout-api",
-    workdir: Annotated[Path | None, typer.Option(
-        "--workdir", help="Where to copy the example (default: a temp dir).")] = None,
+    real_model: Annotated[
+        bool,
+        typer.Option(
+            "--real-model",
+            help="Run the same spec with the real model: needs ANTHROPIC_API_KEY "
+            "(or another Claude Code login) and costs money (at most "
+            "--max-budget-usd per task).",
+        ),
+    ] = False,
+    simulated: Annotated[
+        bool,
+        typer.Option(
+            "--simulated",
+            help="No Claude Code: run --example with a simulated command agent "
+            "(each task sleeps --seconds).",
+        ),
+    ] = False,
+    seconds: Annotated[
+        float,
+        typer.Option(
+            "--seconds",
+            min=0,
+            help="Scripted model: thinking time per turn. --simulated: time per task.",
+        ),
+    ] = 1.0,
+    model: Annotated[
+        str | None, typer.Option("--model", help="--real-model: the model (alias or full name).")
+    ] = None,
+    max_budget_usd: Annotated[
+        float,
+        typer.Option(
+            "--max-budget-usd", min=0.01, help="--real-model: spend limit per task attempt."
+        ),
+    ] = 0.5,
+    example: Annotated[
+        str, typer.Option("--example", help="--simulated: which example spec to run.")
+    ] = "checkout-api",
+    workdir: Annotated[
+        Path | None,
+        typer.Option("--workdir", help="Where to copy the example (default: a temp dir)."),
+    ] = None,
     max_concurrency: Annotated[int | None, typer.Option("--max-concurrency", "-j", min=1)] = None,
     scheduler: Annotated[str, typer.Option("--scheduler", help="eager or waves.")] = "eager",
 ) -> None:
@@ -170,14 +233,20 @@ def demo(
 
     cli = bundled_cli()
     if cli is None and not shutil.which("claude"):
-        print("specwave demo: the Claude Code CLI is not installed — reinstall "
-              "claude-agent-sdk (its wheel bundles the CLI), or run "
-              "`specwave demo --simulated`", file=sys.stderr)
+        print(
+            "specwave demo: the Claude Code CLI is not installed — reinstall "
+            "claude-agent-sdk (its wheel bundles the CLI), or run "
+            "`specwave demo --simulated`",
+            file=sys.stderr,
+        )
         raise typer.Exit(2)
     if real_model and not _has_real_auth():
-        print("specwave demo --real-model: no credentials — export ANTHROPIC_API_KEY=sk-ant-... "
-              "(or log in to Claude Code / set CLAUDE_CODE_OAUTH_TOKEN); without them run "
-              "`specwave demo` (scripted model, free)", file=sys.stderr)
+        print(
+            "specwave demo --real-model: no credentials — export ANTHROPIC_API_KEY=sk-ant-... "
+            "(or log in to Claude Code / set CLAUDE_CODE_OAUTH_TOKEN); without them run "
+            "`specwave demo` (scripted model, free)",
+            file=sys.stderr,
+        )
         raise typer.Exit(2)
 
     root = Path(workdir or tempfile.mkdtemp(prefix="specwave-demo-")).resolve()
@@ -194,26 +263,41 @@ def demo(
         os.environ["ANTHROPIC_API_KEY"] = SCRIPTED_KEY
 
     _say(f"specwave demo: examples/demo-app copied to the git repository {repo}")
-    _say(f"  spec:   {spec.relative_to(repo)} — 5 tasks in 3 waves (textkit: slugify, word "
-         "stats, truncate → exports → command line)")
+    _say(
+        f"  spec:   {spec.relative_to(repo)} — 5 tasks in 3 waves (textkit: slugify, word "
+        "stats, truncate → exports → command line)"
+    )
     _say(f"  agent:  the real Claude Code CLI, one per task ({cli or shutil.which('claude')})")
     if server is not None:
         _say(f"  model:  SCRIPTED — a local stand-in for the Anthropic API at {server.base_url}")
-        _say("          replays fixed answers (write the code, run the tests with Bash, report)"
-             f" after {seconds:g} s of 'thinking' per turn.")
-        _say("          No key, no network, no cost: the code was written by a script, not a "
-             "model.")
+        _say(
+            "          replays fixed answers (write the code, run the tests with Bash, report)"
+            f" after {seconds:g} s of 'thinking' per turn."
+        )
+        _say(
+            "          No key, no network, no cost: the code was written by a script, not a model."
+        )
     else:
-        _say(f"  model:  REAL ({model or 'the CLI default'}), at most ${max_budget_usd:g} per "
-             "task attempt")
+        _say(
+            f"  model:  REAL ({model or 'the CLI default'}), at most ${max_budget_usd:g} per "
+            "task attempt"
+        )
     _say()
 
     code = 0
     try:
-        _call_run(spec_dir=spec, agent="claude", repo=repo, max_concurrency=max_concurrency,
-                  timeout=600 if server is not None else 1800, retries=1, scheduler=scheduler,
-                  model=model if real_model else None, max_turns=12 if server else 60,
-                  max_budget_usd=max_budget_usd if real_model else None)
+        _call_run(
+            spec_dir=spec,
+            agent="claude",
+            repo=repo,
+            max_concurrency=max_concurrency,
+            timeout=600 if server is not None else 1800,
+            retries=1,
+            scheduler=scheduler,
+            model=model if real_model else None,
+            max_turns=12 if server else 60,
+            max_budget_usd=max_budget_usd if real_model else None,
+        )
     except typer.Exit as exc:
         code = exc.exit_code
     finally:
@@ -226,18 +310,22 @@ def demo(
 def _afterword(repo: Path, spec: Path, *, scripted: bool) -> None:
     _say()
     if shutil.which("git") and (repo / ".git").exists():
-        changed = _git(repo, "status", "--short", "--untracked-files=all", "--", ".",
-                       ":(exclude).agent-os").stdout.splitlines()
-        _say(f"what the workers changed ({len(changed)} files; `git -C {repo} diff` for the "
-             "edits):")
+        changed = _git(
+            repo, "status", "--short", "--untracked-files=all", "--", ".", ":(exclude).agent-os"
+        ).stdout.splitlines()
+        _say(
+            f"what the workers changed ({len(changed)} files; `git -C {repo} diff` for the edits):"
+        )
         for line in changed[:20]:
             _say(f"  {line}")
     _say(f"check:       python -m unittest discover -s tests → {_check_tests(repo)}")
     _say(f"tasks.json:  {spec / 'tasks.json'}  (specwave status {spec})")
     run_id = _latest_run_id(spec)
     if run_id:
-        _say(f"run logs:    {spec / '.specwave' / 'runs' / run_id}/tasks/<task>/attempt-N.log "
-             "(+ .stream.jsonl: the CLI's raw stream-json, + .json: the attempt record)")
+        _say(
+            f"run logs:    {spec / '.specwave' / 'runs' / run_id}/tasks/<task>/attempt-N.log "
+            "(+ .stream.jsonl: the CLI's raw stream-json, + .json: the attempt record)"
+        )
     for line in _ui_lines(spec):
         _say(line)
     if scripted:
@@ -249,14 +337,14 @@ def _afterword(repo: Path, spec: Path, *, scripted: bool) -> None:
         _say(f"  specwave run .agent-os/specs/{DEMO_SPEC} --agent claude --max-budget-usd 0.5")
 
 
-def _simulated(example: str, seconds: float, workdir: Path | None,
-               max_concurrency: int | None, scheduler: str) -> None:
+def _simulated(
+    example: str, seconds: float, workdir: Path | None, max_concurrency: int | None, scheduler: str
+) -> None:
     """The first demo: an example spec with a simulated command agent (no Claude Code)."""
     src = EXAMPLES / example
     if not (src / "tasks.json").exists():
         names = ", ".join(sorted(p.name for p in EXAMPLES.iterdir() if (p / "tasks.json").exists()))
-        print(f'specwave demo: unknown example "{example}" — use one of: {names}',
-              file=sys.stderr)
+        print(f'specwave demo: unknown example "{example}" — use one of: {names}', file=sys.stderr)
         raise typer.Exit(2)
     root = Path(workdir or tempfile.mkdtemp(prefix="specwave-demo-")).resolve()
     repo = root / "repo"
@@ -267,9 +355,16 @@ def _simulated(example: str, seconds: float, workdir: Path | None,
     _say(f"specwave demo: {example} copied to {spec}")
     _say(f"specwave demo: simulated agent (no model; each task sleeps {seconds:g} s)\n")
     try:
-        _call_run(spec_dir=spec, agent="command", command=agent, repo=repo,
-                  max_concurrency=max_concurrency, timeout=600, retries=1,
-                  scheduler=scheduler)
+        _call_run(
+            spec_dir=spec,
+            agent="command",
+            command=agent,
+            repo=repo,
+            max_concurrency=max_concurrency,
+            timeout=600,
+            retries=1,
+            scheduler=scheduler,
+        )
     finally:
         for line in _ui_lines(spec):
             _say(line)

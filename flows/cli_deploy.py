@@ -41,12 +41,14 @@ SCHEDULED_DEPLOYMENT = "specwave-nightly"
 
 def project_dir(explicit: Path | None) -> Path:
     """The folder holding prefect.yaml: --project, else this checkout, else the current dir."""
-    for cand in ([explicit] if explicit else [PROJECT, Path.cwd()]):
+    for cand in [explicit] if explicit else [PROJECT, Path.cwd()]:
         if cand and (cand / "prefect.yaml").is_file():
             return cand.resolve()
     where = explicit or f"{PROJECT} or {Path.cwd()}"
-    raise typer.BadParameter(f"no prefect.yaml in {where} — run from a clone of specwave or "
-                             "pass --project DIR", param_hint="--project")
+    raise typer.BadParameter(
+        f"no prefect.yaml in {where} — run from a clone of specwave or pass --project DIR",
+        param_hint="--project",
+    )
 
 
 def deploy_env(repo: Path, spec: Path | None, skip_build: bool, image: str | None) -> dict:
@@ -66,22 +68,37 @@ def deploy_env(repo: Path, spec: Path | None, skip_build: bool, image: str | Non
     return env
 
 
-def prefect_deploy(project: Path, names: list[str], env: dict, pool: str | None = None,
-                   timeout: float = 600, echo=print) -> None:
+def prefect_deploy(
+    project: Path,
+    names: list[str],
+    env: dict,
+    pool: str | None = None,
+    timeout: float = 600,
+    echo=print,
+) -> None:
     """``prefect --no-prompt deploy -n NAME...`` in the project folder (raises on failure)."""
-    argv = [sys.executable, "-m", "prefect", "--no-prompt", "deploy",
-            "--prefect-file", str(project / "prefect.yaml")]
+    argv = [
+        sys.executable,
+        "-m",
+        "prefect",
+        "--no-prompt",
+        "deploy",
+        "--prefect-file",
+        str(project / "prefect.yaml"),
+    ]
     for n in names:
         argv += ["-n", n]
     if pool:
         argv += ["--pool", pool]
-    proc = subprocess.run(argv, cwd=project, env=env, capture_output=True, text=True, check=False,
-                          timeout=timeout)
+    proc = subprocess.run(
+        argv, cwd=project, env=env, capture_output=True, text=True, check=False, timeout=timeout
+    )
     out = (proc.stdout + proc.stderr).strip()
     if proc.returncode != 0:
         tail = "\n".join(out.splitlines()[-25:])
-        raise RuntimeError(f"prefect deploy {' '.join(names)} failed with exit code "
-                           f"{proc.returncode}:\n{tail}")
+        raise RuntimeError(
+            f"prefect deploy {' '.join(names)} failed with exit code {proc.returncode}:\n{tail}"
+        )
     for line in out.splitlines():
         if "Warning" in line or "SKIP_BUILD" in line:
             echo("  " + line.strip(" │"))
@@ -97,10 +114,18 @@ async def describe(names: list[str]) -> list[dict]:
     async with get_client() as client:
         for name in names:
             dep = await client.read_deployment_by_name(name)
-            out.append({"name": name, "id": str(dep.id), "pool": dep.work_pool_name,
-                        "schedules": [{"cron": getattr(s.schedule, "cron", None),
-                                       "active": s.active} for s in dep.schedules],
-                        "url": f"{ui}/deployments/deployment/{dep.id}" if ui else None})
+            out.append(
+                {
+                    "name": name,
+                    "id": str(dep.id),
+                    "pool": dep.work_pool_name,
+                    "schedules": [
+                        {"cron": getattr(s.schedule, "cron", None), "active": s.active}
+                        for s in dep.schedules
+                    ],
+                    "url": f"{ui}/deployments/deployment/{dep.id}" if ui else None,
+                }
+            )
     return out
 
 
@@ -120,46 +145,78 @@ async def activate_schedules(deployment: str, active: bool = True) -> int:
 
 @app.command()
 def deploy(
-    repo: Annotated[Path | None, typer.Option(
-        "--repo", help="The repository the agents work in (default: the current directory); "
-                       "docker: mounted at /repo.")] = None,
-    spec: Annotated[Path | None, typer.Option(
-        "--spec", help="Spec folder of the scheduled deployment (specwave-nightly).")] = None,
-    pool: Annotated[str, typer.Option(
-        "--pool", help="Process work pool (created if missing).")] = "specwave-process",
-    docker: Annotated[bool, typer.Option(
-        "--docker", help="Also the docker pool and the specwave-docker deployment.")] = False,
-    docker_pool: Annotated[str, typer.Option(
-        "--docker-pool", help="Docker work pool (created if missing).")] = "specwave-docker",
-    no_build: Annotated[bool, typer.Option(
-        "--no-build", help="Docker: do not build the image, use --image as it is.")] = False,
-    image: Annotated[str | None, typer.Option(
-        "--image", help="Docker image NAME[:TAG] (default specwave:latest).")] = None,
-    names: Annotated[list[str] | None, typer.Option(
-        "--name", "-n", help="Deploy only these deployments of prefect.yaml (repeatable).")
+    repo: Annotated[
+        Path | None,
+        typer.Option(
+            "--repo",
+            help="The repository the agents work in (default: the current directory); "
+            "docker: mounted at /repo.",
+        ),
     ] = None,
-    agent_slots: Annotated[int | None, typer.Option(
-        "--agent-slots", min=1, help="Create (or resize) the global concurrency limit every "
-                                     "agent launch occupies when a run sets "
-                                     "concurrency_limit.")] = None,
-    limit_name: Annotated[str, typer.Option(
-        "--limit-name", help="Name of that limit.")] = "specwave-agents",
-    activate_schedule: Annotated[bool, typer.Option(
-        "--activate-schedule", help="Switch the schedule of specwave-nightly on (needs "
-                                    "--spec).")] = False,
-    project: Annotated[Path | None, typer.Option(
-        "--project", help="Folder with prefect.yaml (default: this specwave checkout).")
+    spec: Annotated[
+        Path | None,
+        typer.Option("--spec", help="Spec folder of the scheduled deployment (specwave-nightly)."),
     ] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print what was done as JSON.")
+    pool: Annotated[
+        str, typer.Option("--pool", help="Process work pool (created if missing).")
+    ] = "specwave-process",
+    docker: Annotated[
+        bool,
+        typer.Option("--docker", help="Also the docker pool and the specwave-docker deployment."),
     ] = False,
+    docker_pool: Annotated[
+        str, typer.Option("--docker-pool", help="Docker work pool (created if missing).")
+    ] = "specwave-docker",
+    no_build: Annotated[
+        bool,
+        typer.Option("--no-build", help="Docker: do not build the image, use --image as it is."),
+    ] = False,
+    image: Annotated[
+        str | None,
+        typer.Option("--image", help="Docker image NAME[:TAG] (default specwave:latest)."),
+    ] = None,
+    names: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--name", "-n", help="Deploy only these deployments of prefect.yaml (repeatable)."
+        ),
+    ] = None,
+    agent_slots: Annotated[
+        int | None,
+        typer.Option(
+            "--agent-slots",
+            min=1,
+            help="Create (or resize) the global concurrency limit every "
+            "agent launch occupies when a run sets "
+            "concurrency_limit.",
+        ),
+    ] = None,
+    limit_name: Annotated[
+        str, typer.Option("--limit-name", help="Name of that limit.")
+    ] = "specwave-agents",
+    activate_schedule: Annotated[
+        bool,
+        typer.Option(
+            "--activate-schedule", help="Switch the schedule of specwave-nightly on (needs --spec)."
+        ),
+    ] = False,
+    project: Annotated[
+        Path | None,
+        typer.Option(
+            "--project", help="Folder with prefect.yaml (default: this specwave checkout)."
+        ),
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print what was done as JSON.")] = False,
 ) -> None:
     """Create the work pools (and the shared agent limit) and deploy prefect.yaml."""
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     from prefect.settings import PREFECT_API_URL
 
     if not PREFECT_API_URL.value():
-        _err("specwave deploy: PREFECT_API_URL is not set — start a server (prefect server "
-             "start) and export PREFECT_API_URL=http://127.0.0.1:4200/api")
+        _err(
+            "specwave deploy: PREFECT_API_URL is not set — start a server (prefect server "
+            "start) and export PREFECT_API_URL=http://127.0.0.1:4200/api"
+        )
         raise typer.Exit(EXIT_INVALID)
     root = project_dir(project)
     repo_dir = (repo or Path.cwd()).resolve()
@@ -173,20 +230,22 @@ def deploy(
     if activate_schedule and spec_dir is None:
         _err("--activate-schedule: the scheduled deployment needs a spec folder — add --spec")
         raise typer.Exit(EXIT_INVALID)
-    wanted = list(names) if names else [*PROCESS_DEPLOYMENTS, *([DOCKER_DEPLOYMENT] if docker
-                                                                 else [])]
+    wanted = (
+        list(names) if names else [*PROCESS_DEPLOYMENTS, *([DOCKER_DEPLOYMENT] if docker else [])]
+    )
     known = {*PROCESS_DEPLOYMENTS, DOCKER_DEPLOYMENT}
     if unknown := [n for n in wanted if n not in known]:
-        _err(f"--name: unknown deployment {', '.join(unknown)} — prefect.yaml has "
-             f"{', '.join(sorted(known))}")
+        _err(
+            f"--name: unknown deployment {', '.join(unknown)} — prefect.yaml has "
+            f"{', '.join(sorted(known))}"
+        )
         raise typer.Exit(EXIT_INVALID)
     process_names = [n for n in wanted if n in PROCESS_DEPLOYMENTS]
     docker_names = [n for n in wanted if n == DOCKER_DEPLOYMENT]
 
     from deployments.pools import ensure_concurrency_limit, ensure_work_pool
 
-    report: dict = {"project": str(root), "repo": str(repo_dir), "pools": {},
-                    "deployments": []}
+    report: dict = {"project": str(root), "repo": str(repo_dir), "pools": {}, "deployments": []}
 
     async def prepare() -> None:
         if process_names:
@@ -197,8 +256,11 @@ def deploy(
             report["pools"][docker_pool] = "created" if created else "exists"
         if agent_slots is not None:
             limit, action = await ensure_concurrency_limit(limit_name, agent_slots)
-            report["concurrency_limit"] = {"name": limit.name, "slots": limit.limit,
-                                           "action": action}
+            report["concurrency_limit"] = {
+                "name": limit.name,
+                "slots": limit.limit,
+                "action": action,
+            }
 
     say = (lambda *a: None) if as_json else print
     try:
@@ -207,8 +269,7 @@ def deploy(
             say(f"work pool {name}: {state}")
         if "concurrency_limit" in report:
             lim = report["concurrency_limit"]
-            say(f"global concurrency limit {lim['name']}: {lim['slots']} slots "
-                f"({lim['action']})")
+            say(f"global concurrency limit {lim['name']}: {lim['slots']} slots ({lim['action']})")
         env = deploy_env(repo_dir, spec_dir, no_build, image)
         if process_names:
             say(f"deploying {', '.join(process_names)} (pool {pool})…")
@@ -219,29 +280,40 @@ def deploy(
                     prefect_deploy(root, [n], env, pool=pool, echo=say)
             report["deployments"] += [f"{FLOW_NAME}/{n}" for n in process_names]
         if docker_names:
-            say(f"deploying {DOCKER_DEPLOYMENT} (pool {docker_pool})"
+            say(
+                f"deploying {DOCKER_DEPLOYMENT} (pool {docker_pool})"
                 + (" without building the image" if no_build else ", building the image")
-                + "…")
-            prefect_deploy(root, docker_names, env,
-                           pool=docker_pool if docker_pool != "specwave-docker" else None,
-                           echo=say)
+                + "…"
+            )
+            prefect_deploy(
+                root,
+                docker_names,
+                env,
+                pool=docker_pool if docker_pool != "specwave-docker" else None,
+                echo=say,
+            )
             report["deployments"].append(f"{FLOW_NAME}/{DOCKER_DEPLOYMENT}")
             from deployments.render import render_docker_job, summary
 
             job = summary(asyncio.run(render_docker_job(f"{FLOW_NAME}/{DOCKER_DEPLOYMENT}")))
             report["docker_job"] = job
-            say(f"  container: image {job['image']}, volumes {job['volumes']}, env "
-                f"{sorted(job['env'])}")
+            say(
+                f"  container: image {job['image']}, volumes {job['volumes']}, env "
+                f"{sorted(job['env'])}"
+            )
         if activate_schedule and SCHEDULED_DEPLOYMENT in process_names:
             switched = asyncio.run(activate_schedules(f"{FLOW_NAME}/{SCHEDULED_DEPLOYMENT}"))
             report["schedule_activated"] = True
             say(f"schedule of {SCHEDULED_DEPLOYMENT}: active ({switched} switched on)")
         report["details"] = asyncio.run(describe(report["deployments"]))
         for d in report["details"]:
-            sched = "".join(f", schedule {s['cron']} ({'on' if s['active'] else 'off'})"
-                            for s in d["schedules"])
-            say(f"deployment {d['name']} (pool {d['pool']}{sched})"
-                + (f": {d['url']}" if d["url"] else ""))
+            sched = "".join(
+                f", schedule {s['cron']} ({'on' if s['active'] else 'off'})" for s in d["schedules"]
+            )
+            say(
+                f"deployment {d['name']} (pool {d['pool']}{sched})"
+                + (f": {d['url']}" if d["url"] else "")
+            )
     except (RuntimeError, ValueError, subprocess.TimeoutExpired) as exc:
         _err(f"specwave deploy: {exc}")
         raise typer.Exit(EXIT_INCOMPLETE) from None
@@ -266,16 +338,18 @@ async def answer_pause(flow_run_id: str, proceed: bool, note: str) -> str:
     try:
         run_id = UUID(flow_run_id)
     except ValueError:
-        raise ValueError(f'"{flow_run_id}" is not a flow run id — copy it from the UI or '
-                         "`prefect flow-run ls --state PAUSED`") from None
+        raise ValueError(
+            f'"{flow_run_id}" is not a flow run id — copy it from the UI or '
+            "`prefect flow-run ls --state PAUSED`"
+        ) from None
     async with get_client() as client:
         fr = await client.read_flow_run(run_id)
         if not (fr.state and fr.state.is_paused()):
             state = fr.state.name if fr.state else "no state"
-            raise ValueError(f"flow run {fr.name} ({run_id}) is not waiting for approval "
-                             f"(state {state})")
-        result = await client.resume_flow_run(run_id,
-                                              run_input={"continue": proceed, "note": note})
+            raise ValueError(
+                f"flow run {fr.name} ({run_id}) is not waiting for approval (state {state})"
+            )
+        result = await client.resume_flow_run(run_id, run_input={"continue": proceed, "note": note})
     if result.status.value != "ACCEPT":
         reason = getattr(result.details, "reason", "") or result.status.value
         raise ValueError(f"the server did not accept the answer: {reason}")
@@ -284,12 +358,15 @@ async def answer_pause(flow_run_id: str, proceed: bool, note: str) -> str:
 
 @app.command()
 def approve(
-    flow_run_id: Annotated[str, typer.Argument(help="The paused flow run's id.",
-                                               show_default=False)],
-    stop: Annotated[bool, typer.Option(
-        "--stop", help="Stop the run instead: the remaining tasks stay pending.")] = False,
-    note: Annotated[str, typer.Option("--note", help="A note kept in the run's log and "
-                                                     "summary.")] = "",
+    flow_run_id: Annotated[
+        str, typer.Argument(help="The paused flow run's id.", show_default=False)
+    ],
+    stop: Annotated[
+        bool, typer.Option("--stop", help="Stop the run instead: the remaining tasks stay pending.")
+    ] = False,
+    note: Annotated[
+        str, typer.Option("--note", help="A note kept in the run's log and summary.")
+    ] = "",
 ) -> None:
     """Answer a run paused between waves (--approve-waves), as the UI's form does."""
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")

@@ -36,8 +36,15 @@ from flows.cli import (
 )
 from tasks_lib.errors import SpecError
 
-STATUS_STYLE = {"pass": "green", "done": "green", "fail": "red", "blocked": "yellow",
-                "in_progress": "cyan", "pending": "dim", "skipped": "green"}
+STATUS_STYLE = {
+    "pass": "green",
+    "done": "green",
+    "fail": "red",
+    "blocked": "yellow",
+    "in_progress": "cyan",
+    "pending": "dim",
+    "skipped": "green",
+}
 
 
 def _quiet_prefect(verbose: bool) -> None:
@@ -49,14 +56,24 @@ def _quiet_prefect(verbose: bool) -> None:
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
 
-def agent_overrides(*, model: str | None = None, permission_mode: str | None = None,
-                    max_turns: int | None = None, max_budget_usd: float | None = None,
-                    allowed_tools: str | None = None, agent_arg: list[str] | None = None,
-                    agent_env: list[str] | None = None) -> dict:
+def agent_overrides(
+    *,
+    model: str | None = None,
+    permission_mode: str | None = None,
+    max_turns: int | None = None,
+    max_budget_usd: float | None = None,
+    allowed_tools: str | None = None,
+    agent_arg: list[str] | None = None,
+    agent_env: list[str] | None = None,
+) -> dict:
     """Agent config fields given as flags (``--model`` ... ``--agent-env``); unset ones omitted."""
     out: dict = {}
-    for key, value in (("model", model), ("permission_mode", permission_mode),
-                       ("max_turns", max_turns), ("max_budget_usd", max_budget_usd)):
+    for key, value in (
+        ("model", model),
+        ("permission_mode", permission_mode),
+        ("max_turns", max_turns),
+        ("max_budget_usd", max_budget_usd),
+    ):
         if value is not None:
             out[key] = value
     if allowed_tools is not None:
@@ -68,24 +85,32 @@ def agent_overrides(*, model: str | None = None, permission_mode: str | None = N
         for item in agent_env:
             key, sep, value = item.partition("=")
             if not sep or not key:
-                raise SpecError.single("--agent-env", f"{item!r} is not KEY=VALUE",
-                                       hint="e.g. --agent-env IS_SANDBOX=1")
+                raise SpecError.single(
+                    "--agent-env",
+                    f"{item!r} is not KEY=VALUE",
+                    hint="e.g. --agent-env IS_SANDBOX=1",
+                )
             env[key] = value
         out["env"] = env
     return out
 
 
-def build_agent(agent: str, command: str | None, agent_json: str | None,
-                overrides: dict | None = None) -> dict:
+def build_agent(
+    agent: str, command: str | None, agent_json: str | None, overrides: dict | None = None
+) -> dict:
     """The agent config from the flags; ``overrides`` (see :func:`agent_overrides`) are laid
     over it (``env`` merged)."""
     cfg = _base_agent(agent, command, agent_json)
     claude_only = sorted(set(overrides or {}) - {"env"})
     if claude_only and cfg.get("kind") != "claude":
-        flags = ", ".join("--" + k.replace("_", "-").replace("extra-args", "agent-arg")
-                          for k in claude_only)
-        raise SpecError.single(flags, f'only the claude agent takes {flags} (agent kind is '
-                                      f'"{cfg.get("kind")}")', hint="add --agent claude")
+        flags = ", ".join(
+            "--" + k.replace("_", "-").replace("extra-args", "agent-arg") for k in claude_only
+        )
+        raise SpecError.single(
+            flags,
+            f'only the claude agent takes {flags} (agent kind is "{cfg.get("kind")}")',
+            hint="add --agent claude",
+        )
     for key, value in (overrides or {}).items():
         if key == "env":
             cfg["env"] = {**(cfg.get("env") or {}), **value}
@@ -99,16 +124,26 @@ def _base_agent(agent: str, command: str | None, agent_json: str | None) -> dict
         try:
             cfg = json.loads(agent_json)
         except json.JSONDecodeError as exc:
-            raise SpecError.single("--agent-json", f"invalid JSON: {exc.msg}",
-                                   where=f"1:{exc.colno}", hint="pass a JSON object") from None
+            raise SpecError.single(
+                "--agent-json",
+                f"invalid JSON: {exc.msg}",
+                where=f"1:{exc.colno}",
+                hint="pass a JSON object",
+            ) from None
         if not isinstance(cfg, dict):
-            raise SpecError.single("--agent-json", "must be a JSON object",
-                                   hint='e.g. {"kind": "command", "command": "..."}')
+            raise SpecError.single(
+                "--agent-json",
+                "must be a JSON object",
+                hint='e.g. {"kind": "command", "command": "..."}',
+            )
         return cfg
     if agent == "command":
         if not command:
-            raise SpecError.single("--command", "the command agent needs --command",
-                                   hint='e.g. --command "python my_agent.py {prompt_file}"')
+            raise SpecError.single(
+                "--command",
+                "the command agent needs --command",
+                hint='e.g. --command "python my_agent.py {prompt_file}"',
+            )
         return {"kind": "command", "command": command}
     base: dict = {"kind": agent}
     if command:
@@ -143,8 +178,10 @@ class LiveView:
     def _table(self, statuses: dict[str, dict]):
         from rich.table import Table
 
-        t = Table(title=f"{self.spec.name} — elapsed {time.time() - self.started:.0f} s",
-                  title_justify="left")
+        t = Table(
+            title=f"{self.spec.name} — elapsed {time.time() - self.started:.0f} s",
+            title_justify="left",
+        )
         t.add_column("wave", justify="right")
         t.add_column("task")
         t.add_column("description")
@@ -165,9 +202,13 @@ class LiveView:
             style = STATUS_STYLE.get(st, "")
             label = "running" if st == "in_progress" else st
             desc = " ".join(u.description.split())
-            t.add_row(str(self.plan.wave_of.get(u.id, "")), u.id,
-                      desc[:60] + ("…" if len(desc) > 60 else ""),
-                      f"[{style}]{label}[/{style}]" if style else label, el)
+            t.add_row(
+                str(self.plan.wave_of.get(u.id, "")),
+                u.id,
+                desc[:60] + ("…" if len(desc) > 60 else ""),
+                f"[{style}]{label}[/{style}]" if style else label,
+                el,
+            )
         t.caption = "  ".join(f"{k}: {v}" for k, v in sorted(counts.items()))
         return t
 
@@ -197,8 +238,14 @@ def print_final(result: dict, spec) -> None:
     console = Console()
     costs = _attempt_costs(result)
     t = Table(title=f"{spec.name}: {result['status']}", title_justify="left")
-    for col in ("task", "status", "outcome", "attempts", *(("cost", "turns") if costs else ()),
-                "blocker"):
+    for col in (
+        "task",
+        "status",
+        "outcome",
+        "attempts",
+        *(("cost", "turns") if costs else ()),
+        "blocker",
+    ):
         t.add_column(col)
     for tid, info in result["tasks"].items():
         st = info["status"]
@@ -207,17 +254,26 @@ def print_final(result: dict, spec) -> None:
         if costs:
             cost, turns = costs.get(tid, (None, None))
             extra = (f"${cost:.4f}" if cost else "", str(turns or ""))
-        t.add_row(tid, f"[{style}]{st}[/{style}]" if style else st, info.get("outcome") or "",
-                  str(info.get("attempts") or 0), *extra, (info.get("blocker") or "")[:90])
+        t.add_row(
+            tid,
+            f"[{style}]{st}[/{style}]" if style else st,
+            info.get("outcome") or "",
+            str(info.get("attempts") or 0),
+            *extra,
+            (info.get("blocker") or "")[:90],
+        )
     console.print(t)
     if costs:
-        console.print(f"total cost ${sum(c for c, _ in costs.values()):.4f} (as reported by "
-                      "the agent)")
+        console.print(
+            f"total cost ${sum(c for c, _ in costs.values()):.4f} (as reported by the agent)"
+        )
     m = result["metrics"]
-    console.print(f"wall {m['wall_seconds']:.1f} s · worker time {m['worker_seconds_sum']:.1f} s"
-                  f" · measured speed-up {m['measured_speedup']}× · max concurrent "
-                  f"{m['max_concurrent_observed']} · workers {m['workers_spawned']} "
-                  f"(retried {m['workers_retried']})")
+    console.print(
+        f"wall {m['wall_seconds']:.1f} s · worker time {m['worker_seconds_sum']:.1f} s"
+        f" · measured speed-up {m['measured_speedup']}× · max concurrent "
+        f"{m['max_concurrent_observed']} · workers {m['workers_spawned']} "
+        f"(retried {m['workers_retried']})"
+    )
     for e in m.get("events") or []:
         console.print(f"note: {e}")
     console.print(f"tasks file: {result['tasks_file']}")
@@ -298,8 +354,9 @@ class RunSession:
         _err(f"specwave: {signal.Signals(signum).name}: stopping the agents…")
         self.cancel()
         if first:
-            threading.Thread(target=self._deadline_after_signal, daemon=True,
-                             name="specwave-signal-deadline").start()
+            threading.Thread(
+                target=self._deadline_after_signal, daemon=True, name="specwave-signal-deadline"
+            ).start()
 
     def cancel(self) -> None:
         if self._loop is not None and self._task is not None:
@@ -331,8 +388,10 @@ class RunSession:
                 raise
             # stopped by a signal, then Prefect could not record it (its API is gone: a
             # terminal's Ctrl-C also stops the ephemeral API server): our records are written
-            _err(f"specwave: stopped; Prefect could not record the end of the flow run "
-                 f"({type(exc).__name__}) — tasks.json and the run folder are up to date")
+            _err(
+                f"specwave: stopped; Prefect could not record the end of the flow run "
+                f"({type(exc).__name__}) — tasks.json and the run folder are up to date"
+            )
             self.code = 128 + self.signal
             return None
         # State.result is sync or async by context; mypy only sees the sync signature
@@ -362,7 +421,8 @@ class RunSession:
             if seen is None and self._recorded():
                 seen = now
             if (seen is not None and now - seen >= PREFECT_GRACE_AFTER_SIGNAL_S) or (
-                    now - start >= MAX_WAIT_AFTER_SIGNAL_S):
+                now - start >= MAX_WAIT_AFTER_SIGNAL_S
+            ):
                 self.cut_short = True
                 self.cancel()
                 return
@@ -407,22 +467,31 @@ def _exit_now(code: int) -> None:
 def run(
     spec_dir: Path = SpecPath,
     agent: str = typer.Option("command", "--agent", help="Agent kind: command or claude."),
-    command: str | None = typer.Option(None, "--command",
-                                          help="Command agent: the command line; placeholders "
-                                               "{prompt_file} {task_id} {workdir} {spec_dir}."),
-    agent_json: str | None = typer.Option(None, "--agent-json",
-                                             help="The full agent config as JSON."),
-    repo: Path | None = typer.Option(None, "--repo", help="Repository the agents work in "
-                                                             "(default: current directory)."),
+    command: str | None = typer.Option(
+        None,
+        "--command",
+        help="Command agent: the command line; placeholders "
+        "{prompt_file} {task_id} {workdir} {spec_dir}.",
+    ),
+    agent_json: str | None = typer.Option(
+        None, "--agent-json", help="The full agent config as JSON."
+    ),
+    repo: Path | None = typer.Option(
+        None, "--repo", help="Repository the agents work in (default: current directory)."
+    ),
     max_concurrency: int | None = typer.Option(None, "--max-concurrency", "-j", min=1),
-    timeout: float = typer.Option(1800, "--timeout", min=0.1, help="Seconds per attempt "
-                                                                  "(doubled on a retry)."),
-    retries: int = typer.Option(1, "--retries", min=0, help="Retries of crashed / timed-out / "
-                                                            "unparseable workers."),
-    fail_fast: bool = typer.Option(False, "--fail-fast", help="Start no new worker after a "
-                                                              "failure."),
-    dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan and prompts; "
-                                                          "launch nothing."),
+    timeout: float = typer.Option(
+        1800, "--timeout", min=0.1, help="Seconds per attempt (doubled on a retry)."
+    ),
+    retries: int = typer.Option(
+        1, "--retries", min=0, help="Retries of crashed / timed-out / unparseable workers."
+    ),
+    fail_fast: bool = typer.Option(
+        False, "--fail-fast", help="Start no new worker after a failure."
+    ),
+    dry_run: bool = typer.Option(
+        False, "--dry-run", help="Print the plan and prompts; launch nothing."
+    ),
     scheduler: str = typer.Option("eager", "--scheduler", help="eager or waves."),
     replan: bool = typer.Option(False, "--replan", help="Ignore the declared waves."),
     format: str | None = FormatOpt,
@@ -431,64 +500,120 @@ def run(
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Show Prefect's logs."),
     # Annotated, so callers of run() as a function (specwave demo) get plain defaults.
-    approve_waves: Annotated[bool, typer.Option(
-        "--approve-waves", help="Pause after each wave until it is approved in the Prefect UI "
-                                "(needs a Prefect server: PREFECT_API_URL); implies "
-                                "--scheduler waves.")] = False,
-    concurrency_limit: Annotated[str | None, typer.Option(
-        "--concurrency-limit", metavar="NAME",
-        help="A Prefect global concurrency limit every agent launch occupies, shared with "
-             "other runs (e.g. specwave-agents; create it with `specwave deploy "
-             "--agent-slots N`).")] = None,
-    model: Annotated[str | None, typer.Option(
-        "--model", help="claude agent: model alias or full name.")] = None,
-    permission_mode: Annotated[str | None, typer.Option(
-        "--permission-mode", help="claude agent: acceptEdits (default: edits inside the "
-                                  "repository only), plan, dontAsk, manual, auto, "
-                                  "bypassPermissions (as root only with --agent-env "
-                                  "IS_SANDBOX=1).")] = None,
-    max_turns: Annotated[int | None, typer.Option(
-        "--max-turns", min=1, help="claude agent: turn limit per attempt.")] = None,
-    max_budget_usd: Annotated[float | None, typer.Option(
-        "--max-budget-usd", min=0.0001,
-        help="claude agent: spend limit per attempt, in USD.")] = None,
-    allowed_tools: Annotated[str | None, typer.Option(
-        "--allowed-tools", help="claude agent: comma-separated tools allowed without a "
-                                "prompt (default Bash,Read,Glob,Grep,TodoWrite).")] = None,
-    agent_arg: Annotated[list[str] | None, typer.Option(
-        "--agent-arg", metavar="ARG",
-        help="claude agent: one more CLI argument, e.g. --agent-arg=--fallback-model=sonnet "
-             "(repeatable).")] = None,
-    agent_env: Annotated[list[str] | None, typer.Option(
-        "--agent-env", metavar="KEY=VALUE",
-        help="One more environment variable for the agent (repeatable; visible in the UI: "
-             "no secrets).")] = None,
+    approve_waves: Annotated[
+        bool,
+        typer.Option(
+            "--approve-waves",
+            help="Pause after each wave until it is approved in the Prefect UI "
+            "(needs a Prefect server: PREFECT_API_URL); implies "
+            "--scheduler waves.",
+        ),
+    ] = False,
+    concurrency_limit: Annotated[
+        str | None,
+        typer.Option(
+            "--concurrency-limit",
+            metavar="NAME",
+            help="A Prefect global concurrency limit every agent launch occupies, shared with "
+            "other runs (e.g. specwave-agents; create it with `specwave deploy "
+            "--agent-slots N`).",
+        ),
+    ] = None,
+    model: Annotated[
+        str | None, typer.Option("--model", help="claude agent: model alias or full name.")
+    ] = None,
+    permission_mode: Annotated[
+        str | None,
+        typer.Option(
+            "--permission-mode",
+            help="claude agent: acceptEdits (default: edits inside the "
+            "repository only), plan, dontAsk, manual, auto, "
+            "bypassPermissions (as root only with --agent-env "
+            "IS_SANDBOX=1).",
+        ),
+    ] = None,
+    max_turns: Annotated[
+        int | None, typer.Option("--max-turns", min=1, help="claude agent: turn limit per attempt.")
+    ] = None,
+    max_budget_usd: Annotated[
+        float | None,
+        typer.Option(
+            "--max-budget-usd", min=0.0001, help="claude agent: spend limit per attempt, in USD."
+        ),
+    ] = None,
+    allowed_tools: Annotated[
+        str | None,
+        typer.Option(
+            "--allowed-tools",
+            help="claude agent: comma-separated tools allowed without a "
+            "prompt (default Bash,Read,Glob,Grep,TodoWrite).",
+        ),
+    ] = None,
+    agent_arg: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--agent-arg",
+            metavar="ARG",
+            help="claude agent: one more CLI argument, e.g. --agent-arg=--fallback-model=sonnet "
+            "(repeatable).",
+        ),
+    ] = None,
+    agent_env: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--agent-env",
+            metavar="KEY=VALUE",
+            help="One more environment variable for the agent (repeatable; visible in the UI: "
+            "no secrets).",
+        ),
+    ] = None,
 ) -> None:
     """Run every pending task of a spec through coding agents, in parallel."""
     if scheduler not in ("eager", "waves"):
         _err(f'--scheduler: unknown scheduler "{scheduler}" — use eager or waves')
         raise typer.Exit(EXIT_INVALID)
     try:
-        spec, plan = load_and_plan(spec_dir, max_concurrency=max_concurrency, replan=replan,
-                                   format=format, tag=tag, parallel=parallel)
-        agent_cfg = None if dry_run else build_agent(
-            agent, command, agent_json,
-            overrides=agent_overrides(model=model, permission_mode=permission_mode,
-                                      max_turns=max_turns, max_budget_usd=max_budget_usd,
-                                      allowed_tools=allowed_tools, agent_arg=agent_arg,
-                                      agent_env=agent_env))
+        spec, plan = load_and_plan(
+            spec_dir,
+            max_concurrency=max_concurrency,
+            replan=replan,
+            format=format,
+            tag=tag,
+            parallel=parallel,
+        )
+        agent_cfg = (
+            None
+            if dry_run
+            else build_agent(
+                agent,
+                command,
+                agent_json,
+                overrides=agent_overrides(
+                    model=model,
+                    permission_mode=permission_mode,
+                    max_turns=max_turns,
+                    max_budget_usd=max_budget_usd,
+                    allowed_tools=allowed_tools,
+                    agent_arg=agent_arg,
+                    agent_env=agent_env,
+                ),
+            )
+        )
         if agent_cfg is not None:
             from tasks_lib.agents import parse_agent_config
 
             try:
                 parse_agent_config(agent_cfg)
             except Exception as exc:  # pydantic ValidationError
-                raise SpecError.single("agent", f"invalid agent config: "
-                                                f"{str(exc).splitlines()[-1].strip()}",
-                                       hint="see `specwave run --help`") from None
+                raise SpecError.single(
+                    "agent",
+                    f"invalid agent config: {str(exc).splitlines()[-1].strip()}",
+                    hint="see `specwave run --help`",
+                ) from None
         if repo is not None and not repo.is_dir():
-            raise SpecError.single(str(repo), "repository folder not found",
-                                   hint="pass an existing folder with --repo")
+            raise SpecError.single(
+                str(repo), "repository folder not found", hint="pass an existing folder with --repo"
+            )
         if not dry_run:
             from tasks_lib.store import RunLock
 
@@ -510,12 +635,22 @@ def run(
         return
 
     _quiet_prefect(verbose)
-    params = dict(spec_folder=str(spec_dir), agent=agent_cfg,
-                  repo=str(repo) if repo else None, max_concurrency=max_concurrency,
-                  retries=retries, timeout_seconds=timeout, fail_fast=fail_fast,
-                  scheduler=scheduler, replan=replan, format=format, tag=tag,
-                  parallel=parallel, approve_waves=approve_waves,
-                  concurrency_limit=concurrency_limit)
+    params = dict(
+        spec_folder=str(spec_dir),
+        agent=agent_cfg,
+        repo=str(repo) if repo else None,
+        max_concurrency=max_concurrency,
+        retries=retries,
+        timeout_seconds=timeout,
+        fail_fast=fail_fast,
+        scheduler=scheduler,
+        replan=replan,
+        format=format,
+        tag=tag,
+        parallel=parallel,
+        approve_waves=approve_waves,
+        concurrency_limit=concurrency_limit,
+    )
     session = RunSession(spec, params, as_json=as_json)
     startup_done()  # every import is done: the garbage collector is back on for the run
     try:
@@ -555,18 +690,34 @@ def status(
         last_run = last.read_run().plain() if last else None  # type: ignore[union-attr]
     except SpecError as exc:
         _fail(exc)
-    tasks: dict[str, dict[str, Any]] = {u.id: {"description": u.description,
-                                                "status": u.status.value,
-                    "raw_status": u.raw_status, "attempts": u.attempts,
-                    "subtasks": {s.id: s.status.value for s in u.subtasks}}
-             for u in spec.units}
+    tasks: dict[str, dict[str, Any]] = {
+        u.id: {
+            "description": u.description,
+            "status": u.status.value,
+            "raw_status": u.raw_status,
+            "attempts": u.attempts,
+            "subtasks": {s.id: s.status.value for s in u.subtasks},
+        }
+        for u in spec.units
+    }
     counts: dict[str, int] = {}
     for t in tasks.values():
         counts[t["status"]] = counts.get(t["status"], 0) + 1
     if as_json:
-        print(json.dumps({"spec": spec.name, "format": spec.format,
-                          "tasks_file": str(spec.tasks_path), "counts": counts,
-                          "tasks": tasks, "last_run": last_run}, indent=2, default=str))
+        print(
+            json.dumps(
+                {
+                    "spec": spec.name,
+                    "format": spec.format,
+                    "tasks_file": str(spec.tasks_path),
+                    "counts": counts,
+                    "tasks": tasks,
+                    "last_run": last_run,
+                },
+                indent=2,
+                default=str,
+            )
+        )
         return
     from rich.console import Console
     from rich.table import Table
@@ -577,11 +728,17 @@ def status(
     for tid, info in tasks.items():
         st = info["status"]
         style = STATUS_STYLE.get(st, "")
-        table.add_row(tid, f"[{style}]{st}[/{style}]" if style else st, str(info["attempts"]),
-                  " ".join(info["description"].split())[:70])
+        table.add_row(
+            tid,
+            f"[{style}]{st}[/{style}]" if style else st,
+            str(info["attempts"]),
+            " ".join(info["description"].split())[:70],
+        )
     console = Console()
     console.print(table)
     console.print("  ".join(f"{k}: {v}" for k, v in sorted(counts.items())))
     if last_run:
-        console.print(f"last run: {last_run.get('status')} (started {last_run.get('started_at')}"
-                      f", run {last_run.get('run_id')})")
+        console.print(
+            f"last run: {last_run.get('status')} (started {last_run.get('started_at')}"
+            f", run {last_run.get('run_id')})"
+        )

@@ -28,8 +28,9 @@ from tasks_lib.tasks import WorkerInput, run_worker
 class Dispatch(Protocol):
     """Runs workers somewhere."""
 
-    async def run(self, inp: WorkerInput, *, name: str,
-                  after: Sequence[str] = ()) -> list[AttemptRecord]:
+    async def run(
+        self, inp: WorkerInput, *, name: str, after: Sequence[str] = ()
+    ) -> list[AttemptRecord]:
         """Run the worker of ``inp.task_id`` (shown as ``name``) to its end, retries
         included; return its attempt records. ``after``: the tasks it depends on whose
         workers passed in this run (for the UI's graph; the scheduler already waited for
@@ -47,12 +48,15 @@ class LocalDispatch:
         # (Prefect reads the function's source to key the task), which was paid per worker.
         self._names: dict[str, str] = {}
         self._worker = run_worker.with_options(
-            name="worker", retries=retries,
-            task_run_name=lambda parameters: self._names[parameters["inp"].task_id])
+            name="worker",
+            retries=retries,
+            task_run_name=lambda parameters: self._names[parameters["inp"].task_id],
+        )
         self._states: dict[str, Any] = {}  # task id -> its worker's final Prefect state
 
-    async def run(self, inp: WorkerInput, *, name: str,
-                  after: Sequence[str] = ()) -> list[AttemptRecord]:
+    async def run(
+        self, inp: WorkerInput, *, name: str, after: Sequence[str] = ()
+    ) -> list[AttemptRecord]:
         tid = inp.task_id
         self._names[tid] = name[:100]
         # completed states: Prefect records them as the task run's inputs and waits for none
@@ -69,9 +73,16 @@ class LocalDispatch:
         if recs:
             return recs
         now = time.time()
-        return [AttemptRecord(task_id=tid, attempt=1, outcome=Outcome.CRASHED, started=now,
-                              ended=now, reason="worker failed before launching the agent: "
-                                                f"{data!r}")]
+        return [
+            AttemptRecord(
+                task_id=tid,
+                attempt=1,
+                outcome=Outcome.CRASHED,
+                started=now,
+                ended=now,
+                reason=f"worker failed before launching the agent: {data!r}",
+            )
+        ]
 
 
 __all__ = ["Dispatch", "LocalDispatch"]

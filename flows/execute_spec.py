@@ -58,8 +58,9 @@ def _flow_run_name() -> str:
 
 
 @agent_task(name="load-and-validate")
-async def load_and_validate(spec_folder: str, format: str | None, tag: str | None,
-                            parallel: bool) -> LoadedSpec:
+async def load_and_validate(
+    spec_folder: str, format: str | None, tag: str | None, parallel: bool
+) -> LoadedSpec:
     """Read the plan file (+ context); raise with every validation problem."""
     spec = load_spec(Path(spec_folder), format=format, tag=tag, parallel=parallel)
     logger = get_run_logger()
@@ -75,14 +76,15 @@ async def make_plan(spec: LoadedSpec, max_concurrency: int | None, replan: bool)
     if plan.errors:
         raise SpecError(plan.errors)
     logger = get_run_logger()
-    logger.info(f"plan: {plan.mode}, {len(plan.waves)} waves ({plan.source}); critical path "
-                f"{' → '.join(plan.critical_path)}; best speed-up {plan.estimated_speedup:.2f}× "
-                f"with {plan.max_concurrency} workers")
+    logger.info(
+        f"plan: {plan.mode}, {len(plan.waves)} waves ({plan.source}); critical path "
+        f"{' → '.join(plan.critical_path)}; best speed-up {plan.estimated_speedup:.2f}× "
+        f"with {plan.max_concurrency} workers"
+    )
     return plan
 
 
-@flow(name="execute-spec", flow_run_name=_flow_run_name, persist_result=False,
-      log_prints=False)
+@flow(name="execute-spec", flow_run_name=_flow_run_name, persist_result=False, log_prints=False)
 async def execute_spec(
     spec_folder: str,
     agent: dict[str, Any] | None = None,
@@ -143,35 +145,54 @@ async def execute_spec(
     try:
         async with guard:
             settings = RunSettings(
-                run_id=run_id, scheduler=policy, agent_kind=agent_cfg.kind,
-                agent={**agent_cfg.model_dump(mode="json"),
-                       "env": {**agent_cfg.env, **guard.agent_env}},
-                retries=retries, timeout_seconds=timeout_seconds, fail_fast=fail_fast,
-                workspace=workspace, approve_waves=approve_waves,
-                concurrency_limit=concurrency_limit)
+                run_id=run_id,
+                scheduler=policy,
+                agent_kind=agent_cfg.kind,
+                agent={
+                    **agent_cfg.model_dump(mode="json"),
+                    "env": {**agent_cfg.env, **guard.agent_env},
+                },
+                retries=retries,
+                timeout_seconds=timeout_seconds,
+                fail_fast=fail_fast,
+                workspace=workspace,
+                approve_waves=approve_waves,
+                concurrency_limit=concurrency_limit,
+            )
             loop = RunLoop(spec, plan, settings, LocalDispatch(retries=retries))
             await loop.run()
             return await loop.finalize()
     except WriteFailed as exc:
         # the plan file cannot be written (disk full, permissions): the loop stopped every
         # agent; the passes its attempt records prove are recorded by the next run
-        message = (f"the run stopped: {exc}. Passes already proved are kept in the run "
-                   "folder and recorded by the next run (they are not run again)")
+        message = (
+            f"the run stopped: {exc}. Passes already proved are kept in the run "
+            "folder and recorded by the next run (they are not run again)"
+        )
         get_run_logger().error(message)
-        return Failed(message=message, data={**_ended(spec, run_id, RunStatus.FAILED),
-                                             "error": str(exc), "message": message})
+        return Failed(
+            message=message,
+            data={**_ended(spec, run_id, RunStatus.FAILED), "error": str(exc), "message": message},
+        )
     except asyncio.CancelledError:
         if not guard.cancelled_from_prefect:
             raise  # SIGTERM/SIGINT or a caller's cancel: the flow run crashes, as Prefect does
         # the loop has killed every agent and put the running tasks back to pending; end
         # the flow run Cancelled (not Crashed) and say so
         asyncio.current_task().uncancel()  # type: ignore[union-attr]
-        message = (f"cancelled from Prefect (flow run {guard.cancelled_from_prefect}): "
-                   "every agent was stopped; the running tasks are pending again")
+        message = (
+            f"cancelled from Prefect (flow run {guard.cancelled_from_prefect}): "
+            "every agent was stopped; the running tasks are pending again"
+        )
         get_run_logger().warning(message)
-        return Cancelled(message=message, data={
-            **_ended(spec, run_id, RunStatus.CANCELLED),
-            "interrupted": loop.interrupted if loop else [], "message": message})
+        return Cancelled(
+            message=message,
+            data={
+                **_ended(spec, run_id, RunStatus.CANCELLED),
+                "interrupted": loop.interrupted if loop else [],
+                "message": message,
+            },
+        )
 
 
 def _dry_run(spec: LoadedSpec, plan: Plan) -> dict[str, Any]:
@@ -182,15 +203,22 @@ def _dry_run(spec: LoadedSpec, plan: Plan) -> dict[str, Any]:
         for tid in w.tasks:
             prompts[tid] = task_prompt(spec, plan, tid)
             logger.info(f"[{tid}] prompt ({len(prompts[tid])} chars):\n{prompts[tid]}")
-    return {"status": RunStatus.DRY_RUN.value, "plan": plan.to_json(), "prompts": prompts,
-            "tasks": {u.id: {"status": u.status.value} for u in spec.units}}
+    return {
+        "status": RunStatus.DRY_RUN.value,
+        "plan": plan.to_json(),
+        "prompts": prompts,
+        "tasks": {u.id: {"status": u.status.value} for u in spec.units},
+    }
 
 
 def _agent_config(agent: dict[str, Any] | None) -> Any:
     if agent is None:
-        raise SpecError.single("agent", "no agent configured",
-                               hint='pass agent={"kind": "command", "command": "..."} '
-                                    "(or --agent/--command on the CLI)")
+        raise SpecError.single(
+            "agent",
+            "no agent configured",
+            hint='pass agent={"kind": "command", "command": "..."} '
+            "(or --agent/--command on the CLI)",
+        )
     return parse_agent_config(agent)
 
 
@@ -200,13 +228,17 @@ def _approval_scheduler(approve_waves: bool, scheduler: str) -> str:
     if not approve_waves:
         return scheduler
     if not PREFECT_API_URL.value():
-        raise SpecError.single("approve_waves", "approving waves needs a Prefect server (its UI "
-                               "or API answers the pause form); this run uses an ephemeral one",
-                               hint="start one (prefect server start) and set PREFECT_API_URL="
-                                    "http://127.0.0.1:4200/api")
+        raise SpecError.single(
+            "approve_waves",
+            "approving waves needs a Prefect server (its UI "
+            "or API answers the pause form); this run uses an ephemeral one",
+            hint="start one (prefect server start) and set PREFECT_API_URL="
+            "http://127.0.0.1:4200/api",
+        )
     if scheduler != "waves":
-        get_run_logger().info("approve_waves: using the waves scheduler (approval happens "
-                              "between waves)")
+        get_run_logger().info(
+            "approve_waves: using the waves scheduler (approval happens between waves)"
+        )
     return "waves"
 
 
@@ -221,12 +253,15 @@ async def _check_concurrency_limit(name: str) -> None:
             limit = await client.read_global_concurrency_limit_by_name(name)
         except ObjectNotFound:
             raise SpecError.single(
-                "concurrency_limit", f'global concurrency limit "{name}" does not exist',
+                "concurrency_limit",
+                f'global concurrency limit "{name}" does not exist',
                 hint=f"create it: prefect gcl create {name} --limit 4 "
-                     f"(or specwave deploy --agent-slots 4 --limit-name {name})") from None
+                f"(or specwave deploy --agent-slots 4 --limit-name {name})",
+            ) from None
     if not limit.active:
-        get_run_logger().warning(f'global concurrency limit "{name}" is inactive: agent '
-                                 "launches are not limited by it")
+        get_run_logger().warning(
+            f'global concurrency limit "{name}" is inactive: agent launches are not limited by it'
+        )
 
 
 def _run_ids() -> tuple[str, str | None]:
@@ -239,6 +274,10 @@ def _run_ids() -> tuple[str, str | None]:
 
 
 def _ended(spec: LoadedSpec, run_id: str, status: RunStatus) -> dict[str, Any]:
-    return {"status": status.value, "spec": spec.name, "run_id": run_id,
-            "run_dir": str(RunFolder(spec.folder, run_id).root),
-            "tasks_file": str(spec.tasks_path)}
+    return {
+        "status": status.value,
+        "spec": spec.name,
+        "run_id": run_id,
+        "run_dir": str(RunFolder(spec.folder, run_id).root),
+        "tasks_file": str(spec.tasks_path),
+    }

@@ -101,8 +101,9 @@ class PlanWriter:
         updates, self._pending = self._pending, []
         run_state, self._run_state = self._run_state, None
         self._started = time.perf_counter()
-        inflight = asyncio.wrap_future(self._executor.submit(
-            partial(self.store.apply, *updates, run_state=run_state)))
+        inflight = asyncio.wrap_future(
+            self._executor.submit(partial(self.store.apply, *updates, run_state=run_state))
+        )
         self._inflight = inflight
         try:
             # if we are cancelled here the thread's write still lands; close() waits for it

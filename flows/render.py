@@ -32,17 +32,29 @@ def render_plan(spec: LoadedSpec, plan: Plan, console: Console | None = None) ->
             files = ", ".join(u.files[:3]) + (f" +{len(u.files) - 3}" if len(u.files) > 3 else "")
             if tid in conflicted:
                 files = f"[yellow]{files}[/yellow]"
-            table.add_row(str(w.wave_id) if i == 0 else "", mark + tid, _short(u.description),
-                          ", ".join(plan.predecessors.get(tid, [])), files, u.status.value)
+            table.add_row(
+                str(w.wave_id) if i == 0 else "",
+                mark + tid,
+                _short(u.description),
+                ", ".join(plan.predecessors.get(tid, [])),
+                files,
+                u.status.value,
+            )
         table.add_section()
     console.print(table)
     unit = plan.estimate_unit
-    console.print(f"critical path (★): {' → '.join(plan.critical_path)} "
-                  f"= {plan.critical_path_length:g} {unit}")
-    console.print(f"total work: {plan.total_work:g} {unit}; lower bound on the makespan with "
-                  f"{plan.max_concurrency} workers: {plan.lower_bound:g} {unit}")
+    console.print(
+        f"critical path (★): {' → '.join(plan.critical_path)} "
+        f"= {plan.critical_path_length:g} {unit}"
+    )
+    console.print(
+        f"total work: {plan.total_work:g} {unit}; lower bound on the makespan with "
+        f"{plan.max_concurrency} workers: {plan.lower_bound:g} {unit}"
+    )
     console.print(f"best possible speed-up over sequential: {plan.estimated_speedup:.2f}×")
     if plan.conflicts:
-        console.print("file conflicts (never run together): " + "; ".join(
-            f"{c.a}↔{c.b} ({', '.join(c.files)})" for c in plan.conflicts[:10])
-            + (f" … +{len(plan.conflicts) - 10}" if len(plan.conflicts) > 10 else ""))
+        console.print(
+            "file conflicts (never run together): "
+            + "; ".join(f"{c.a}↔{c.b} ({', '.join(c.files)})" for c in plan.conflicts[:10])
+            + (f" … +{len(plan.conflicts) - 10}" if len(plan.conflicts) > 10 else "")
+        )

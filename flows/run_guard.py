@@ -71,14 +71,22 @@ class RunGuard:
     async def __aenter__(self) -> RunGuard:
         logger = get_run_logger()
         previous = self.lock.holder()
-        stale = self.lock.acquire({"pid": os.getpid(), "host": socket.gethostname(),
-                                   "started_at": iso(time.time()),
-                                   "flow_run_id": self.run_id, "active": True})
+        stale = self.lock.acquire(
+            {
+                "pid": os.getpid(),
+                "host": socket.gethostname(),
+                "started_at": iso(time.time()),
+                "flow_run_id": self.run_id,
+                "active": True,
+            }
+        )
         try:
             if stale:
-                logger.warning(f"took over the run lock of pid {stale.get('pid')} on "
-                               f"{stale.get('host')} (started {stale.get('started_at')}): "
-                               "that run died without releasing it")
+                logger.warning(
+                    f"took over the run lock of pid {stale.get('pid')} on "
+                    f"{stale.get('host')} (started {stale.get('started_at')}): "
+                    "that run died without releasing it"
+                )
             if stale or previous:
                 await self._close_dead_run(stale or previous or {}, known_dead=bool(stale))
             self._reap_earlier_agents()
@@ -92,7 +100,8 @@ class RunGuard:
                 assert flow_task is not None  # we run in the flow's task
                 self._watcher = asyncio.create_task(
                     watch_for_cancellation(self.flow_run_id, flow_task, self._seen),
-                    name="specwave-cancel-watcher")
+                    name="specwave-cancel-watcher",
+                )
         except BaseException:
             self._stop_watchdog()
             self.lock.release()
@@ -122,9 +131,14 @@ class RunGuard:
         dead_id = str(holder.get("flow_run_id") or "")
         pid = holder.get("pid")
         record = RunFolder(self.spec.folder, dead_id).read_run() if dead_id else None
-        verdict = close_dead_run(holder, record, self.run_id, known_dead=known_dead,
-                                 this_host=socket.gethostname(),
-                                 pid_alive=isinstance(pid, int) and psutil.pid_exists(pid))
+        verdict = close_dead_run(
+            holder,
+            record,
+            self.run_id,
+            known_dead=known_dead,
+            this_host=socket.gethostname(),
+            pid_alive=isinstance(pid, int) and psutil.pid_exists(pid),
+        )
         if verdict is None:
             return
         if verdict.record is not None:
@@ -137,7 +151,9 @@ class RunGuard:
                 if run.state is not None and not run.state.is_final():
                     await client.set_flow_run_state(
                         UUID(verdict.flow_run_id),
-                        prefect_state(verdict.prefect_status, verdict.note), force=True)
+                        prefect_state(verdict.prefect_status, verdict.note),
+                        force=True,
+                    )
         except Exception:  # noqa: BLE001 - not a flow run of this API (or no API): nothing to fix
             pass
 
@@ -155,16 +171,28 @@ class RunGuard:
             except ValueError:
                 continue
         if infos and (killed := reap(infos)):
-            logger.warning(f"killed {len(killed)} agent processes left by an earlier run that "
-                           f"died: {killed}")
+            logger.warning(
+                f"killed {len(killed)} agent processes left by an earlier run that died: {killed}"
+            )
         markers = RunFolder.markers_of_other_runs(spec_folder, self.run_id)
         if markers:
-            killed = reap([ProcessInfo(pid=0, pgid=0, create_time=-1.0, argv0="",
-                                       marker=f.read_text(encoding="utf-8").strip())
-                           for f in markers])
+            killed = reap(
+                [
+                    ProcessInfo(
+                        pid=0,
+                        pgid=0,
+                        create_time=-1.0,
+                        argv0="",
+                        marker=f.read_text(encoding="utf-8").strip(),
+                    )
+                    for f in markers
+                ]
+            )
             if killed:
-                logger.warning(f"killed {len(killed)} unrecorded agent processes left by an "
-                               f"earlier run that died: {killed}")
+                logger.warning(
+                    f"killed {len(killed)} unrecorded agent processes left by an "
+                    f"earlier run that died: {killed}"
+                )
             for f in markers:
                 RunFolder.retire(f)
         for f in RunFolder.agent_logs(spec_folder):
@@ -178,8 +206,7 @@ class RunGuard:
         written; there a pass that never reached the file runs again."""
         spec = self.spec
         units = [u for u in spec.units if u.status not in DONE_STATUSES]
-        if spec.format != "agent-os" or not units or not RunFolder.runs_dir(
-                spec.folder).is_dir():
+        if spec.format != "agent-os" or not units or not RunFolder.runs_dir(spec.folder).is_dir():
             return []
         store = PlanStore(spec.tasks_path, document_format(spec))
         doc, _ = store.read()
@@ -209,7 +236,8 @@ class RunGuard:
         recovered = [u.task_id for u in updates]
         get_run_logger().warning(
             f"recorded {len(recovered)} pass(es) that an earlier run proved (attempt records) "
-            f"but never wrote to {spec.tasks_path.name}: {', '.join(recovered)} (not run again)")
+            f"but never wrote to {spec.tasks_path.name}: {', '.join(recovered)} (not run again)"
+        )
         return recovered
 
     def _marker(self) -> str:

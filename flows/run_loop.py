@@ -68,25 +68,36 @@ class RunSettings:
     concurrency_limit: str | None = None
 
     def record(self, status: RunStatus, max_concurrency: int, **fields: Any) -> RunRecord:
-        return RunRecord(status=status, run_id=self.run_id, scheduler=self.scheduler,
-                         agent=self.agent_kind, max_concurrency=max_concurrency,
-                         retries=self.retries, timeout_seconds=self.timeout_seconds,
-                         fail_fast=self.fail_fast, workdir=self.workspace.path, **fields)
+        return RunRecord(
+            status=status,
+            run_id=self.run_id,
+            scheduler=self.scheduler,
+            agent=self.agent_kind,
+            max_concurrency=max_concurrency,
+            retries=self.retries,
+            timeout_seconds=self.timeout_seconds,
+            fail_fast=self.fail_fast,
+            workdir=self.workspace.path,
+            **fields,
+        )
 
 
 class RunLoop:
     """One run of one spec: ``await loop.run()`` then ``return await loop.finalize()``."""
 
-    def __init__(self, spec: LoadedSpec, plan: Plan, settings: RunSettings,
-                 dispatch: Dispatch):
+    def __init__(self, spec: LoadedSpec, plan: Plan, settings: RunSettings, dispatch: Dispatch):
         self.spec, self.plan, self.settings, self.dispatch = spec, plan, settings, dispatch
         self.plan_json = plan.to_json()
         self.folder = RunFolder(spec.folder, settings.run_id)
         self.store = PlanStore(spec.tasks_path, document_format(spec))
         self.writer = PlanWriter(self.store)
-        self.sched = Scheduler(plan, {u.id: u.status for u in spec.units},
-                               policy=settings.scheduler, max_concurrency=plan.max_concurrency,
-                               fail_fast=settings.fail_fast)
+        self.sched = Scheduler(
+            plan,
+            {u.id: u.status for u in spec.units},
+            policy=settings.scheduler,
+            max_concurrency=plan.max_concurrency,
+            fail_fast=settings.fail_fast,
+        )
         self.ui = RunUI(artifact_keys(spec.name), spec.name)
         self.records: dict[str, list[AttemptRecord]] = {}
         self.interrupted: list[str] = []  # tasks running when the loop was stopped
@@ -138,23 +149,36 @@ class RunLoop:
             self._wave_running = sched.current_wave()
         sched.start(tid)
         self._count(TaskStatus.PENDING, TaskStatus.IN_PROGRESS)
-        self.writer.submit(TaskUpdate(tid, status=TaskStatus.IN_PROGRESS.value,
-                                      started_at=iso(time.time()), completed_at=None,
-                                      attempts=unit.attempts),
-                           run_state=self._run_state(RunStatus.RUNNING))
+        self.writer.submit(
+            TaskUpdate(
+                tid,
+                status=TaskStatus.IN_PROGRESS.value,
+                started_at=iso(time.time()),
+                completed_at=None,
+                attempts=unit.attempts,
+            ),
+            run_state=self._run_state(RunStatus.RUNNING),
+        )
         s = self.settings
         wave = self.plan.wave_of.get(tid)
         # the tags go in WorkerInput, not with_options: see tasks_lib.tasks.label_task_run
-        inp = WorkerInput(task_id=tid, prompt=task_prompt(self.spec, self.plan, tid),
-                          agent=s.agent, workspace=s.workspace, spec_dir=str(self.spec.folder),
-                          run_id=s.run_id, timeout_seconds=s.timeout_seconds,
-                          concurrency_limit=s.concurrency_limit,
-                          tags=[self.spec.name, f"wave-{wave}", s.agent_kind])
+        inp = WorkerInput(
+            task_id=tid,
+            prompt=task_prompt(self.spec, self.plan, tid),
+            agent=s.agent,
+            workspace=s.workspace,
+            spec_dir=str(self.spec.folder),
+            run_id=s.run_id,
+            timeout_seconds=s.timeout_seconds,
+            concurrency_limit=s.concurrency_limit,
+            tags=[self.spec.name, f"wave-{wave}", s.agent_kind],
+        )
         after = [d for d in self._deps.get(tid, ()) if sched.state[d] == TaskStatus.PASS]
         name = f"{tid}: {' '.join(unit.description.split())}"
         self.logger.info(f"started {tid} ({len(sched.running)} running)")
-        return asyncio.create_task(self.dispatch.run(inp, name=name, after=after),
-                                   name=f"worker-{tid}")
+        return asyncio.create_task(
+            self.dispatch.run(inp, name=name, after=after), name=f"worker-{tid}"
+        )
 
     async def _finish(self, tid: str, recs: list[AttemptRecord]) -> None:
         """A worker is done: record its result, block the dependents of a failure."""
@@ -167,8 +191,9 @@ class RunLoop:
         updates = [result_update(tid, self.spec.unit(tid).attempts, recs)]
         for d in newly_blocked:
             self._count(TaskStatus.PENDING, TaskStatus.BLOCKED)
-            updates.append(TaskUpdate(d, status=TaskStatus.BLOCKED.value,
-                                      blocker=self.sched.blockers[d]))
+            updates.append(
+                TaskUpdate(d, status=TaskStatus.BLOCKED.value, blocker=self.sched.blockers[d])
+            )
             self.logger.warning(f"{d} is blocked: {self.sched.blockers[d]}")
         self.writer.submit(*updates, run_state=self._run_state(RunStatus.RUNNING))
         level = self.logger.info if status == TaskStatus.PASS else self.logger.error
@@ -212,11 +237,21 @@ class RunLoop:
         except BaseException as err:  # noqa: BLE001 - we are already failing
             self.logger.error(f"could not record the last task updates: {err!r}")
         try:
-            self.store.apply(*[TaskUpdate(t, status=TaskStatus.PENDING.value, completed_at=None)
-                               for t in self.interrupted], run_state=self._run_state(ending))
-            self.folder.write_run(self._record(
-                ending, ended_at=iso(time.time()), interrupted=self.interrupted,
-                error=None if cancelled else f"{type(exc).__name__}: {exc}"))
+            self.store.apply(
+                *[
+                    TaskUpdate(t, status=TaskStatus.PENDING.value, completed_at=None)
+                    for t in self.interrupted
+                ],
+                run_state=self._run_state(ending),
+            )
+            self.folder.write_run(
+                self._record(
+                    ending,
+                    ended_at=iso(time.time()),
+                    interrupted=self.interrupted,
+                    error=None if cancelled else f"{type(exc).__name__}: {exc}",
+                )
+            )
         except Exception as err:  # noqa: BLE001 - we are already failing
             self.logger.error(f"could not record the interrupted tasks: {err}")
 
@@ -229,10 +264,16 @@ class RunLoop:
         total = len(spec.units)
         wall = time.time() - self.started_at
         metrics = compute_metrics(
-            wall_seconds=wall, task_records=self.records, final_status=sched.state,
-            plan_json=self.plan_json, spec_estimate=spec.estimated_parallel_speedup,
-            waves=len(self.plan.waves), max_running=sched.max_running_seen,
-            scheduler=self.settings.scheduler, events=sched.events)
+            wall_seconds=wall,
+            task_records=self.records,
+            final_status=sched.state,
+            plan_json=self.plan_json,
+            spec_estimate=spec.estimated_parallel_speedup,
+            waves=len(self.plan.waves),
+            max_running=sched.max_running_seen,
+            scheduler=self.settings.scheduler,
+            events=sched.events,
+        )
         not_passed = [t for t, s in sched.state.items() if s not in SATISFIED]
         if not not_passed:
             status = RunStatus.SUCCESS
@@ -245,12 +286,22 @@ class RunLoop:
         try:
             await self.writer.close()
         except BaseException as exc:  # a status write failed after the last worker: say so
-            self.folder.write_run(self._record(RunStatus.FAILED, ended_at=iso(time.time()),
-                                               error=f"{type(exc).__name__}: {exc}",
-                                               interrupted=[]))
+            self.folder.write_run(
+                self._record(
+                    RunStatus.FAILED,
+                    ended_at=iso(time.time()),
+                    error=f"{type(exc).__name__}: {exc}",
+                    interrupted=[],
+                )
+            )
             raise
-        self.store.apply(run_state={**self._run_state(status), "active_workers": [],
-                                    "completed_at": iso(time.time())})
+        self.store.apply(
+            run_state={
+                **self._run_state(status),
+                "active_workers": [],
+                "completed_at": iso(time.time()),
+            }
+        )
         rows = self._rows()
         await self.ui.table(rows)
         await self.ui.progress(total, total, self._describe_counts())
@@ -259,42 +310,74 @@ class RunLoop:
             RunStatus.SUCCESS: f"all {total} tasks passed",
             RunStatus.PARTIAL: f"{len(not_passed)} of {total} tasks did not pass",
             RunStatus.STOPPED: f"{self.stopped_by_reviewer}; {len(not_passed)} of {total} "
-                               "tasks did not run or did not pass",
+            "tasks did not run or did not pass",
             RunStatus.BLOCKED: f"stopped after failures ({', '.join(sched.blocking_failures())})"
-                               f"; {len(not_passed)} of {total} tasks did not pass"}[status]
-        await self.ui.summary(summary_markdown(
-            spec_name=spec.name, plan_json=self.plan_json, metrics=metrics, rows=rows,
-            records=self.records, run_dir=str(self.folder.root), status_line=status_line))
+            f"; {len(not_passed)} of {total} tasks did not pass",
+        }[status]
+        await self.ui.summary(
+            summary_markdown(
+                spec_name=spec.name,
+                plan_json=self.plan_json,
+                metrics=metrics,
+                rows=rows,
+                records=self.records,
+                run_dir=str(self.folder.root),
+                status_line=status_line,
+            )
+        )
         blockers = self._blockers()
-        tasks = {u.id: {"status": sched.state[u.id].value,
-                        "outcome": r[-1].outcome.value if (r := self.records.get(u.id)) else None,
-                        "attempts": len(self.records.get(u.id, [])),
-                        "blocker": blockers.get(u.id)} for u in spec.units}
-        result = {
-            "status": status.value, "spec": spec.name, "run_id": self.settings.run_id,
-            "run_dir": str(self.folder.root), "tasks_file": str(spec.tasks_path),
-            "blocking_failures": sched.blocking_failures() if status == RunStatus.BLOCKED
-            else [],
-            "tasks": tasks, "metrics": metrics,
+        tasks = {
+            u.id: {
+                "status": sched.state[u.id].value,
+                "outcome": r[-1].outcome.value if (r := self.records.get(u.id)) else None,
+                "attempts": len(self.records.get(u.id, [])),
+                "blocker": blockers.get(u.id),
+            }
+            for u in spec.units
         }
-        self.folder.write_run(self._record(status, ended_at=iso(time.time()),
-                                           plan=self.plan_json, metrics=metrics, tasks=tasks))
-        self.logger.info(f"{spec.name}: {status_line}; wall {wall:.1f} s, measured speed-up "
-                         f"{metrics['measured_speedup']}×")
+        result = {
+            "status": status.value,
+            "spec": spec.name,
+            "run_id": self.settings.run_id,
+            "run_dir": str(self.folder.root),
+            "tasks_file": str(spec.tasks_path),
+            "blocking_failures": sched.blocking_failures() if status == RunStatus.BLOCKED else [],
+            "tasks": tasks,
+            "metrics": metrics,
+        }
+        self.folder.write_run(
+            self._record(
+                status, ended_at=iso(time.time()), plan=self.plan_json, metrics=metrics, tasks=tasks
+            )
+        )
+        self.logger.info(
+            f"{spec.name}: {status_line}; wall {wall:.1f} s, measured speed-up "
+            f"{metrics['measured_speedup']}×"
+        )
         return prefect_state(status, status_line, result)
 
     # ------------------------------------------------------------------ views of the state
 
     def _record(self, status: RunStatus, **fields: Any) -> RunRecord:
-        return self.settings.record(status, self.plan.max_concurrency, spec=self.spec.name,
-                                    started_at=iso(self.started_at), **fields)
+        return self.settings.record(
+            status,
+            self.plan.max_concurrency,
+            spec=self.spec.name,
+            started_at=iso(self.started_at),
+            **fields,
+        )
 
     def _run_state(self, status: RunStatus) -> dict[str, Any]:
         """The plan file's ``orchestrator_state``."""
-        return {"run_id": self.settings.run_id, "status": status.plan_file_word,
-                "scheduler": self.settings.scheduler, "started_at": iso(self.started_at),
-                "updated_at": iso(time.time()), "active_workers": self.sched.running,
-                **worker_counts(self.records)}
+        return {
+            "run_id": self.settings.run_id,
+            "status": status.plan_file_word,
+            "scheduler": self.settings.scheduler,
+            "started_at": iso(self.started_at),
+            "updated_at": iso(time.time()),
+            "active_workers": self.sched.running,
+            **worker_counts(self.records),
+        }
 
     def _blockers(self) -> dict[str, str]:
         """Why each task that did not pass did not: its own last attempt, or what blocked it."""
@@ -305,20 +388,24 @@ class RunLoop:
         return out
 
     def _rows(self) -> list[dict[str, Any]]:
-        return table_rows(self.spec.units, self.plan.wave_of, self.sched.state, self.records,
-                          self._blockers())
+        return table_rows(
+            self.spec.units, self.plan.wave_of, self.sched.state, self.records, self._blockers()
+        )
 
     def _count(self, was: TaskStatus, now: TaskStatus) -> None:
         self._counts[was] -= 1
         self._counts[now] = self._counts.get(now, 0) + 1
 
     def _describe_counts(self) -> str:
-        """"2 in_progress, 1 pass, 3 pending": the progress artifact's line of counts."""
+        """ "2 in_progress, 1 pass, 3 pending": the progress artifact's line of counts."""
         return ", ".join(f"{n} {s.value}" for s, n in self._counts.items() if n)
 
     async def _progress(self) -> None:
-        finished = len(self.spec.units) - self._counts.get(TaskStatus.PENDING, 0) - (
-            self._counts.get(TaskStatus.IN_PROGRESS, 0))
+        finished = (
+            len(self.spec.units)
+            - self._counts.get(TaskStatus.PENDING, 0)
+            - (self._counts.get(TaskStatus.IN_PROGRESS, 0))
+        )
         await self.ui.progress(finished, len(self.spec.units), self._describe_counts())
 
 

@@ -68,13 +68,20 @@ class RunUI:
         """Publish the task table now (one new version of ``<spec>-tasks``)."""
         from prefect.artifacts import acreate_table_artifact
 
-        cells = [{k: md_escape(v) if k in TEXT_COLUMNS and isinstance(v, str) else v
-                  for k, v in r.items()} for r in rows]
+        cells = [
+            {
+                k: md_escape(v) if k in TEXT_COLUMNS and isinstance(v, str) else v
+                for k, v in r.items()
+            }
+            for r in rows
+        ]
         async with self._lock:
             try:
                 await acreate_table_artifact(
-                    table=cells, key=self.keys["table"],
-                    description=f"specwave: every task of {self.spec_name}")
+                    table=cells,
+                    key=self.keys["table"],
+                    description=f"specwave: every task of {self.spec_name}",
+                )
             except Exception as exc:  # noqa: BLE001 - the UI must never stop a run
                 self._warn("table", f"could not publish the task table: {exc}")
 
@@ -83,8 +90,10 @@ class RunUI:
 
         try:
             await acreate_markdown_artifact(
-                markdown=markdown, key=self.keys["summary"],
-                description=f"specwave: summary of the run of {self.spec_name}")
+                markdown=markdown,
+                key=self.keys["summary"],
+                description=f"specwave: summary of the run of {self.spec_name}",
+            )
         except Exception as exc:  # noqa: BLE001 - the UI must never stop a run
             self._warn("summary", f"could not publish the summary: {exc}")
 
@@ -120,8 +129,10 @@ class RunUI:
         try:
             done, total, _ = self._progress or (0, 0, "")
             self._progress_id = await acreate_progress_artifact(
-                progress=100.0 * done / total if total else 0.0, key=self.keys["progress"],
-                description=f"specwave: tasks of {self.spec_name} finished")
+                progress=100.0 * done / total if total else 0.0,
+                key=self.keys["progress"],
+                description=f"specwave: tasks of {self.spec_name} finished",
+            )
             self._progress_sent = self._progress
         except Exception as exc:  # noqa: BLE001
             self._warn("progress-create", f"could not create the progress artifact: {exc}")
@@ -135,8 +146,11 @@ class RunUI:
             return
         done, total, _ = current
         try:
-            await aupdate_progress_artifact(self._progress_id, progress=100.0 * done / total,
-                                            description=self._describe(current))
+            await aupdate_progress_artifact(
+                self._progress_id,
+                progress=100.0 * done / total,
+                description=self._describe(current),
+            )
             self._progress_sent = current
         except Exception as exc:  # noqa: BLE001
             self._warn("progress", f"could not update the progress artifact: {exc}")

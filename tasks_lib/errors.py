@@ -57,6 +57,13 @@ class SpecError(Exception):
         super().__init__("\n".join(str(p) for p in self.problems))
 
     @classmethod
-    def single(cls, file: str, message: str, *, hint: str | None = None,
-               task_id: str | None = None, where: str | None = None) -> SpecError:
+    def single(
+        cls,
+        file: str,
+        message: str,
+        *,
+        hint: str | None = None,
+        task_id: str | None = None,
+        where: str | None = None,
+    ) -> SpecError:
         return cls([Problem(file=file, message=message, hint=hint, task_id=task_id, where=where)])

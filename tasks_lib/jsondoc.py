@@ -56,16 +56,27 @@ def detect_style(text: str) -> JsonStyle:
     if m is None:
         # separators are looked for outside strings ("a, b" in a value says nothing)
         compact = not re.search(r"[,:] ", _STRING_RE.sub('""', body))
-        return JsonStyle(indent=None, ensure_ascii=_looks_ascii_escaped(body), newline=newline,
-                         final_newline=final_newline, bom=bom, compact_separators=compact)
+        return JsonStyle(
+            indent=None,
+            ensure_ascii=_looks_ascii_escaped(body),
+            newline=newline,
+            final_newline=final_newline,
+            bom=bom,
+            compact_separators=compact,
+        )
     indent = m.group(1)
     if " " in indent and "\t" not in indent:
         # the smallest leading run of spaces is the unit
         indent = " " * min(len(x) for x in _SPACE_RUN_RE.findall(lf_body))
     inline, multiline = _scalar_array_layout(lf_body)
-    return JsonStyle(indent=indent, inline_scalar_arrays=inline > multiline,
-                     ensure_ascii=_looks_ascii_escaped(body), newline=newline,
-                     final_newline=final_newline, bom=bom)
+    return JsonStyle(
+        indent=indent,
+        inline_scalar_arrays=inline > multiline,
+        ensure_ascii=_looks_ascii_escaped(body),
+        newline=newline,
+        final_newline=final_newline,
+        bom=bom,
+    )
 
 
 def _scalar_array_layout(body: str) -> tuple[int, int]:
@@ -87,7 +98,7 @@ def _scalar_array_layout(body: str) -> tuple[int, int]:
         elif stack:
             is_array, start, holds_container = stack.pop()
             if is_array and not holds_container:
-                inner = body[start:m.start()]
+                inner = body[start : m.start()]
                 if inner.strip():
                     if "\n" in inner:
                         multiline += 1

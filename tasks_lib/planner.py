@@ -154,7 +154,7 @@ def find_conflicts(files: dict[str, list[str]]) -> list[Conflict]:
         if len(owners) > 1:
             ordered = sorted(owners)
             for i, a in enumerate(ordered):
-                for b in ordered[i + 1:]:
+                for b in ordered[i + 1 :]:
                     add(a, b, norm)
     for d, unit in dirs:
         prefix = d + "/" if d else ""
@@ -200,8 +200,9 @@ def _cycle_text(cycle: Iterable[tuple[str, str]]) -> str:
     return " → ".join(f'"{n}"' for n in nodes + nodes[:1])
 
 
-def plan_spec(spec: LoadedSpec, *, max_concurrency: int | None = None,
-              replan: bool = False) -> Plan:
+def plan_spec(
+    spec: LoadedSpec, *, max_concurrency: int | None = None, replan: bool = False
+) -> Plan:
     """Plan a spec. Problems go to ``plan.errors`` / ``plan.warnings``; nothing is raised."""
     from tasks_lib.store import display_path
 
@@ -220,8 +221,14 @@ def plan_spec(spec: LoadedSpec, *, max_concurrency: int | None = None,
             try:
                 normalize_path(raw)
             except PathError as exc:
-                errors.append(Problem(file, f"{exc}", task_id=u.id,
-                                      hint="use a path relative to the repository root"))
+                errors.append(
+                    Problem(
+                        file,
+                        f"{exc}",
+                        task_id=u.id,
+                        hint="use a path relative to the repository root",
+                    )
+                )
 
     # --- dependency graph
     dep = nx.DiGraph()
@@ -234,9 +241,14 @@ def plan_spec(spec: LoadedSpec, *, max_concurrency: int | None = None,
         for comp in nx.strongly_connected_components(dep):
             if len(comp) > 1 or any(dep.has_edge(n, n) for n in comp):
                 cyc = nx.find_cycle(dep.subgraph(comp))
-                errors.append(Problem(file, f"dependency cycle {_cycle_text(cyc)}",
-                                      task_id=cyc[0][0],
-                                      hint="remove one of these dependencies"))
+                errors.append(
+                    Problem(
+                        file,
+                        f"dependency cycle {_cycle_text(cyc)}",
+                        task_id=cyc[0][0],
+                        hint="remove one of these dependencies",
+                    )
+                )
         return _empty_plan(spec, slots, warnings, errors)
 
     use_declared = bool(spec.declared_waves) and not replan
@@ -250,10 +262,14 @@ def plan_spec(spec: LoadedSpec, *, max_concurrency: int | None = None,
             wa, wb = wave_of.get(a), wave_of.get(b)
             if wa is not None and wb is not None and wa >= wb:
                 when = "with" if wa == wb else "before"
-                errors.append(Problem(
-                    file, f"wave {wb} runs it {when} task \"{a}\" (wave {wa}), which it "
-                          "depends on", task_id=b,
-                    hint=f'move it to a wave after {wa}, or run `specwave plan --replan`'))
+                errors.append(
+                    Problem(
+                        file,
+                        f'wave {wb} runs it {when} task "{a}" (wave {wa}), which it depends on',
+                        task_id=b,
+                        hint=f"move it to a wave after {wa}, or run `specwave plan --replan`",
+                    )
+                )
 
     # --- conflicts, oriented along a topological order (ties: declared wave, task order)
     conflicts = find_conflicts(files)
@@ -263,10 +279,15 @@ def plan_spec(spec: LoadedSpec, *, max_concurrency: int | None = None,
     conflict_edges: list[tuple[str, str]] = []
     for c in conflicts:
         if use_declared and wave_of.get(c.a) is not None and wave_of.get(c.a) == wave_of.get(c.b):
-            errors.append(Problem(
-                file, f'shares {", ".join(c.files)} with task "{c.b}" in the same wave '
-                      f"{wave_of[c.a]}", task_id=c.a,
-                hint="move one of them to another wave, or run `specwave plan --replan`"))
+            errors.append(
+                Problem(
+                    file,
+                    f'shares {", ".join(c.files)} with task "{c.b}" in the same wave '
+                    f"{wave_of[c.a]}",
+                    task_id=c.a,
+                    hint="move one of them to another wave, or run `specwave plan --replan`",
+                )
+            )
         a, b = (c.a, c.b) if position[c.a] < position[c.b] else (c.b, c.a)
         if not dep.has_edge(a, b):
             conflict_edges.append((a, b))
@@ -276,18 +297,27 @@ def plan_spec(spec: LoadedSpec, *, max_concurrency: int | None = None,
 
     # --- waves
     if use_declared:
-        waves = [PlannedWave(w.wave_id, [t for t in w.tasks if t in index])
-                 for w in sorted(spec.declared_waves or [], key=lambda w: w.wave_id)]
+        waves = [
+            PlannedWave(w.wave_id, [t for t in w.tasks if t in index])
+            for w in sorted(spec.declared_waves or [], key=lambda w: w.wave_id)
+        ]
         mode = spec.declared_mode or _mode_for(waves)
         source = "declared"
         if spec.declared_mode and spec.declared_mode != _mode_for(waves) and len(ids) > 1:
-            warnings.append(Problem(
-                file, f'execution_strategy.mode is "{spec.declared_mode}" but the waves make '
-                      f'it "{_mode_for(waves)}"', severity="warning",
-                hint="fix the mode, or drop execution_strategy and let specwave plan it"))
+            warnings.append(
+                Problem(
+                    file,
+                    f'execution_strategy.mode is "{spec.declared_mode}" but the waves make '
+                    f'it "{_mode_for(waves)}"',
+                    severity="warning",
+                    hint="fix the mode, or drop execution_strategy and let specwave plan it",
+                )
+            )
     else:
-        waves = [PlannedWave(k + 1, sorted(gen, key=index.__getitem__))
-                 for k, gen in enumerate(nx.topological_generations(graph))]
+        waves = [
+            PlannedWave(k + 1, sorted(gen, key=index.__getitem__))
+            for k, gen in enumerate(nx.topological_generations(graph))
+        ]
         wave_of = {t: w.wave_id for w in waves for t in w.tasks}
         mode = _mode_for(waves)
         source = "computed"
@@ -335,23 +365,56 @@ def plan_spec(spec: LoadedSpec, *, max_concurrency: int | None = None,
     speedup = total / lower if lower else 1.0
 
     return Plan(
-        mode=mode, source=source, waves=waves, order=order,
+        mode=mode,
+        source=source,
+        waves=waves,
+        order=order,
         predecessors={n: sorted(graph.predecessors(n), key=index.__getitem__) for n in ids},
-        dependency_edges=list(dep.edges), conflict_edges=conflict_edges, conflicts=conflicts,
-        weights=weights, estimate_unit=unit, critical_path=critical, critical_path_length=cp_len,
-        total_work=total, lower_bound=lower, estimated_speedup=speedup, max_concurrency=slots,
-        remaining=remaining, downstream=downstream, wave_of=wave_of,
-        warnings=warnings, errors=errors,
+        dependency_edges=list(dep.edges),
+        conflict_edges=conflict_edges,
+        conflicts=conflicts,
+        weights=weights,
+        estimate_unit=unit,
+        critical_path=critical,
+        critical_path_length=cp_len,
+        total_work=total,
+        lower_bound=lower,
+        estimated_speedup=speedup,
+        max_concurrency=slots,
+        remaining=remaining,
+        downstream=downstream,
+        wave_of=wave_of,
+        warnings=warnings,
+        errors=errors,
     )
 
 
-def _empty_plan(spec: LoadedSpec, slots: int, warnings: list[Problem],
-                errors: list[Problem]) -> Plan:
-    return Plan(mode="sequential", source="computed", waves=[], order=[], predecessors={},
-                dependency_edges=[], conflict_edges=[], conflicts=[], weights={},
-                estimate_unit="tasks", critical_path=[], critical_path_length=0.0,
-                total_work=0.0, lower_bound=0.0, estimated_speedup=1.0, max_concurrency=slots,
-                remaining={}, downstream={}, wave_of={}, warnings=warnings, errors=errors)
+def _empty_plan(
+    spec: LoadedSpec, slots: int, warnings: list[Problem], errors: list[Problem]
+) -> Plan:
+    return Plan(
+        mode="sequential",
+        source="computed",
+        waves=[],
+        order=[],
+        predecessors={},
+        dependency_edges=[],
+        conflict_edges=[],
+        conflicts=[],
+        weights={},
+        estimate_unit="tasks",
+        critical_path=[],
+        critical_path_length=0.0,
+        total_work=0.0,
+        lower_bound=0.0,
+        estimated_speedup=1.0,
+        max_concurrency=slots,
+        remaining={},
+        downstream={},
+        wave_of={},
+        warnings=warnings,
+        errors=errors,
+    )
 
 
 def transitive_dependents(plan: Plan, task_id: str) -> list[str]:

@@ -83,8 +83,9 @@ def extract_sections(markdown: str, names: list[str]) -> dict[str, str]:
     return found
 
 
-def build_sections(spec: LoadedSpec, unit: SpecUnit, *, wave: int | None,
-                   concurrent: list[str]) -> str:
+def build_sections(
+    spec: LoadedSpec, unit: SpecUnit, *, wave: int | None, concurrent: list[str]
+) -> str:
     """All sections between the header and the output format, as markdown."""
     ctx = unit.context
     g = spec.global_context
@@ -121,16 +122,24 @@ def build_sections(spec: LoadedSpec, unit: SpecUnit, *, wave: int | None,
         parts.append(_section("Spec Sections to Reference", body))
     elif spec.documents:
         names = ", ".join(spec.documents)
-        parts.append(_section("Spec Documents", f"Read {names} in the spec folder "
-                                                f"({spec.folder}) for the full specification."))
+        parts.append(
+            _section(
+                "Spec Documents",
+                f"Read {names} in the spec folder ({spec.folder}) for the full specification.",
+            )
+        )
 
     files = list(dict.fromkeys((ctx.relevant_files if ctx else []) + unit.files))
     parts.append(_section("Files to Modify", _bullets(files)))
 
     refs = ctx.codebase_refs if ctx else None
     if refs and refs.functions:
-        parts.append(_section("Existing Functions (USE EXACT NAMES)",
-                              "```\n" + "\n".join(refs.functions) + "\n```"))
+        parts.append(
+            _section(
+                "Existing Functions (USE EXACT NAMES)",
+                "```\n" + "\n".join(refs.functions) + "\n```",
+            )
+        )
     if refs and refs.imports:
         parts.append(_section("Imports to Use", "```\n" + "\n".join(refs.imports) + "\n```"))
     if refs and refs.schemas:
@@ -141,8 +150,10 @@ def build_sections(spec: LoadedSpec, unit: SpecUnit, *, wave: int | None,
     if pc and pc.conflict_risk:
         par.append(f"- **Conflict Risk**: {pc.conflict_risk}")
     if concurrent:
-        par.append(f"- **Concurrent With**: Tasks {', '.join(concurrent)} (other workers are "
-                   "editing the repository at the same time: touch only your files)")
+        par.append(
+            f"- **Concurrent With**: Tasks {', '.join(concurrent)} (other workers are "
+            "editing the repository at the same time: touch only your files)"
+        )
     else:
         par.append("- **Sequential Execution**")
     if pc and pc.shared_resources:
@@ -175,8 +186,14 @@ def build_sections(spec: LoadedSpec, unit: SpecUnit, *, wave: int | None,
     return "\n".join(p for p in parts if p)
 
 
-def build_prompt(spec: LoadedSpec, unit: SpecUnit, *, wave: int | None = None,
-                 concurrent: list[str] | None = None, template: str | None = None) -> str:
+def build_prompt(
+    spec: LoadedSpec,
+    unit: SpecUnit,
+    *,
+    wave: int | None = None,
+    concurrent: list[str] | None = None,
+    template: str | None = None,
+) -> str:
     """The full worker prompt for one unit.
 
     Example:
@@ -186,12 +203,20 @@ def build_prompt(spec: LoadedSpec, unit: SpecUnit, *, wave: int | None = None,
     sections = build_sections(spec, unit, wave=wave, concurrent=concurrent)
     if template:
         return Template(template).safe_substitute(
-            task_id=unit.id, description=unit.description, spec_name=spec.name,
-            spec_dir=str(spec.folder), sections=sections, output_format=OUTPUT_FORMAT,
-            wave="" if wave is None else str(wave), concurrent=", ".join(concurrent))
-    header = (f"# Task Worker: Execute Task {unit.id}\n\n"
-              f"You are a task worker agent executing a single task of the spec "
-              f'"{spec.name}". Complete this task and return a structured result.\n')
+            task_id=unit.id,
+            description=unit.description,
+            spec_name=spec.name,
+            spec_dir=str(spec.folder),
+            sections=sections,
+            output_format=OUTPUT_FORMAT,
+            wave="" if wave is None else str(wave),
+            concurrent=", ".join(concurrent),
+        )
+    header = (
+        f"# Task Worker: Execute Task {unit.id}\n\n"
+        f"You are a task worker agent executing a single task of the spec "
+        f'"{spec.name}". Complete this task and return a structured result.\n'
+    )
     return f"{header}\n{sections}\n{OUTPUT_FORMAT}"
 
 
@@ -205,5 +230,6 @@ def task_prompt(spec: LoadedSpec, plan: Plan, task_id: str) -> str:
     wave = plan.wave_of.get(task_id)
     members = next((w.tasks for w in plan.waves if w.wave_id == wave), [])
     mates = [t for t in members if t != task_id]
-    return build_prompt(spec, spec.unit(task_id), wave=wave, concurrent=mates,
-                        template=spec.prompt_template)
+    return build_prompt(
+        spec, spec.unit(task_id), wave=wave, concurrent=mates, template=spec.prompt_template
+    )

@@ -39,9 +39,11 @@ class _Record(BaseModel):
             where = ".".join(str(p) for p in first.get("loc", ())) or "the file"
             detail = first.get("msg", "invalid")
             raise RecordError.single(
-                str(path), f"is not a valid {cls.__name__} ({where}: {detail})",
+                str(path),
+                f"is not a valid {cls.__name__} ({where}: {detail})",
                 hint="it was damaged outside specwave: move it out of the run folder "
-                     "(the task then runs again)") from None
+                "(the task then runs again)",
+            ) from None
 
 
 class AttemptRecord(_Record):
@@ -57,10 +59,12 @@ class AttemptRecord(_Record):
     timeout_seconds: float | None = Field(None, description="This attempt's timeout.")
     result: WorkerResult | None = Field(None, description="The worker's json block, parsed.")
     exit_code: int | None = Field(None, description="The agent's exit code; None if killed.")
-    info: dict[str, Any] = Field(default_factory=dict,
-                                 description="Agent-specific facts (cost, turns, session).")
-    killed_pids: list[int] = Field(default_factory=list,
-                                   description="Leftover processes specwave killed.")
+    info: dict[str, Any] = Field(
+        default_factory=dict, description="Agent-specific facts (cost, turns, session)."
+    )
+    killed_pids: list[int] = Field(
+        default_factory=list, description="Leftover processes specwave killed."
+    )
     final: bool = Field(False, description="Retrying cannot help (e.g. an auth failure).")
     output_tail: str = Field("", description="Last lines of the agent's output (redacted).")
     log_path: str | None = Field(None, description="The attempt's full output log.")
@@ -84,8 +88,9 @@ class AttemptRecord(_Record):
 class RunRecord(_Record):
     """One run of a spec (``run.json``): written when it starts, rewritten when it ends."""
 
-    status: RunStatus = Field(description="running, success, partial, blocked, stopped, "
-                                          "cancelled, failed or died.")
+    status: RunStatus = Field(
+        description="running, success, partial, blocked, stopped, cancelled, failed or died."
+    )
     spec: str | None = Field(None, description="The spec's name.")
     run_id: str | None = Field(None, description="The run id (the Prefect flow run id).")
     started_at: str | None = Field(None, description="ISO 8601 start time.")
@@ -99,10 +104,12 @@ class RunRecord(_Record):
     workdir: str | None = Field(None, description="Where the agents worked.")
     plan: dict[str, Any] | None = Field(None, description="The plan (waves, critical path).")
     metrics: dict[str, Any] | None = Field(None, description="Measured metrics (at the end).")
-    tasks: dict[str, Any] | None = Field(None, description="Per-task status, outcome, "
-                                                           "attempts and blocker (at the end).")
-    interrupted: list[str] | None = Field(None, description="Tasks running when it stopped "
-                                                            "(put back to pending).")
+    tasks: dict[str, Any] | None = Field(
+        None, description="Per-task status, outcome, attempts and blocker (at the end)."
+    )
+    interrupted: list[str] | None = Field(
+        None, description="Tasks running when it stopped (put back to pending)."
+    )
     error: str | None = Field(None, description="What made it fail.")
     note: str | None = Field(None, description="What a later run found (a dead orchestrator).")
 

@@ -38,8 +38,15 @@ class DeadRun:
     note: str  # what happened, for the flow run's state message
 
 
-def close_dead_run(holder: Mapping[str, Any], record: RunRecord | None, run_id: str, *,
-                   known_dead: bool, this_host: str, pid_alive: bool) -> DeadRun | None:
+def close_dead_run(
+    holder: Mapping[str, Any],
+    record: RunRecord | None,
+    run_id: str,
+    *,
+    known_dead: bool,
+    this_host: str,
+    pid_alive: bool,
+) -> DeadRun | None:
     """The earlier run named by the lock file's ``holder``: None when there is nothing to do
     (no flow run id, it is this run, or it may still be alive: not ``known_dead`` and not a
     dead pid on this host). ``record``: its run.json, if any. ``known_dead``: it held the
@@ -47,18 +54,24 @@ def close_dead_run(holder: Mapping[str, Any], record: RunRecord | None, run_id: 
     dead = str(holder.get("flow_run_id") or "")
     if not dead or dead == run_id:
         return None
-    if not known_dead and (holder.get("host") != this_host
-                           or not isinstance(holder.get("pid"), int) or pid_alive):
+    if not known_dead and (
+        holder.get("host") != this_host or not isinstance(holder.get("pid"), int) or pid_alive
+    ):
         return None
     pid = holder.get("pid")
     ended = record.status if record is not None else None
     if ended is None or ended in (RunStatus.RUNNING, RunStatus.DIED):
         note = f"the orchestrator (pid {pid}) died; found by run {run_id}"
-        died = (record.model_copy(update={"status": RunStatus.DIED, "note": note})
-                if record is not None and ended == RunStatus.RUNNING else None)
+        died = (
+            record.model_copy(update={"status": RunStatus.DIED, "note": note})
+            if record is not None and ended == RunStatus.RUNNING
+            else None
+        )
         return DeadRun(dead, died, None, note)  # None: Crashed
-    note = (f"the run ended {ended.value} (run.json), then its orchestrator (pid {pid}) died "
-            f"before Prefect recorded it; found by run {run_id}")
+    note = (
+        f"the run ended {ended.value} (run.json), then its orchestrator (pid {pid}) died "
+        f"before Prefect recorded it; found by run {run_id}"
+    )
     return DeadRun(dead, None, ended, note)
 
 
@@ -67,9 +80,12 @@ def agents_to_reap(recorded: list[dict[str, Any]], run_id: str) -> list[dict[str
     return [r for r in recorded if r.get("run_id") != run_id]
 
 
-def passes_to_recover(units: list[SpecUnit], file_tasks: Mapping[str, Mapping[str, Any]],
-                      last_run: RunRecord | None,
-                      attempts: Mapping[str, list[AttemptRecord]]) -> list[TaskUpdate]:
+def passes_to_recover(
+    units: list[SpecUnit],
+    file_tasks: Mapping[str, Mapping[str, Any]],
+    last_run: RunRecord | None,
+    attempts: Mapping[str, list[AttemptRecord]],
+) -> list[TaskUpdate]:
     """The passes an earlier run proved (attempt records) but never wrote to the plan file.
 
     ``units``: the spec's tasks; ``file_tasks``: the plan file's raw tasks by id;

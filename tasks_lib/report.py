@@ -21,8 +21,7 @@ def slug(text: str) -> str:
 
 def artifact_keys(spec_name: str) -> dict[str, str]:
     base = slug(spec_name)[:40]
-    return {"progress": f"{base}-progress", "table": f"{base}-tasks",
-            "summary": f"{base}-summary"}
+    return {"progress": f"{base}-progress", "table": f"{base}-tasks", "summary": f"{base}-summary"}
 
 
 def _secs(x: float | None) -> str:
@@ -54,12 +53,16 @@ def final_blocker(attempts: Sequence[AttemptRecord]) -> str | None:
     return f"{outcome.value} after {tries}: {reason}"
 
 
-ARTIFACT_FIELDS = ("files_modified", "files_created", "functions_created", "exports_added",
-                   "test_files")
+ARTIFACT_FIELDS = (
+    "files_modified",
+    "files_created",
+    "functions_created",
+    "exports_added",
+    "test_files",
+)
 
 
-def result_update(task_id: str, prior_attempts: int,
-                  recs: Sequence[AttemptRecord]) -> TaskUpdate:
+def result_update(task_id: str, prior_attempts: int, recs: Sequence[AttemptRecord]) -> TaskUpdate:
     """The plan-file update that records a task's finished attempts (its last one decides):
     status, attempts (``prior_attempts`` from earlier runs plus these), times, measured
     duration, blocker, the worker's notes and artifacts."""
@@ -69,12 +72,18 @@ def result_update(task_id: str, prior_attempts: int,
     result = last.result
     arts = {k: list(getattr(result, k)) for k in ARTIFACT_FIELDS if result and getattr(result, k)}
     return TaskUpdate(
-        task_id, status=status.value, attempts=prior_attempts + len(recs),
-        started_at=iso(recs[0].started), completed_at=iso(last.ended),
+        task_id,
+        status=status.value,
+        attempts=prior_attempts + len(recs),
+        started_at=iso(recs[0].started),
+        completed_at=iso(last.ended),
         duration_minutes=round(sum(r.duration_s for r in recs) / 60, 2),
-        blocker=final_blocker(recs), clear_blocker=passed,
-        notes=result.notes if result else None, artifacts=arts or None,
-        subtasks_status=TaskStatus.PASS.value if passed else None)
+        blocker=final_blocker(recs),
+        clear_blocker=passed,
+        notes=result.notes if result else None,
+        artifacts=arts or None,
+        subtasks_status=TaskStatus.PASS.value if passed else None,
+    )
 
 
 def worker_counts(records: Mapping[str, Sequence[AttemptRecord]]) -> dict[str, int]:
@@ -91,8 +100,7 @@ def worker_counts(records: Mapping[str, Sequence[AttemptRecord]]) -> dict[str, i
 def iso(ts: float | None) -> str | None:
     if ts is None:
         return None
-    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds").replace(
-        "+00:00", "Z")
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
 def max_overlap(intervals: list[tuple[float, float]]) -> int:
@@ -106,11 +114,18 @@ def max_overlap(intervals: list[tuple[float, float]]) -> int:
     return best
 
 
-def compute_metrics(*, wall_seconds: float,
-                    task_records: Mapping[str, Sequence[AttemptRecord]],
-                    final_status: Mapping[str, TaskStatus], plan_json: dict[str, Any],
-                    spec_estimate: float | None, waves: int, max_running: int,
-                    scheduler: str, events: list[str]) -> dict[str, Any]:
+def compute_metrics(
+    *,
+    wall_seconds: float,
+    task_records: Mapping[str, Sequence[AttemptRecord]],
+    final_status: Mapping[str, TaskStatus],
+    plan_json: dict[str, Any],
+    spec_estimate: float | None,
+    waves: int,
+    max_running: int,
+    scheduler: str,
+    events: list[str],
+) -> dict[str, Any]:
     """The run's metrics (the original PARALLEL_METRICS, measured, not estimated)."""
     attempts = [a for recs in task_records.values() for a in recs]
     worker_seconds = sum(a.duration_s for a in attempts)
@@ -143,14 +158,29 @@ def compute_metrics(*, wall_seconds: float,
     }
 
 
-TABLE_COLUMNS = ["id", "description", "wave", "status", "outcome", "attempts", "duration_s",
-                 "files", "tests", "cost_usd", "turns", "blocker"]
+TABLE_COLUMNS = [
+    "id",
+    "description",
+    "wave",
+    "status",
+    "outcome",
+    "attempts",
+    "duration_s",
+    "files",
+    "tests",
+    "cost_usd",
+    "turns",
+    "blocker",
+]
 
 
-def table_rows(units: list[Any], wave_of: Mapping[str, int],
-               status: Mapping[str, TaskStatus],
-               records: Mapping[str, Sequence[AttemptRecord]],
-               blockers: Mapping[str, str]) -> list[dict[str, Any]]:
+def table_rows(
+    units: list[Any],
+    wave_of: Mapping[str, int],
+    status: Mapping[str, TaskStatus],
+    records: Mapping[str, Sequence[AttemptRecord]],
+    blockers: Mapping[str, str],
+) -> list[dict[str, Any]]:
     """One row per task (TABLE_COLUMNS), plain values: the UI escapes them for markdown."""
     rows = []
     for u in units:
@@ -160,20 +190,22 @@ def table_rows(units: list[Any], wave_of: Mapping[str, int],
         files = (result.files_modified + result.files_created) if result else []
         tr = result.test_results if result else None
         costs = [c for r in recs if (c := r.cost_usd)]
-        rows.append({
-            "id": u.id,
-            "description": u.description[:80],
-            "wave": wave_of.get(u.id),
-            "status": status.get(u.id, TaskStatus.PENDING).value,
-            "outcome": last.outcome.value if last else "",
-            "attempts": len(recs),
-            "duration_s": round(sum(r.duration_s for r in recs), 1) if recs else None,
-            "files": ", ".join(files[:6]) or ", ".join(u.files[:3]),
-            "tests": f"{tr.passed}/{tr.ran}" if tr else "",
-            "cost_usd": round(sum(costs), 4) if costs else None,
-            "turns": last.info.get("num_turns") if last else None,
-            "blocker": blockers.get(u.id) or "",
-        })
+        rows.append(
+            {
+                "id": u.id,
+                "description": u.description[:80],
+                "wave": wave_of.get(u.id),
+                "status": status.get(u.id, TaskStatus.PENDING).value,
+                "outcome": last.outcome.value if last else "",
+                "attempts": len(recs),
+                "duration_s": round(sum(r.duration_s for r in recs), 1) if recs else None,
+                "files": ", ".join(files[:6]) or ", ".join(u.files[:3]),
+                "tests": f"{tr.passed}/{tr.ran}" if tr else "",
+                "cost_usd": round(sum(costs), 4) if costs else None,
+                "turns": last.info.get("num_turns") if last else None,
+                "blocker": blockers.get(u.id) or "",
+            }
+        )
     return rows
 
 
@@ -194,27 +226,54 @@ def md_escape(text: str) -> str:
     return _MD_SPECIAL.sub(lambda m: "\\" + m.group(0), text)
 
 
-def summary_markdown(*, spec_name: str, plan_json: dict[str, Any], metrics: dict[str, Any],
-                     rows: list[dict[str, Any]],
-                     records: Mapping[str, Sequence[AttemptRecord]], run_dir: str,
-                     status_line: str) -> str:
+def summary_markdown(
+    *,
+    spec_name: str,
+    plan_json: dict[str, Any],
+    metrics: dict[str, Any],
+    rows: list[dict[str, Any]],
+    records: Mapping[str, Sequence[AttemptRecord]],
+    run_dir: str,
+    status_line: str,
+) -> str:
     """The run's summary artifact: plan, metrics, cost, events, and each failure with the
     tail of its output (task text escaped: it is markdown)."""
     m = metrics
-    lines = [f"# specwave: {spec_name}", "", f"**{status_line}**", "",
-             "## Plan", "",
-             f"- mode: `{plan_json.get('mode')}` ({plan_json.get('source')} waves), scheduler "
-             f"`{m.get('scheduler')}`",
-             "- waves: " + "; ".join(f"{w['wave_id']}: {', '.join(w['tasks'])}"
-                                     for w in plan_json.get("waves", [])),
-             f"- critical path: {' → '.join(plan_json.get('critical_path', []))}",
-             f"- best possible speed-up with {plan_json.get('max_concurrency')} workers: "
-             f"{plan_json.get('estimated_speedup')}×", "",
-             "## Metrics", "",
-             "| metric | value |", "|---|---|"]
-    for key in ("wall_seconds", "worker_seconds_sum", "measured_speedup", "spec_estimated_speedup",
-                "total_tasks", "passed", "failed", "blocked", "already_done", "not_started",
-                "workers_spawned", "workers_retried", "max_concurrent_observed"):
+    lines = [
+        f"# specwave: {spec_name}",
+        "",
+        f"**{status_line}**",
+        "",
+        "## Plan",
+        "",
+        f"- mode: `{plan_json.get('mode')}` ({plan_json.get('source')} waves), scheduler "
+        f"`{m.get('scheduler')}`",
+        "- waves: "
+        + "; ".join(f"{w['wave_id']}: {', '.join(w['tasks'])}" for w in plan_json.get("waves", [])),
+        f"- critical path: {' → '.join(plan_json.get('critical_path', []))}",
+        f"- best possible speed-up with {plan_json.get('max_concurrency')} workers: "
+        f"{plan_json.get('estimated_speedup')}×",
+        "",
+        "## Metrics",
+        "",
+        "| metric | value |",
+        "|---|---|",
+    ]
+    for key in (
+        "wall_seconds",
+        "worker_seconds_sum",
+        "measured_speedup",
+        "spec_estimated_speedup",
+        "total_tasks",
+        "passed",
+        "failed",
+        "blocked",
+        "already_done",
+        "not_started",
+        "workers_spawned",
+        "workers_retried",
+        "max_concurrent_observed",
+    ):
         lines.append(f"| {key} | {m.get(key)} |")
     total_cost = sum(r.cost_usd or 0.0 for recs in records.values() for r in recs)
     if total_cost:

@@ -84,8 +84,7 @@ class RunFolder:
     @classmethod
     def latest(cls, spec_folder: str | Path) -> RunFolder | None:
         """The run whose record was written last, if any."""
-        runs = sorted(cls.runs_dir(spec_folder).glob("*/run.json"),
-                      key=lambda p: p.stat().st_mtime)
+        runs = sorted(cls.runs_dir(spec_folder).glob("*/run.json"), key=lambda p: p.stat().st_mtime)
         return cls(spec_folder, runs[-1].parent.name) if runs else None
 
     def task_dir(self, task_id: str) -> Path:
@@ -115,8 +114,11 @@ class RunFolder:
         d = self.task_dir(task_id)
         if not d.is_dir():
             return []
-        paths = [(int(n), p) for p in d.glob("attempt-*.json")
-                 if (n := p.stem.removeprefix("attempt-")).isdigit()]
+        paths = [
+            (int(n), p)
+            for p in d.glob("attempt-*.json")
+            if (n := p.stem.removeprefix("attempt-")).isdigit()
+        ]
         return [AttemptRecord.read(p, _read_text(p)) for _, p in sorted(paths)]
 
     def read_run(self) -> RunRecord | None:
@@ -144,14 +146,20 @@ class RunFolder:
     @staticmethod
     def markers_of_other_runs(spec_folder: str | Path, run_id: str) -> list[Path]:
         """Marker files of every other run not yet reaped."""
-        return [f for f in RunFolder.runs_dir(spec_folder).glob(f"*/{MARKER_FILE}")
-                if f.parent.name != run_id]
+        return [
+            f
+            for f in RunFolder.runs_dir(spec_folder).glob(f"*/{MARKER_FILE}")
+            if f.parent.name != run_id
+        ]
 
     @staticmethod
     def retire(path: Path, suffix: str = ".reaped") -> None:
         """Rename a reaped run's marker or agents.jsonl, so no later run reaps it again."""
-        path.rename(path.with_name(path.name + suffix) if path.suffix != ".jsonl"
-                    else path.with_suffix(suffix))
+        path.rename(
+            path.with_name(path.name + suffix)
+            if path.suffix != ".jsonl"
+            else path.with_suffix(suffix)
+        )
 
     def record_agent(self, info: dict[str, Any]) -> None:
         """Append one started agent's identity (one JSON line, flushed + fsynced)."""

@@ -92,8 +92,7 @@ class Scheduler:
         # task is no longer WAITING is dropped.
         self._heaps: dict[int, list[tuple]] = {}
         for n in order:
-            self.state[n] = (TaskStatus.DONE if self.initial.get(n) in DONE_STATUSES
-                             else WAITING)
+            self.state[n] = TaskStatus.DONE if self.initial.get(n) in DONE_STATUSES else WAITING
         for n in order:  # done before the run: counts as passed (pushed once, just below)
             if self.state[n] == TaskStatus.DONE:
                 for s in self._dependents[n] + self._conflict_after[n]:
@@ -107,8 +106,7 @@ class Scheduler:
     def _key(self, n: str) -> tuple:
         if self.policy == "waves":
             return (self._rank[n], n)
-        return (-self.plan.remaining.get(n, 0.0), -self.plan.downstream.get(n, 0),
-                self._rank[n], n)
+        return (-self.plan.remaining.get(n, 0.0), -self.plan.downstream.get(n, 0), self._rank[n], n)
 
     def _push(self, n: str) -> None:
         slot = self._wave_pos.get(n, -1) if self.policy == "waves" else 0
@@ -146,12 +144,16 @@ class Scheduler:
     def current_wave(self) -> int | None:
         """(waves policy) the wave being run, 1-based; None when all are done."""
         self._advance()
-        return self.plan.waves[self._wave_index].wave_id if self._wave_index < len(
-            self._waves) else None
+        return (
+            self.plan.waves[self._wave_index].wave_id
+            if self._wave_index < len(self._waves)
+            else None
+        )
 
     def _advance(self) -> None:
         while self._wave_index < len(self._waves) and all(
-                self.state[t] in FINISHED for t in self._waves[self._wave_index]):
+            self.state[t] in FINISHED for t in self._waves[self._wave_index]
+        ):
             self._wave_index += 1
 
     def ready(self) -> list[str]:
@@ -236,13 +238,13 @@ class Scheduler:
         ran = [t for t in members if t in self._ran]
         if len(ran) >= 2 and all(self.state[t] != TaskStatus.PASS for t in ran):
             self.sequential_fallback = True
-            self.events.append(f"every worker of wave {wave} failed: the rest of the run is "
-                               "sequential")
+            self.events.append(
+                f"every worker of wave {wave} failed: the rest of the run is sequential"
+            )
 
     def failed(self) -> list[str]:
         """Tasks whose worker ran in this run and did not pass, in plan order."""
-        return [n for n in self.plan.order if n in self._ran
-                and self.state[n] != TaskStatus.PASS]
+        return [n for n in self.plan.order if n in self._ran and self.state[n] != TaskStatus.PASS]
 
     def blocking_failures(self) -> list[str]:
         """Failed tasks that blocked others (all failed tasks when none did), for the

@@ -27,14 +27,22 @@ TaskId = StrictStr | StrictInt
 
 
 _STATUS_ALIASES = {
-    "pending": TaskStatus.PENDING, "todo": TaskStatus.PENDING, "not_started": TaskStatus.PENDING,
-    "in_progress": TaskStatus.IN_PROGRESS, "in-progress": TaskStatus.IN_PROGRESS,
+    "pending": TaskStatus.PENDING,
+    "todo": TaskStatus.PENDING,
+    "not_started": TaskStatus.PENDING,
+    "in_progress": TaskStatus.IN_PROGRESS,
+    "in-progress": TaskStatus.IN_PROGRESS,
     "running": TaskStatus.IN_PROGRESS,
-    "pass": TaskStatus.PASS, "passed": TaskStatus.PASS, "done": TaskStatus.PASS,
-    "complete": TaskStatus.PASS, "completed": TaskStatus.PASS,
-    "fail": TaskStatus.FAIL, "failed": TaskStatus.FAIL,
+    "pass": TaskStatus.PASS,
+    "passed": TaskStatus.PASS,
+    "done": TaskStatus.PASS,
+    "complete": TaskStatus.PASS,
+    "completed": TaskStatus.PASS,
+    "fail": TaskStatus.FAIL,
+    "failed": TaskStatus.FAIL,
     "blocked": TaskStatus.BLOCKED,
-    "skipped": TaskStatus.SKIPPED, "cancelled": TaskStatus.SKIPPED,
+    "skipped": TaskStatus.SKIPPED,
+    "cancelled": TaskStatus.SKIPPED,
     "canceled": TaskStatus.SKIPPED,
 }
 
@@ -60,16 +68,21 @@ class _Lenient(BaseModel):
 
 class Parallelization(_Lenient):
     wave: int | None = Field(None, description="Declared wave of this task (1-based).")
-    can_parallel_with: list[TaskId] = Field(default_factory=list,
-                                            description="Tasks the author says may run alongside.")
-    blocked_by: list[TaskId] = Field(default_factory=list,
-                                     description="Tasks that must pass before this one starts.")
+    can_parallel_with: list[TaskId] = Field(
+        default_factory=list, description="Tasks the author says may run alongside."
+    )
+    blocked_by: list[TaskId] = Field(
+        default_factory=list, description="Tasks that must pass before this one starts."
+    )
     blocks: list[TaskId] = Field(
-        default_factory=list, description="Tasks that wait for this one (inverse of blocked_by).")
-    shared_files: list[str] = Field(default_factory=list,
-                                    description="Files (or 'dir/' trees) this task touches.")
-    isolation_score: float | None = Field(None, ge=0, le=1,
-                                          description="0..1, how isolated the task is.")
+        default_factory=list, description="Tasks that wait for this one (inverse of blocked_by)."
+    )
+    shared_files: list[str] = Field(
+        default_factory=list, description="Files (or 'dir/' trees) this task touches."
+    )
+    isolation_score: float | None = Field(
+        None, ge=0, le=1, description="0..1, how isolated the task is."
+    )
 
 
 class TaskArtifacts(_Lenient):
@@ -103,21 +116,24 @@ class Task(_Lenient):
     isolation_score: float | None = Field(None, ge=0, le=1, description="v4: 0..1.")
     complexity: str | None = Field(None, description="v4: LOW, MEDIUM or HIGH.")
     config: dict[str, Any] | None = Field(None, description="v4: type-specific settings.")
-    estimated_minutes: float | None = Field(None, ge=0,
-                                            description="Optional estimate used for planning.")
+    estimated_minutes: float | None = Field(
+        None, ge=0, description="Optional estimate used for planning."
+    )
 
 
 class Wave(_Lenient):
     wave_id: StrictInt = Field(description="1-based wave number.")
     tasks: list[TaskId] = Field(description="Parent task ids run together in this wave.")
     rationale: str | None = Field(None, description="Why these tasks run together.")
-    estimated_duration_minutes: float | None = Field(None, ge=0,
-                                                     description="Estimated wave duration.")
+    estimated_duration_minutes: float | None = Field(
+        None, ge=0, description="Estimated wave duration."
+    )
 
 
 class ExecutionStrategy(_Lenient):
     mode: Literal["sequential", "parallel_waves", "fully_parallel"] | None = Field(
-        None, description="How the author expects the spec to run.")
+        None, description="How the author expects the spec to run."
+    )
     waves: list[Wave] = Field(default_factory=list, description="Declared waves, in order.")
     estimated_parallel_speedup: float | None = Field(None, description="Author's estimate.")
     max_concurrent_workers: int | None = Field(None, ge=1, description="Worker slots.")
@@ -184,8 +200,9 @@ class ParallelContext(_Lenient):
     concurrent_tasks: list[TaskId] = Field(default_factory=list, description="Run alongside.")
     conflict_risk: str | None = Field(None, description="low, medium or high.")
     shared_resources: list[str] = Field(default_factory=list, description="Shared resources.")
-    prerequisite_outputs: dict[str, Any] = Field(default_factory=dict,
-                                                 description="What earlier tasks produce.")
+    prerequisite_outputs: dict[str, Any] = Field(
+        default_factory=dict, description="What earlier tasks produce."
+    )
     worker_instructions: str | None = Field(None, description="Instructions for the worker.")
 
 

@@ -32,8 +32,9 @@ class TaskStatus(str, Enum):
 
 DONE_STATUSES = frozenset({TaskStatus.PASS, TaskStatus.SKIPPED})
 """Plan-file statuses that count as done for a task's dependents (and are not run again)."""
-TERMINAL_STATUSES = frozenset({TaskStatus.PASS, TaskStatus.SKIPPED, TaskStatus.FAIL,
-                               TaskStatus.BLOCKED})
+TERMINAL_STATUSES = frozenset(
+    {TaskStatus.PASS, TaskStatus.SKIPPED, TaskStatus.FAIL, TaskStatus.BLOCKED}
+)
 """Plan-file statuses of a task that is not waiting and not running."""
 
 SATISFIED = frozenset({TaskStatus.PASS, TaskStatus.DONE})
@@ -74,8 +75,15 @@ class RunStatus(str, Enum):
         return "completed" if self is RunStatus.SUCCESS else self.value
 
 
-ENDED_NORMALLY = frozenset({RunStatus.SUCCESS, RunStatus.PARTIAL, RunStatus.BLOCKED,
-                            RunStatus.STOPPED, RunStatus.CANCELLED})
+ENDED_NORMALLY = frozenset(
+    {
+        RunStatus.SUCCESS,
+        RunStatus.PARTIAL,
+        RunStatus.BLOCKED,
+        RunStatus.STOPPED,
+        RunStatus.CANCELLED,
+    }
+)
 """Runs that wrote every result they had before they ended (crash recovery skips them)."""
 
 
@@ -87,11 +95,25 @@ def prefect_state(status: RunStatus | str | None, message: str, data: Any = None
 
     known = {s.value: s for s in RunStatus}
     key = known.get(getattr(status, "value", status))  # type: ignore[arg-type]
-    make = {RunStatus.SUCCESS: Completed, RunStatus.STOPPED: Cancelled,
-            RunStatus.CANCELLED: Cancelled, RunStatus.PARTIAL: Failed,
-            RunStatus.BLOCKED: Failed, RunStatus.FAILED: Failed}.get(key, Crashed)  # type: ignore[arg-type]
+    make = {
+        RunStatus.SUCCESS: Completed,
+        RunStatus.STOPPED: Cancelled,
+        RunStatus.CANCELLED: Cancelled,
+        RunStatus.PARTIAL: Failed,
+        RunStatus.BLOCKED: Failed,
+        RunStatus.FAILED: Failed,
+    }.get(key, Crashed)  # type: ignore[arg-type]
     return make(message=message, data=data)
 
 
-__all__ = ["DONE_STATUSES", "ENDED_NORMALLY", "FINISHED", "SATISFIED", "TERMINAL_STATUSES",
-           "RunStatus", "TaskStatus", "prefect_state", "status_of_outcome"]
+__all__ = [
+    "DONE_STATUSES",
+    "ENDED_NORMALLY",
+    "FINISHED",
+    "SATISFIED",
+    "TERMINAL_STATUSES",
+    "RunStatus",
+    "TaskStatus",
+    "prefect_state",
+    "status_of_outcome",
+]

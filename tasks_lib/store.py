@@ -51,23 +51,35 @@ def check_plan_file(path: Path, *, root: Path | None = None, what: str = "plan f
             target = path.resolve()
             base = (root or path.parent).resolve()
         except (RuntimeError, OSError):  # RuntimeError: Python 3.11's "Symlink loop"
-            raise SpecError.single(label, "is a symlink loop (it never reaches a file)",
-                                   hint="point the link at a real file") from None
+            raise SpecError.single(
+                label,
+                "is a symlink loop (it never reaches a file)",
+                hint="point the link at a real file",
+            ) from None
         if not target.is_relative_to(base):
-            raise SpecError.single(label, f"is a symlink to {target}, outside the spec folder",
-                                   hint="copy the file into the folder instead of linking it")
+            raise SpecError.single(
+                label,
+                f"is a symlink to {target}, outside the spec folder",
+                hint="copy the file into the folder instead of linking it",
+            )
     if not path.exists():
         raise SpecError.single(label, f"{what} not found", hint="check the path")
     if path.is_dir():
-        raise SpecError.single(label, "is a directory, not a file",
-                               hint=f"point specwave at the folder that holds the {what}")
+        raise SpecError.single(
+            label,
+            "is a directory, not a file",
+            hint=f"point specwave at the folder that holds the {what}",
+        )
     if not path.is_file():
         raise SpecError.single(label, "is not a regular file", hint="use a plain file")
     size = path.stat().st_size
     if size > MAX_PLAN_BYTES:
-        raise SpecError.single(label, f"is {size / 1e6:.0f} MB, larger than the "
-                                      f"{MAX_PLAN_BYTES // (1024 * 1024)} MB a plan may be",
-                               hint="split the spec, or remove embedded data")
+        raise SpecError.single(
+            label,
+            f"is {size / 1e6:.0f} MB, larger than the "
+            f"{MAX_PLAN_BYTES // (1024 * 1024)} MB a plan may be",
+            hint="split the spec, or remove embedded data",
+        )
 
 
 def read_text(path: Path, *, root: Path | None = None, what: str = "plan file") -> str:
@@ -78,22 +90,32 @@ def read_text(path: Path, *, root: Path | None = None, what: str = "plan file") 
         with open(path, "rb") as fh:
             data = fh.read(MAX_PLAN_BYTES + 1)
     except OSError as exc:
-        raise SpecError.single(display_path(path), f"cannot be read ({exc.strerror or exc})",
-                               hint="check the file's permissions") from None
+        raise SpecError.single(
+            display_path(path),
+            f"cannot be read ({exc.strerror or exc})",
+            hint="check the file's permissions",
+        ) from None
     if len(data) > MAX_PLAN_BYTES:
-        raise SpecError.single(display_path(path), "grew larger than the "
-                                                   f"{MAX_PLAN_BYTES // (1024 * 1024)} MB a plan "
-                                                   "may be while it was read",
-                               hint="split the spec, or remove embedded data")
+        raise SpecError.single(
+            display_path(path),
+            "grew larger than the "
+            f"{MAX_PLAN_BYTES // (1024 * 1024)} MB a plan "
+            "may be while it was read",
+            hint="split the spec, or remove embedded data",
+        )
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
         line = data[: exc.start].count(b"\n") + 1
-        raise SpecError.single(display_path(path), f"is not UTF-8 text (byte {exc.start}, "
-                               f"line {line})", hint="save the file as UTF-8") from None
+        raise SpecError.single(
+            display_path(path),
+            f"is not UTF-8 text (byte {exc.start}, line {line})",
+            hint="save the file as UTF-8",
+        ) from None
     if not text.strip():
-        raise SpecError.single(display_path(path), "is empty",
-                               hint="write the plan into it, or remove it")
+        raise SpecError.single(
+            display_path(path), "is empty", hint="write the plan into it, or remove it"
+        )
     return text
 
 
@@ -165,8 +187,10 @@ class PlanStore:
             self.lock_path.parent.mkdir(parents=True, exist_ok=True)
             fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as exc:
-            raise WriteFailed(f"{display_path(self.lock_path)}: could not create the lock file "
-                              f"({exc}) — the plan file is unchanged; fix permissions") from exc
+            raise WriteFailed(
+                f"{display_path(self.lock_path)}: could not create the lock file "
+                f"({exc}) — the plan file is unchanged; fix permissions"
+            ) from exc
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
             yield
@@ -218,8 +242,10 @@ class PlanStore:
         try:
             fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=folder)
         except OSError as exc:
-            raise WriteFailed(f"{display_path(self.path)}: could not write ({exc}) — the "
-                              "file is unchanged; free space or fix permissions") from exc
+            raise WriteFailed(
+                f"{display_path(self.path)}: could not write ({exc}) — the "
+                "file is unchanged; free space or fix permissions"
+            ) from exc
         try:
             with os.fdopen(fd, "wb") as fh:
                 fh.write(data)
@@ -231,8 +257,10 @@ class PlanStore:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
             if isinstance(exc, OSError):
-                raise WriteFailed(f"{display_path(self.path)}: could not write ({exc}) — the "
-                                  "file is unchanged; free space or fix permissions") from exc
+                raise WriteFailed(
+                    f"{display_path(self.path)}: could not write ({exc}) — the "
+                    "file is unchanged; free space or fix permissions"
+                ) from exc
             raise
         dir_fd = os.open(folder, os.O_RDONLY)
         try:
@@ -284,16 +312,18 @@ class RunLock:
         return SpecError.single(
             display_path(self.path.parents[2]),
             f"is already being run by pid {h.get('pid', '?')} on {h.get('host', '?')} "
-            f"since {h.get('started_at', '?')}" + (
-                f" (flow run {h['flow_run_id']})" if h.get("flow_run_id") else ""),
-            hint="wait for that run to finish, or cancel it")
+            f"since {h.get('started_at', '?')}"
+            + (f" (flow run {h['flow_run_id']})" if h.get("flow_run_id") else ""),
+            hint="wait for that run to finish, or cancel it",
+        )
 
     def _unusable(self, exc: OSError) -> SpecError:
         return SpecError.single(
             display_path(self.path.parents[1]),
             f"cannot hold specwave's run state ({exc.strerror or exc})",
             hint=f"remove or rename whatever is at {display_path(self.path.parents[1])}, "
-                 "or fix the folder's permissions")
+            "or fix the folder's permissions",
+        )
 
     def check(self) -> None:
         """Raise SpecError (naming the holder) if another process holds the lock now; create

@@ -36,8 +36,7 @@ from tasks_lib.workspaces import WorkspaceSpec, open_workspace
 def agent_task(fn: Callable | None = None, **kwargs: Any):
     """``prefect.task`` with the defaults every agent task wants: no caching (an agent run is
     never a pure function of its inputs), results kept in memory, logs from print captured."""
-    defaults: dict[str, Any] = dict(cache_policy=NO_CACHE, persist_result=False,
-                                    log_prints=False)
+    defaults: dict[str, Any] = dict(cache_policy=NO_CACHE, persist_result=False, log_prints=False)
     defaults.update(kwargs)
     if fn is None:
         return lambda f: task(f, **defaults)
@@ -50,17 +49,22 @@ class WorkerInput(BaseModel):
     task_id: str = Field(description="Spec task id.")
     prompt: str = Field(description="Worker prompt.")
     agent: dict[str, Any] = Field(description="Agent config ({'kind': ..., ...}).")
-    workspace: WorkspaceSpec = Field(description="Where the agent works (see "
-                                                 "tasks_lib.workspaces).")
+    workspace: WorkspaceSpec = Field(
+        description="Where the agent works (see tasks_lib.workspaces)."
+    )
     spec_dir: str = Field(description="Spec folder.")
     run_id: str = Field(description="Run folder id.")
     timeout_seconds: float = Field(description="Timeout of the first attempt.")
-    concurrency_limit: str | None = Field(None, description="Prefect global concurrency "
-                                                            "limit each agent launch occupies "
-                                                            "(shared across flow runs).")
-    tags: list[str] = Field(default_factory=list,
-                            description="Tags of the worker's task run (spec, wave-N, agent "
-                                        "kind); see label_task_run.")
+    concurrency_limit: str | None = Field(
+        None,
+        description="Prefect global concurrency "
+        "limit each agent launch occupies "
+        "(shared across flow runs).",
+    )
+    tags: list[str] = Field(
+        default_factory=list,
+        description="Tags of the worker's task run (spec, wave-N, agent kind); see label_task_run.",
+    )
 
 
 def _last_record(state: Any) -> dict[str, Any] | None:
@@ -74,13 +78,14 @@ def _retry_condition(task_obj: Any, task_run: Any, state: Any) -> bool:
     if record is None:  # an exception in our own code: retrying will not help
         return False
     return record.get("outcome") in {o.value for o in RETRYABLE_OUTCOMES} and not record.get(
-        "final")
+        "final"
+    )
 
 
 def attempt_timeout(base: float, previous: list[AttemptRecord]) -> float:
     """Double the timeout for every earlier attempt that timed out."""
     n = sum(1 for a in previous if a.outcome == Outcome.TIMEOUT)
-    return base * (2 ** n)
+    return base * (2**n)
 
 
 @agent_task(retries=1, retry_condition_fn=_retry_condition)
@@ -112,11 +117,20 @@ async def run_worker(inp: WorkerInput) -> list[dict[str, Any]] | State:
     secrets = secret_values_for(inp.agent) + [v for v in loaded.values() if v]
     workspace = open_workspace(inp.workspace)
     workdir = await workspace.enter(inp.task_id, attempt)
-    request = AgentRequest(task_id=inp.task_id, prompt=inp.prompt, prompt_file=str(prompt_file),
-                           workdir=workdir, spec_dir=inp.spec_dir, timeout_seconds=timeout,
-                           attempt=attempt, log_path=str(log_path))
-    logger.info(f"[{inp.task_id}] attempt {attempt}: starting {agent.kind} agent "
-                f"(timeout {timeout:g} s) in {workdir}")
+    request = AgentRequest(
+        task_id=inp.task_id,
+        prompt=inp.prompt,
+        prompt_file=str(prompt_file),
+        workdir=workdir,
+        spec_dir=inp.spec_dir,
+        timeout_seconds=timeout,
+        attempt=attempt,
+        log_path=str(log_path),
+    )
+    logger.info(
+        f"[{inp.task_id}] attempt {attempt}: starting {agent.kind} agent "
+        f"(timeout {timeout:g} s) in {workdir}"
+    )
 
     log_fh = open(log_path, "a", encoding="utf-8")  # noqa: ASYNC230 - a local append, once
     lines = AgentOutputLog(logger, inp.task_id, log_fh)
@@ -130,22 +144,34 @@ async def run_worker(inp: WorkerInput) -> list[dict[str, Any]] | State:
         # later run reaping orphans, which also finds them by the run's marker.
         record = {**info.to_dict(), "task_id": inp.task_id, "attempt": attempt}
         fut = asyncio.get_running_loop().run_in_executor(None, folder.record_agent, record)
-        fut.add_done_callback(lambda f: f.cancelled() or f.exception() is None or logger.warning(
-            f"[{inp.task_id}] could not record the agent's process group for orphan "
-            f"reaping ({f.exception()}); a later run still finds it by the run's marker"))
+        fut.add_done_callback(
+            lambda f: (
+                f.cancelled()
+                or f.exception() is None
+                or logger.warning(
+                    f"[{inp.task_id}] could not record the agent's process group for orphan "
+                    f"reaping ({f.exception()}); a later run still finds it by the run's marker"
+                )
+            )
+        )
 
     def attempt_record(started: float, ended: float, **fields: Any) -> AttemptRecord:
-        return AttemptRecord(task_id=inp.task_id, attempt=attempt, timeout_seconds=timeout,
-                             started=started, ended=ended,
-                             duration_s=round(ended - started, 3), log_path=str(log_path),
-                             **fields)
+        return AttemptRecord(
+            task_id=inp.task_id,
+            attempt=attempt,
+            timeout_seconds=timeout,
+            started=started,
+            ended=ended,
+            duration_s=round(ended - started, 3),
+            log_path=str(log_path),
+            **fields,
+        )
 
     started = time.time()
     try:
         async with _shared_slot(inp.concurrency_limit):
             started = time.time()  # the attempt's time starts when the agent does
-            run = await agent.run(request, on_line=on_line, on_start=on_start,
-                                  secrets=loaded)
+            run = await agent.run(request, on_line=on_line, on_start=on_start, secrets=loaded)
     except asyncio.CancelledError:
         # The run is stopping (cancelled from Prefect or the UI, SIGTERM/SIGINT): agents.process
         # has killed the agent's whole tree before this is raised. End the task run Cancelled,
@@ -155,41 +181,59 @@ async def run_worker(inp: WorkerInput) -> list[dict[str, Any]] | State:
         return Cancelled(message=f"{inp.task_id}: stopped: the run was cancelled")
     except AgentLaunchError as exc:
         lines.flush()
-        record = attempt_record(started, time.time(), outcome=Outcome.CRASHED,
-                                reason=redact(str(exc), secrets), final=True)
+        record = attempt_record(
+            started,
+            time.time(),
+            outcome=Outcome.CRASHED,
+            reason=redact(str(exc), secrets),
+            final=True,
+        )
         record = await workspace.leave(inp.task_id, attempt, record)
         folder.write_attempt(record)
         logger.error(f"[{inp.task_id}] {record.reason}")
-        return Failed(message=f"{inp.task_id}: crashed: {record.reason}",
-                      data=[r.plain() for r in [*previous, record]])
+        return Failed(
+            message=f"{inp.task_id}: crashed: {record.reason}",
+            data=[r.plain() for r in [*previous, record]],
+        )
     finally:
         lines.flush()
         log_fh.close()
     ended = time.time()
 
-    parsed = parse_worker_output(run.output, exit_code=run.exit_code, timed_out=run.timed_out,
-                                 signals=run.signals)
+    parsed = parse_worker_output(
+        run.output, exit_code=run.exit_code, timed_out=run.timed_out, signals=run.signals
+    )
     record = attempt_record(
-        started, ended, outcome=parsed.outcome, reason=redact(parsed.reason, secrets),
-        result=parsed.result, exit_code=run.exit_code, info=run.info,
-        killed_pids=run.killed_pids, final=run.final,
-        output_tail=redact(tail(run.output + ("\n" + run.stderr_tail if run.stderr_tail
-                                              else ""), 40, 4000), secrets),
-        retry_after_s=run.retry_after_s)
+        started,
+        ended,
+        outcome=parsed.outcome,
+        reason=redact(parsed.reason, secrets),
+        result=parsed.result,
+        exit_code=run.exit_code,
+        info=run.info,
+        killed_pids=run.killed_pids,
+        final=run.final,
+        output_tail=redact(
+            tail(run.output + ("\n" + run.stderr_tail if run.stderr_tail else ""), 40, 4000),
+            secrets,
+        ),
+        retry_after_s=run.retry_after_s,
+    )
     record = await workspace.leave(inp.task_id, attempt, record)
     folder.write_attempt(record)
     history = [r.plain() for r in [*previous, record]]
     if run.killed_pids and not run.timed_out:
-        logger.warning(f"[{inp.task_id}] the agent left {len(run.killed_pids)} processes "
-                       "running; they were killed")
+        logger.warning(
+            f"[{inp.task_id}] the agent left {len(run.killed_pids)} processes "
+            "running; they were killed"
+        )
     if parsed.outcome == Outcome.PASS:
         logger.info(f"[{inp.task_id}] pass in {ended - started:.1f} s")
         return history
     logger.error(f"[{inp.task_id}] {parsed.outcome.value}: {record.reason}")
     if record.retry_after_s and parsed.outcome in RETRYABLE_OUTCOMES:
         await asyncio.sleep(min(float(record.retry_after_s), 60.0))
-    return Failed(message=f"{inp.task_id}: {parsed.outcome.value}: {record.reason}",
-                  data=history)
+    return Failed(message=f"{inp.task_id}: {parsed.outcome.value}: {record.reason}", data=history)
 
 
 class AgentOutputLog:
@@ -204,8 +248,9 @@ class AgentOutputLog:
     (the agents.process line callbacks run there); call ``flush()`` when the agent ends.
     """
 
-    def __init__(self, logger: Any, task_id: str, fh: Any, *, interval: float = 0.2,
-                 max_lines: int = 200):
+    def __init__(
+        self, logger: Any, task_id: str, fh: Any, *, interval: float = 0.2, max_lines: int = 200
+    ):
         self.logger = logger
         self.prefix = f"[{task_id}] "
         self.fh = fh

@@ -46,11 +46,21 @@ class Cli:
         self.repo = tmp_path / "repo"
         self.repo.mkdir()
         self.trace_path = tmp_path / "trace.jsonl"
-        env = {k: v for k, v in os.environ.items()
-               if k not in ("PREFECT_API_URL", "PREFECT_API_KEY", "PREFECT_PROFILE")}
-        env.update({"PREFECT_HOME": str(prefect_home),
-                    "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DO_NOT_TRACK": "1",
-                    "PYTHONPATH": str(ROOT), TAG_ENV: self.tag, "COLUMNS": "200"})
+        env = {
+            k: v
+            for k, v in os.environ.items()
+            if k not in ("PREFECT_API_URL", "PREFECT_API_KEY", "PREFECT_PROFILE")
+        }
+        env.update(
+            {
+                "PREFECT_HOME": str(prefect_home),
+                "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+                "DO_NOT_TRACK": "1",
+                "PYTHONPATH": str(ROOT),
+                TAG_ENV: self.tag,
+                "COLUMNS": "200",
+            }
+        )
         self.env = env
         self.procs: list[subprocess.Popen] = []
 
@@ -61,16 +71,30 @@ class Cli:
 
     def command(self, plan: dict[str, str] | None = None, default: str = "pass") -> str:
         # the agent command line as a user would type it (shlex-split by the command agent)
-        return (f"{sys.executable} {FAKE_AGENT} --plan '{json.dumps(plan or {})}' "
-                f"--default {default} --trace {self.trace_path}")
+        return (
+            f"{sys.executable} {FAKE_AGENT} --plan '{json.dumps(plan or {})}' "
+            f"--default {default} --trace {self.trace_path}"
+        )
 
     def run(self, *args: str, timeout: float = RUN_TIMEOUT) -> subprocess.CompletedProcess:
-        return subprocess.run(specwave_argv() + list(args), cwd=self.tmp, env=self.env,
-                              capture_output=True, text=True, timeout=timeout)
+        return subprocess.run(
+            specwave_argv() + list(args),
+            cwd=self.tmp,
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
 
     def popen(self, *args: str) -> subprocess.Popen:
-        p = subprocess.Popen(specwave_argv() + list(args), cwd=self.tmp, env=self.env,
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        p = subprocess.Popen(
+            specwave_argv() + list(args),
+            cwd=self.tmp,
+            env=self.env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         self.procs.append(p)
         return p
 
@@ -94,8 +118,11 @@ class Cli:
 
         def ours(p: psutil.Process) -> bool:
             env = p.environ()
-            return (env.get(TAG_ENV) == self.tag or any(str(self.tmp) in a for a in p.cmdline())
-                    or bool(markers.intersection(env.get("SPECWAVE_AGENT_MARKER", "").split(","))))
+            return (
+                env.get(TAG_ENV) == self.tag
+                or any(str(self.tmp) in a for a in p.cmdline())
+                or bool(markers.intersection(env.get("SPECWAVE_AGENT_MARKER", "").split(",")))
+            )
 
         return live_processes(ours)
 
@@ -131,8 +158,14 @@ def statuses(spec: Path) -> dict[str, str]:
 
 def test_run_all_pass_exits_0_and_status_json_reports_it(cli):
     spec = cli.spec("small-feature")
-    proc = cli.run("run", "small-feature", "--repo", "repo", "--command",
-                   cli.command({"1": "write:src/token.py"}))
+    proc = cli.run(
+        "run",
+        "small-feature",
+        "--repo",
+        "repo",
+        "--command",
+        cli.command({"1": "write:src/token.py"}),
+    )
     assert proc.returncode == 0, (proc.stdout, proc.stderr)
     assert "Traceback" not in proc.stderr
     out = proc.stdout
@@ -158,9 +191,21 @@ def test_run_all_pass_exits_0_and_status_json_reports_it(cli):
 
 def test_run_with_failures_exits_1_and_json_parses(cli):
     spec = cli.spec("small-feature")
-    proc = cli.run("run", "small-feature", "--repo", "repo", "--command",
-                   cli.command({"1": "crash", "2": "fail"}), "-j", "1", "--retries", "0",
-                   "--timeout", "60", "--json")
+    proc = cli.run(
+        "run",
+        "small-feature",
+        "--repo",
+        "repo",
+        "--command",
+        cli.command({"1": "crash", "2": "fail"}),
+        "-j",
+        "1",
+        "--retries",
+        "0",
+        "--timeout",
+        "60",
+        "--json",
+    )
     assert proc.returncode == 1, (proc.stdout[-2000:], proc.stderr[-2000:])
     result = json.loads(proc.stdout)  # stdout is exactly the JSON document
     assert result["status"] == "partial"
@@ -168,8 +213,7 @@ def test_run_with_failures_exits_1_and_json_parses(cli):
     assert t["1"]["status"] == "fail" and t["1"]["outcome"] == "crashed"
     assert t["1"]["attempts"] == 1  # --retries 0
     assert t["1"]["blocker"].startswith("crashed after 1 attempt (exit 3): ")
-    assert t["2"] == {"status": "fail", "outcome": "fail", "attempts": 1,
-                      "blocker": "tests fail"}
+    assert t["2"] == {"status": "fail", "outcome": "fail", "attempts": 1, "blocker": "tests fail"}
     assert t["3"]["status"] == "blocked" and t["3"]["blocker"].startswith("blocked by ")
     assert result["metrics"]["max_concurrent_observed"] == 1  # -j 1
     assert result["metrics"]["workers_spawned"] == 2
@@ -180,8 +224,16 @@ def test_run_with_failures_exits_1_and_json_parses(cli):
 
 def test_sigterm_stops_every_agent_and_exits_143(cli):
     spec = cli.spec("small-feature")
-    proc = cli.popen("run", "small-feature", "--repo", "repo", "--command",
-                     cli.command(default="grandchild+hang"), "--timeout", "600")
+    proc = cli.popen(
+        "run",
+        "small-feature",
+        "--repo",
+        "repo",
+        "--command",
+        cli.command(default="grandchild+hang"),
+        "--timeout",
+        "600",
+    )
     deadline = time.monotonic() + RUN_TIMEOUT
     runs = spec / ".specwave" / "runs"
 
@@ -231,13 +283,15 @@ def test_invalid_input_exits_2_with_one_line(cli):
     assert proc.returncode == 2
     assert proc.stderr.splitlines() == [
         'small-feature/tasks.json: task "3": blocked_by names unknown task "99" — fix the id '
-        'or remove it']
+        "or remove it"
+    ]
     assert proc.stdout == ""
     assert (spec / "tasks.json").read_text() == text
     assert not (spec / ".specwave" / "runs").exists()
 
-    bad = cli.run("run", "small-feature", "--command", cli.command(), "--scheduler", "fast",
-                  timeout=60)
+    bad = cli.run(
+        "run", "small-feature", "--command", cli.command(), "--scheduler", "fast", timeout=60
+    )
     assert bad.returncode == 2
     assert len(bad.stderr.splitlines()) == 1 and "--scheduler" in bad.stderr
     missing = cli.run("run", "nowhere", "--command", cli.command(), timeout=60)

@@ -54,8 +54,9 @@ class Rig:
         self.repo.mkdir()
         self.trace_path = tmp_path / "trace.jsonl"
 
-    def agent(self, plan: dict[str, str] | None = None, default: str = "pass",
-              sleep: float | None = None) -> dict[str, Any]:
+    def agent(
+        self, plan: dict[str, str] | None = None, default: str = "pass", sleep: float | None = None
+    ) -> dict[str, Any]:
         return fake_config(self.trace_path, plan, default, sleep, tag=self.tag)
 
     def trace(self) -> list[dict[str, Any]]:
@@ -67,8 +68,11 @@ class Rig:
 
     def processes(self) -> list[psutil.Process]:
         """Live processes started for this test (by env tag or a tmp path in the cmdline)."""
-        return live_processes(lambda p: p.environ().get(TAG_ENV) == self.tag or any(
-            str(self.tmp) in a for a in p.cmdline()))
+        return live_processes(
+            lambda p: (
+                p.environ().get(TAG_ENV) == self.tag or any(str(self.tmp) in a for a in p.cmdline())
+            )
+        )
 
     def survivors(self, wait: float = 5.0) -> list[tuple[int, list[str]]]:
         """Processes still alive after ``wait`` seconds of polling (kills run synchronously
@@ -133,16 +137,22 @@ async def worker_runs(flow_run_id: str, expected: int, timeout: float = 60) -> d
     async with get_client() as client:
         while True:
             runs = await client.read_task_runs(
-                flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[UUID(flow_run_id)])))
+                flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[UUID(flow_run_id)]))
+            )
             workers = [r for r in runs if any(t.startswith("wave-") for t in r.tags)]
             if len(workers) >= expected and all(
-                    r.state is not None and r.state.is_final() and r.end_time is not None
-                    and r.start_time is not None for r in workers):
+                r.state is not None
+                and r.state.is_final()
+                and r.end_time is not None
+                and r.start_time is not None
+                for r in workers
+            ):
                 return {r.name.split(":", 1)[0]: r for r in workers}
             if time.monotonic() > deadline:
                 raise AssertionError(
                     f"expected {expected} final worker task runs, got "
-                    f"{[(r.name, r.state_type) for r in workers]}")
+                    f"{[(r.name, r.state_type) for r in workers]}"
+                )
             await asyncio.sleep(0.25)
 
 
@@ -167,32 +177,53 @@ async def artifacts(flow_run_id: str, key: str | None) -> list[Any]:
         return await client.read_artifacts(
             artifact_filter=ArtifactFilter(
                 key=ArtifactFilterKey(any_=[key]) if key else None,
-                flow_run_id=ArtifactFilterFlowRunId(any_=[UUID(flow_run_id)])),
-            sort=ArtifactSort.CREATED_DESC)
+                flow_run_id=ArtifactFilterFlowRunId(any_=[UUID(flow_run_id)]),
+            ),
+            sort=ArtifactSort.CREATED_DESC,
+        )
 
 
 def interval(run: Any) -> tuple[float, float]:
     return run.start_time.timestamp(), run.end_time.timestamp()
 
 
-def write_spec(folder: Path, name: str, waves: list[list[str]],
-               deps: dict[str, list[str]] | None = None, max_workers: int = 3) -> Path:
+def write_spec(
+    folder: Path,
+    name: str,
+    waves: list[list[str]],
+    deps: dict[str, list[str]] | None = None,
+    max_workers: int = 3,
+) -> Path:
     """A minimal Agent OS v2 spec with declared waves."""
     deps = deps or {}
     folder.mkdir(parents=True)
     tasks = []
     for w, ids in enumerate(waves, 1):
         for tid in ids:
-            tasks.append({"id": tid, "type": "parent", "description": f"Task {tid} of {name}",
-                          "status": "pending", "attempts": 0,
-                          "parallelization": {"wave": w, "blocked_by": deps.get(tid, []),
-                                              "shared_files": []}})
-    doc = {"version": "2.0", "spec": name,
-           "execution_strategy": {"mode": "parallel_waves",
-                                  "waves": [{"wave_id": i, "tasks": ids}
-                                            for i, ids in enumerate(waves, 1)],
-                                  "max_concurrent_workers": max_workers},
-           "tasks": tasks}
+            tasks.append(
+                {
+                    "id": tid,
+                    "type": "parent",
+                    "description": f"Task {tid} of {name}",
+                    "status": "pending",
+                    "attempts": 0,
+                    "parallelization": {
+                        "wave": w,
+                        "blocked_by": deps.get(tid, []),
+                        "shared_files": [],
+                    },
+                }
+            )
+    doc = {
+        "version": "2.0",
+        "spec": name,
+        "execution_strategy": {
+            "mode": "parallel_waves",
+            "waves": [{"wave_id": i, "tasks": ids} for i, ids in enumerate(waves, 1)],
+            "max_concurrent_workers": max_workers,
+        },
+        "tasks": tasks,
+    }
     (folder / "tasks.json").write_text(json.dumps(doc, indent=2) + "\n")
     return folder
 
@@ -217,8 +248,10 @@ async def test_all_pass_records_every_field_and_publishes_runs_and_artifacts(exa
     assert result["blocking_failures"] == []
     assert Path(result["tasks_file"]) == spec / "tasks.json"
     assert Path(result["run_dir"]) == spec / ".specwave" / "runs" / result["run_id"]
-    assert result["tasks"] == {tid: {"status": "pass", "outcome": "pass", "attempts": 1,
-                                     "blocker": None} for tid in ("1", "2", "3")}
+    assert result["tasks"] == {
+        tid: {"status": "pass", "outcome": "pass", "attempts": 1, "blocker": None}
+        for tid in ("1", "2", "3")
+    }
     m = result["metrics"]
     assert (m["total_tasks"], m["passed"], m["failed"], m["blocked"]) == (3, 3, 0, 0)
     assert (m["workers_spawned"], m["workers_retried"], m["waves"]) == (3, 0, 2)
@@ -230,8 +263,10 @@ async def test_all_pass_records_every_field_and_publishes_runs_and_artifacts(exa
     # ---- tasks.json, field by field
     doc = load(spec / "tasks.json")
     tasks = by_id(doc)
-    lo, hi = parse_iso(time.strftime(ISO_Z, time.gmtime(before - 1))), parse_iso(
-        time.strftime(ISO_Z, time.gmtime(after + 1)))
+    lo, hi = (
+        parse_iso(time.strftime(ISO_Z, time.gmtime(before - 1))),
+        parse_iso(time.strftime(ISO_Z, time.gmtime(after + 1))),
+    )
     for tid in ("1", "2", "3"):
         t = tasks[tid]
         assert t["status"] == "pass"
@@ -247,10 +282,20 @@ async def test_all_pass_records_every_field_and_publishes_runs_and_artifacts(exa
     assert "artifacts" not in tasks["2"] and "artifacts" not in tasks["3"]
     # task 3 (wave 2) started after both wave-1 tasks completed
     assert parse_iso(tasks["3"]["started_at"]) >= max(
-        parse_iso(tasks[t]["completed_at"]) for t in ("1", "2"))
-    assert doc["summary"] == {"total_tasks": 11, "parent_tasks": 3, "subtasks": 8,
-                              "completed": 11, "in_progress": 0, "blocked": 0, "pending": 0,
-                              "overall_percent": 100, "parallel_waves": 2, "max_parallelism": 2}
+        parse_iso(tasks[t]["completed_at"]) for t in ("1", "2")
+    )
+    assert doc["summary"] == {
+        "total_tasks": 11,
+        "parent_tasks": 3,
+        "subtasks": 8,
+        "completed": 11,
+        "in_progress": 0,
+        "blocked": 0,
+        "pending": 0,
+        "overall_percent": 100,
+        "parallel_waves": 2,
+        "max_parallelism": 2,
+    }
     assert doc["updated"] != original["updated"]
     assert lo <= parse_iso(doc["updated"]) <= hi
     orch = doc["orchestrator_state"]
@@ -258,28 +303,41 @@ async def test_all_pass_records_every_field_and_publishes_runs_and_artifacts(exa
     assert orch["status"] == "completed"
     assert orch["scheduler"] == "eager"
     assert orch["active_workers"] == []
-    assert (orch["workers_spawned"], orch["workers_completed"], orch["workers_failed"],
-            orch["workers_retried"]) == (3, 3, 0, 0)
+    assert (
+        orch["workers_spawned"],
+        orch["workers_completed"],
+        orch["workers_failed"],
+        orch["workers_retried"],
+    ) == (3, 3, 0, 0)
     assert orch["completed_at"] and orch["started_at"]
     # key order kept; the only new top-level key is orchestrator_state, at the end
     assert list(doc) == list(original) + ["orchestrator_state"]
 
     # everything else unchanged
-    changed_parent = {"status", "attempts", "started_at", "completed_at", "duration_minutes",
-                      "notes", "blocker", "artifacts", "progress_percent"}
+    changed_parent = {
+        "status",
+        "attempts",
+        "started_at",
+        "completed_at",
+        "duration_minutes",
+        "notes",
+        "blocker",
+        "artifacts",
+        "progress_percent",
+    }
 
     def strip(d: dict[str, Any]) -> dict[str, Any]:
         d = copy.deepcopy(d)
         for k in ("updated", "summary", "orchestrator_state"):
             d.pop(k, None)
         for t in d["tasks"]:
-            for k in (changed_parent if t.get("type") == "parent" else {"status"}):
+            for k in changed_parent if t.get("type") == "parent" else {"status"}:
                 t.pop(k, None)
         return d
 
     assert strip(doc) == strip(original)
     for t, o in zip(doc["tasks"], original["tasks"]):
-        assert list(t)[:len(o)] == list(o)  # field order within each task kept
+        assert list(t)[: len(o)] == list(o)  # field order within each task kept
 
     # ---- run folder
     run_dir = Path(result["run_dir"])
@@ -289,7 +347,10 @@ async def test_all_pass_records_every_field_and_publishes_runs_and_artifacts(exa
     for tid in ("1", "2", "3"):
         d = run_dir / "tasks" / tid
         assert sorted(p.name for p in d.iterdir() if not p.name.startswith("scratch")) == [
-            "attempt-1.json", "attempt-1.log", "prompt.md"]
+            "attempt-1.json",
+            "attempt-1.log",
+            "prompt.md",
+        ]
         rec = load(d / "attempt-1.json")
         assert (rec["task_id"], rec["attempt"], rec["outcome"]) == (tid, 1, "pass")
         assert "TASK COMPLETE" in (d / "prompt.md").read_text()
@@ -310,15 +371,19 @@ async def test_all_pass_records_every_field_and_publishes_runs_and_artifacts(exa
     # the spec's dependency graph is the run's graph in Prefect: 3's task run waits for the
     # task runs of 1 and 2 (its inputs), 1 and 2 wait for none (regression: no edges at all)
     assert {str(i.id) for i in runs["3"].task_inputs["wait_for"]} == {
-        str(runs["1"].id), str(runs["2"].id)}
-    assert not runs["1"].task_inputs.get("wait_for") and not runs["2"].task_inputs.get(
-        "wait_for")
+        str(runs["1"].id),
+        str(runs["2"].id),
+    }
+    assert not runs["1"].task_inputs.get("wait_for") and not runs["2"].task_inputs.get("wait_for")
 
     # the Artifacts tab: one card each for progress, table, summary (regression: a new
     # table card after every finished task)
     every = await artifacts(result["run_id"], None)
-    assert sorted(a.key for a in every) == ["small-feature-progress", "small-feature-summary",
-                                            "small-feature-tasks"]
+    assert sorted(a.key for a in every) == [
+        "small-feature-progress",
+        "small-feature-summary",
+        "small-feature-tasks",
+    ]
     progress = await artifacts(result["run_id"], "small-feature-progress")
     assert len(progress) == 1
     assert progress[0].type == "progress" and float(progress[0].data) == 100.0
@@ -326,7 +391,10 @@ async def test_all_pass_records_every_field_and_publishes_runs_and_artifacts(exa
     assert tables and tables[0].type == "table"
     rows = json.loads(tables[0].data) if isinstance(tables[0].data, str) else tables[0].data
     assert [(r["id"], r["status"], r["outcome"], r["attempts"], r["wave"]) for r in rows] == [
-        ("1", "pass", "pass", 1, 1), ("2", "pass", "pass", 1, 1), ("3", "pass", "pass", 1, 2)]
+        ("1", "pass", "pass", 1, 1),
+        ("2", "pass", "pass", 1, 1),
+        ("3", "pass", "pass", 1, 2),
+    ]
     assert rows[0]["files"] == "src/reset_token.py" and rows[0]["tests"] == "1/1"
     summary = await artifacts(result["run_id"], "small-feature-summary")
     assert len(summary) == 1 and summary[0].type == "markdown"
@@ -347,15 +415,18 @@ async def test_the_task_table_shows_file_names_as_they_are(tmp_path, rig):
     doc = load(spec / "tasks.json")
     doc["tasks"][0]["description"] = "Export *all* names from pkg/__init__.py"
     (spec / "tasks.json").write_text(json.dumps(doc))
-    state, result = await run_flow(spec, agent=rig.agent(plan={"a": "write:pkg/__init__.py"}),
-                                   repo=str(rig.repo))
+    state, result = await run_flow(
+        spec, agent=rig.agent(plan={"a": "write:pkg/__init__.py"}), repo=str(rig.repo)
+    )
     assert state.is_completed(), state
     (table,) = await artifacts(result["run_id"], "under-scores-tasks")
     rows = json.loads(table.data) if isinstance(table.data, str) else table.data
     md = MarkdownIt()
     shown = {k: md.renderInline(rows[0][k]) for k in ("files", "description")}
-    assert shown == {"files": "pkg/__init__.py",
-                     "description": "Export *all* names from pkg/__init__.py"}
+    assert shown == {
+        "files": "pkg/__init__.py",
+        "description": "Export *all* names from pkg/__init__.py",
+    }
     assert rows[0]["files"] != "pkg/__init__.py"  # escaped in the data, not just lucky
     assert rig.survivors() == []
 
@@ -366,8 +437,7 @@ async def test_the_task_table_shows_file_names_as_they_are(tmp_path, rig):
 async def test_failures_retries_and_transitive_blocking(example, rig):
     spec = example("checkout-api")
     plan = {"3": "crash", "4": "garbage", "6": "false-pass", "7": "blocked", "9": "fail"}
-    state, result = await run_flow(spec, agent=rig.agent(plan=plan), repo=str(rig.repo),
-                                   retries=1)
+    state, result = await run_flow(spec, agent=rig.agent(plan=plan), repo=str(rig.repo), retries=1)
     assert state.is_failed()
     assert result["status"] == "partial"
     assert state.message == "13 of 16 tasks did not pass"
@@ -391,8 +461,12 @@ async def test_failures_retries_and_transitive_blocking(example, rig):
     assert t["6"]["status"] == "fail" and t["6"]["outcome"] == "fail"
     assert t["6"]["attempts"] == 1 and t["6"]["blocker"]
     # blocked verdict: status blocked, not retried
-    assert t["7"] == {"status": "blocked", "outcome": "blocked", "attempts": 1,
-                      "blocker": "needs a decision"}
+    assert t["7"] == {
+        "status": "blocked",
+        "outcome": "blocked",
+        "attempts": 1,
+        "blocker": "needs a decision",
+    }
 
     # transitive dependents: blocked with the root's reason, never launched
     never = {"8", "10", "11", "12", "13", "14", "15", "16"}
@@ -403,19 +477,30 @@ async def test_failures_retries_and_transitive_blocking(example, rig):
     crash_reason = f"blocked by 3: {t['3']['blocker']}"
     assert t["8"]["blocker"] == crash_reason  # direct dependent of 3
     assert t["11"]["blocker"] == crash_reason  # depends on 3 and on 8
-    assert t["10"]["blocker"] in (f"blocked by 6: {t['6']['blocker']}",
-                                  "blocked by 7: needs a decision")
+    assert t["10"]["blocker"] in (
+        f"blocked by 6: {t['6']['blocker']}",
+        "blocked by 7: needs a decision",
+    )
     roots = {f"blocked by {r}: {t[r]['blocker']}" for r in ("3", "4", "6", "7")}
     for tid in never:
         assert t[tid]["blocker"] in roots, (tid, t[tid]["blocker"])
 
     launched = rig.launched()
-    assert launched == {"1": [1], "2": [1], "3": [1, 2], "4": [1, 2], "5": [1], "6": [1],
-                        "7": [1], "9": [1]}
+    assert launched == {
+        "1": [1],
+        "2": [1],
+        "3": [1, 2],
+        "4": [1, 2],
+        "5": [1],
+        "6": [1],
+        "7": [1],
+        "9": [1],
+    }
     assert not never & set(launched)
     spec_dir_runs = Path(result["run_dir"]) / "tasks"
     assert sorted(p.name for p in spec_dir_runs.iterdir()) == sorted(
-        ["1", "2", "3", "4", "5", "6", "7", "9"], key=str)
+        ["1", "2", "3", "4", "5", "6", "7", "9"], key=str
+    )
 
     # the plan file agrees
     tasks = by_id(load(spec / "tasks.json"))
@@ -430,8 +515,10 @@ async def test_failures_retries_and_transitive_blocking(example, rig):
         assert tasks[sid]["status"] == expected, sid
     doc = load(spec / "tasks.json")
     assert doc["orchestrator_state"]["status"] == "partial"
-    assert (doc["orchestrator_state"]["workers_spawned"],
-            doc["orchestrator_state"]["workers_retried"]) == (10, 2)
+    assert (
+        doc["orchestrator_state"]["workers_spawned"],
+        doc["orchestrator_state"]["workers_retried"],
+    ) == (10, 2)
 
     # Prefect task runs: Failed for the workers that did not pass, none for blocked tasks
     runs = await worker_runs(result["run_id"], 8)
@@ -455,15 +542,24 @@ async def test_failures_retries_and_transitive_blocking(example, rig):
 async def test_timeout_doubles_kills_the_whole_tree_and_hang_once_passes(example, rig):
     spec = example("small-feature")
     agent = rig.agent(plan={"1": "grandchild+hang", "2": "hang-once"})
-    state, result = await run_flow(spec, agent=agent, repo=str(rig.repo), timeout_seconds=1,
-                                   retries=1)
+    state, result = await run_flow(
+        spec, agent=agent, repo=str(rig.repo), timeout_seconds=1, retries=1
+    )
     assert state.is_failed() and result["status"] == "partial"
     t = result["tasks"]
-    assert t["1"] == {"status": "fail", "outcome": "timeout", "attempts": 2,
-                      "blocker": "timeout after 2 attempts (1.0 s, 2.0 s)"}
+    assert t["1"] == {
+        "status": "fail",
+        "outcome": "timeout",
+        "attempts": 2,
+        "blocker": "timeout after 2 attempts (1.0 s, 2.0 s)",
+    }
     assert t["2"] == {"status": "pass", "outcome": "pass", "attempts": 2, "blocker": None}
-    assert t["3"] == {"status": "blocked", "outcome": None, "attempts": 0,
-                      "blocker": "blocked by 1: timeout after 2 attempts (1.0 s, 2.0 s)"}
+    assert t["3"] == {
+        "status": "blocked",
+        "outcome": None,
+        "attempts": 0,
+        "blocker": "blocked by 1: timeout after 2 attempts (1.0 s, 2.0 s)",
+    }
 
     tdir = Path(result["run_dir"]) / "tasks"
     a1, a2 = load(tdir / "1" / "attempt-1.json"), load(tdir / "1" / "attempt-2.json")
@@ -495,8 +591,13 @@ async def test_timeout_doubles_kills_the_whole_tree_and_hang_once_passes(example
 async def test_concurrency_limits_and_dependency_order(example, rig, policy):
     spec = example("checkout-api")
     plan = plan_spec(load_spec(spec), max_concurrency=3)
-    state, result = await run_flow(spec, agent=rig.agent(default="sleep:0.5"),
-                                   repo=str(rig.repo), max_concurrency=3, scheduler=policy)
+    state, result = await run_flow(
+        spec,
+        agent=rig.agent(default="sleep:0.5"),
+        repo=str(rig.repo),
+        max_concurrency=3,
+        scheduler=policy,
+    )
     assert state.is_completed(), result
     assert result["metrics"]["scheduler"] == policy
     assert result["metrics"]["max_concurrent_scheduled"] <= 3
@@ -535,8 +636,9 @@ async def test_concurrency_limits_and_dependency_order(example, rig, policy):
 
 async def test_fail_fast_stops_new_workers(example, rig):
     spec = example("small-feature")
-    state, result = await run_flow(spec, agent=rig.agent(default="fail"), repo=str(rig.repo),
-                                   max_concurrency=1, fail_fast=True)
+    state, result = await run_flow(
+        spec, agent=rig.agent(default="fail"), repo=str(rig.repo), max_concurrency=1, fail_fast=True
+    )
     assert state.is_failed()
     launched = rig.launched()
     assert len(launched) == 1, launched
@@ -547,8 +649,7 @@ async def test_fail_fast_stops_new_workers(example, rig):
     assert result["blocking_failures"] == [first]
     assert state.message.startswith(f"stopped after failures ({first}); 3 of 3 tasks")
     t = result["tasks"]
-    assert t[first] == {"status": "fail", "outcome": "fail", "attempts": 1,
-                        "blocker": "tests fail"}
+    assert t[first] == {"status": "fail", "outcome": "fail", "attempts": 1, "blocker": "tests fail"}
     assert t[other] == {"status": "pending", "outcome": None, "attempts": 0, "blocker": None}
     assert t["3"]["status"] == "blocked" and t["3"]["blocker"] == f"blocked by {first}: tests fail"
     assert any("fail-fast" in e for e in result["metrics"]["events"])
@@ -569,11 +670,17 @@ async def test_fail_fast_stops_new_workers(example, rig):
 async def test_all_workers_of_a_wave_fail_then_the_rest_is_sequential(tmp_path, rig):
     spec = write_spec(tmp_path / "fallback", "fallback", [["1", "2"], ["3", "4", "5"]])
     agent = rig.agent(plan={"1": "sleep:0.5+fail", "2": "sleep:0.5+fail"}, default="sleep:0.3")
-    state, result = await run_flow(spec, agent=agent, repo=str(rig.repo), scheduler="waves",
-                                   max_concurrency=3)
+    state, result = await run_flow(
+        spec, agent=agent, repo=str(rig.repo), scheduler="waves", max_concurrency=3
+    )
     assert state.is_failed() and result["status"] == "partial"
     assert [result["tasks"][t]["status"] for t in "12345"] == [
-        "fail", "fail", "pass", "pass", "pass"]
+        "fail",
+        "fail",
+        "pass",
+        "pass",
+        "pass",
+    ]
     events = result["metrics"]["events"]
     assert any("sequential" in e and "wave 1" in e for e in events), events
 
@@ -596,7 +703,10 @@ async def test_rerun_resumes_failed_and_in_progress_tasks_only(example, rig):
     _, r1 = await run_flow(spec, agent=rig.agent(plan={"2": "fail"}), repo=str(rig.repo))
     assert r1["status"] == "partial"
     assert {k: v["status"] for k, v in r1["tasks"].items()} == {
-        "1": "pass", "2": "fail", "3": "blocked"}
+        "1": "pass",
+        "2": "fail",
+        "3": "blocked",
+    }
     assert sorted(rig.launched()) == ["1", "2"]
 
     # second run: task 1 already passed and is not run again; 2 (failed) and 3 (blocked) are
@@ -604,8 +714,7 @@ async def test_rerun_resumes_failed_and_in_progress_tasks_only(example, rig):
     state, r2 = await run_flow(spec, agent=rig.agent(), repo=str(rig.repo))
     assert state.is_completed() and r2["status"] == "success"
     assert rig.launched() == {"2": [1], "3": [1]}
-    assert r2["tasks"]["1"] == {"status": "done", "outcome": None, "attempts": 0,
-                                "blocker": None}
+    assert r2["tasks"]["1"] == {"status": "done", "outcome": None, "attempts": 0, "blocker": None}
     assert r2["metrics"]["already_done"] == 1
     tasks = by_id(load(spec / "tasks.json"))
     assert [tasks[t]["status"] for t in "123"] == ["pass", "pass", "pass"]
@@ -635,12 +744,21 @@ async def test_rerun_resumes_failed_and_in_progress_tasks_only(example, rig):
 async def test_cancel_kills_every_agent_and_puts_running_tasks_back(example, rig):
     spec = example("small-feature")
     original = load(spec / "tasks.json")
-    flow = asyncio.create_task(run_flow(spec, agent=rig.agent(default="grandchild+hang"),
-                                        repo=str(rig.repo), timeout_seconds=600))
+    flow = asyncio.create_task(
+        run_flow(
+            spec,
+            agent=rig.agent(default="grandchild+hang"),
+            repo=str(rig.repo),
+            timeout_seconds=600,
+        )
+    )
     try:
         # both wave-1 agents started, each with its two grandchildren
-        await wait_until(lambda: len(agents_recorded(spec)) == 2 and len(rig.processes()) >= 6,
-                         60, "2 agents and 4 grandchildren")
+        await wait_until(
+            lambda: len(agents_recorded(spec)) == 2 and len(rig.processes()) >= 6,
+            60,
+            "2 agents and 4 grandchildren",
+        )
         tasks = by_id(load(spec / "tasks.json"))
         assert [tasks[t]["status"] for t in "123"] == ["in_progress", "in_progress", "pending"]
         flow.cancel()
@@ -716,22 +834,35 @@ async def test_dry_run_launches_nothing_and_returns_the_prompts(example, rig):
     assert rig.survivors() == []
 
 
-async def test_dry_run_shows_exactly_the_prompts_agents_get_with_the_spec_template(example,
-                                                                                rig):
+async def test_dry_run_shows_exactly_the_prompts_agents_get_with_the_spec_template(example, rig):
     """Regression: ``specwave run --dry-run`` built prompts without the spec's
     worker-prompt.md, so it printed a different prompt from the one the agents got."""
 
     spec = example("small-feature")
     (spec / "worker-prompt.md").write_text(
         "# Our own worker prompt for $task_id (wave $wave, with: $concurrent)\n\n"
-        "$sections\n$output_format")
+        "$sections\n$output_format"
+    )
     _, result = await run_flow(spec, agent=rig.agent(), repo=str(rig.repo), dry_run=True)
     prompts = result["prompts"]
     assert prompts["1"].startswith("# Our own worker prompt for 1 (wave 1, with: 2)")
     assert prompts["3"].startswith("# Our own worker prompt for 3 (wave 2, with: )")
-    cli = subprocess.run([sys.executable, "-c", "from flows.cli import main; main()", "run",
-                          str(spec), "--command", "true", "--dry-run"], capture_output=True,
-                         text=True, timeout=120, cwd=ROOT)
+    cli = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "from flows.cli import main; main()",
+            "run",
+            str(spec),
+            "--command",
+            "true",
+            "--dry-run",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
+    )
     assert cli.returncode == 0, cli.stderr
     for tid, prompt in prompts.items():
         assert prompt in cli.stdout, tid  # word for word what the agent would be given
@@ -748,8 +879,9 @@ async def test_dry_run_shows_exactly_the_prompts_agents_get_with_the_spec_templa
 
 async def test_second_concurrent_run_of_a_spec_is_refused(example, rig):
     spec = example("small-feature")
-    first = asyncio.create_task(run_flow(spec, agent=rig.agent(default="hang"),
-                                         repo=str(rig.repo), timeout_seconds=600))
+    first = asyncio.create_task(
+        run_flow(spec, agent=rig.agent(default="hang"), repo=str(rig.repo), timeout_seconds=600)
+    )
     try:
         await wait_until(lambda: len(agents_recorded(spec)) == 2, 60, "2 agents")
         alive = {p.pid for p in rig.processes()}

@@ -13,8 +13,9 @@ from tasks_lib import jsondoc
 from tasks_lib.jsondoc import JsonStyle, RawFloat
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
-EXAMPLE_FILES = sorted(p for name in ("tasks.json", "context-summary.json")
-                       for p in EXAMPLES.rglob(name))
+EXAMPLE_FILES = sorted(
+    p for name in ("tasks.json", "context-summary.json") for p in EXAMPLES.rglob(name)
+)
 
 
 def roundtrip(text: str) -> str:
@@ -41,11 +42,25 @@ def test_example_file_round_trips_byte_exact(path: Path):
 SAMPLE = {
     "version": "2.0",
     "tasks": [
-        {"id": 1, "status": "pending", "estimate": 1.5, "ratio": 0.25, "big": 12345678901234567890,
-         "neg": -3, "tags": ["a", "b, c", "d]", "[e"], "ok": True, "none": None,
-         "nested": {"deep": [[1, 2], [], {}], "empty": {}}},
-        {"id": "1.1", "description": "Résumé — naïve café ✓ 日本語", "escapes": "tab\t\"q\" \\ /\n",
-         "ctrl": "\x01\x7f", "sep": "\u2028"},
+        {
+            "id": 1,
+            "status": "pending",
+            "estimate": 1.5,
+            "ratio": 0.25,
+            "big": 12345678901234567890,
+            "neg": -3,
+            "tags": ["a", "b, c", "d]", "[e"],
+            "ok": True,
+            "none": None,
+            "nested": {"deep": [[1, 2], [], {}], "empty": {}},
+        },
+        {
+            "id": "1.1",
+            "description": "Résumé — naïve café ✓ 日本語",
+            "escapes": 'tab\t"q" \\ /\n',
+            "ctrl": "\x01\x7f",
+            "sep": "\u2028",
+        },
     ],
     "mixed": [1, "two", None, False, 3.0],
     "deep_array": [[["x"]]],
@@ -118,8 +133,14 @@ def test_inline_scalar_arrays_in_an_indented_file_stay_inline(indent: str):
 def test_detect_style_reads_each_property():
     text = '\ufeff{\r\n    "a": "\\u00e9",\r\n    "b": [\r\n        1\r\n    ]\r\n}'
     style = jsondoc.detect_style(text)
-    assert style == JsonStyle(indent="    ", inline_scalar_arrays=False, ensure_ascii=True,
-                              newline="\r\n", final_newline=False, bom=True)
+    assert style == JsonStyle(
+        indent="    ",
+        inline_scalar_arrays=False,
+        ensure_ascii=True,
+        newline="\r\n",
+        final_newline=False,
+        bom=True,
+    )
     flat = jsondoc.detect_style('{"a":"x, y: z","b":[1,2]}\n')
     assert flat.indent is None and flat.compact_separators and flat.final_newline
     spaced = jsondoc.detect_style('{"a": "x", "b": [1, 2]}')
@@ -160,14 +181,15 @@ def test_loads_reports_syntax_errors():
 json_scalars = (
     st.none()
     | st.booleans()
-    | st.integers(min_value=-(10 ** 30), max_value=10 ** 30)
+    | st.integers(min_value=-(10**30), max_value=10**30)
     | st.floats(allow_nan=False, allow_infinity=False)
     | st.text(max_size=12)
 )
 json_docs = st.recursive(
     json_scalars,
-    lambda inner: st.lists(inner, max_size=5) | st.dictionaries(st.text(max_size=8), inner,
-                                                                max_size=5),
+    lambda inner: (
+        st.lists(inner, max_size=5) | st.dictionaries(st.text(max_size=8), inner, max_size=5)
+    ),
     max_leaves=30,
 )
 
@@ -200,8 +222,12 @@ def test_random_documents_in_random_styles_round_trip(doc, style: JsonStyle):
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(doc=json_docs, indent=st.sampled_from([None, 0, 1, 2, 4, "\t"]),
-       ensure_ascii=st.booleans(), compact=st.booleans())
+@given(
+    doc=json_docs,
+    indent=st.sampled_from([None, 0, 1, 2, 4, "\t"]),
+    ensure_ascii=st.booleans(),
+    compact=st.booleans(),
+)
 def test_random_json_dumps_output_round_trips(doc, indent, ensure_ascii: bool, compact: bool):
     separators = (",", ":") if compact and indent is None else None
     text = json.dumps(doc, indent=indent, ensure_ascii=ensure_ascii, separators=separators)

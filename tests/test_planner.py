@@ -22,58 +22,83 @@ from tasks_lib.planner import (
 from tasks_lib.spec import DeclaredWave, LoadedSpec, SpecUnit
 
 
-def make_spec(units: list[SpecUnit], *, declared: list[DeclaredWave] | None = None,
-              mode: str | None = None, slots: int | None = None) -> LoadedSpec:
-    return LoadedSpec(name="t", folder=Path("."), tasks_path=Path("tasks.json"),
-                      format="agent-os", units=units, declared_waves=declared,
-                      declared_mode=mode, max_concurrent_workers=slots)
+def make_spec(
+    units: list[SpecUnit],
+    *,
+    declared: list[DeclaredWave] | None = None,
+    mode: str | None = None,
+    slots: int | None = None,
+) -> LoadedSpec:
+    return LoadedSpec(
+        name="t",
+        folder=Path("."),
+        tasks_path=Path("tasks.json"),
+        format="agent-os",
+        units=units,
+        declared_waves=declared,
+        declared_mode=mode,
+        max_concurrent_workers=slots,
+    )
 
 
-def unit(uid: str, deps=(), files=(), minutes: float | None = None,
-         tokens: int | None = None) -> SpecUnit:
-    return SpecUnit(id=uid, description=f"task {uid}", deps=list(deps), files=list(files),
-                    estimate_minutes=minutes, estimated_tokens=tokens)
+def unit(
+    uid: str, deps=(), files=(), minutes: float | None = None, tokens: int | None = None
+) -> SpecUnit:
+    return SpecUnit(
+        id=uid,
+        description=f"task {uid}",
+        deps=list(deps),
+        files=list(files),
+        estimate_minutes=minutes,
+        estimated_tokens=tokens,
+    )
 
 
 # ----------------------------------------------------------------------- normalize_path
 
 
-@pytest.mark.parametrize("raw, expected", [
-    ("src/app.py", ("src/app.py", False)),
-    ("./src/app.py", ("src/app.py", False)),
-    ("src//app.py", ("src/app.py", False)),
-    ("src/./app.py", ("src/app.py", False)),
-    ("src/lib/../app.py", ("src/app.py", False)),
-    ("src\\win\\path.py", ("src/win/path.py", False)),
-    ("  src/app.py  ", ("src/app.py", False)),
-    ("src/", ("src", True)),
-    ("src/api//", ("src/api", True)),
-    ("./", ("", True)),
-    ("src/..", ("", True)),
-    ("src/**/*.py", ("src", True)),
-    ("src/api/*.ts", ("src/api", True)),
-    ("tests/test_?.py", ("tests", True)),
-    ("tests/[ab].py", ("tests", True)),
-    ("*.md", ("", True)),
-    ("**", ("", True)),
-])
+@pytest.mark.parametrize(
+    "raw, expected",
+    [
+        ("src/app.py", ("src/app.py", False)),
+        ("./src/app.py", ("src/app.py", False)),
+        ("src//app.py", ("src/app.py", False)),
+        ("src/./app.py", ("src/app.py", False)),
+        ("src/lib/../app.py", ("src/app.py", False)),
+        ("src\\win\\path.py", ("src/win/path.py", False)),
+        ("  src/app.py  ", ("src/app.py", False)),
+        ("src/", ("src", True)),
+        ("src/api//", ("src/api", True)),
+        ("./", ("", True)),
+        ("src/..", ("", True)),
+        ("src/**/*.py", ("src", True)),
+        ("src/api/*.ts", ("src/api", True)),
+        ("tests/test_?.py", ("tests", True)),
+        ("tests/[ab].py", ("tests", True)),
+        ("*.md", ("", True)),
+        ("**", ("", True)),
+    ],
+)
 def test_normalize_path(raw: str, expected: tuple[str, bool]):
     assert normalize_path(raw) == expected
 
 
-@pytest.mark.parametrize("raw, message", [
-    ("/etc/passwd", "is absolute"),
-    ("/", "is absolute"),
-    ("C:\\Users\\x.py", "is absolute"),
-    ("c:/x.py", "is absolute"),
-    ("~/notes.md", "is absolute"),
-    ("..", "leaves the repository"),
-    ("../sibling/x.py", "leaves the repository"),
-    ("src/../../x.py", "leaves the repository"),
-    ("./../x.py", "leaves the repository"),
-    ("", "empty path"),
-    ("   ", "empty path"),
-])
+@pytest.mark.parametrize(
+    "raw, message",
+    [
+        ("/etc/passwd", "is absolute"),
+        ("/", "is absolute"),
+        ("C:\\Users\\x.py", "is absolute"),
+        ("c:/x.py", "is absolute"),
+        ("~/notes.md", "is absolute"),
+        ("..", "leaves the repository"),
+        ("../sibling/x.py", "leaves the repository"),
+        ("src/../../x.py", "leaves the repository"),
+        ("./../x.py", "leaves the repository"),
+        ("", "empty path"),
+        ("   ", "empty path"),
+    ],
+)
 def test_normalize_path_rejects(raw: str, message: str):
     with pytest.raises(PathError, match=message):
         normalize_path(raw)
@@ -82,35 +107,44 @@ def test_normalize_path_rejects(raw: str, message: str):
 # ----------------------------------------------------------------------- find_conflicts
 
 
-@pytest.mark.parametrize("files, expected", [
-    # equal files, however they are spelled
-    ({"a": ["src/x.py"], "b": ["./src//x.py"]}, [Conflict("a", "b", ("src/x.py",))]),
-    # a directory covers a file under it (at any depth)
-    ({"a": ["src/"], "b": ["src/deep/er/x.py"]}, [Conflict("a", "b", ("src/deep/er/x.py",))]),
-    # a directory covers a directory under it
-    ({"a": ["src/api/v1/"], "b": ["src/"]}, [Conflict("a", "b", ("src/api/v1",))]),
-    # the same directory twice
-    ({"a": ["src/"], "b": ["src/"]}, [Conflict("a", "b", ("src",))]),
-    # a glob covers what is under its fixed part
-    ({"a": ["src/**/*.py"], "b": ["src/x/y.py"]}, [Conflict("a", "b", ("src/x/y.py",))]),
-    # the repository root covers everything
-    ({"a": ["./"], "b": ["x.py"], "c": ["deep/y/"]},
-     [Conflict("a", "b", ("x.py",)), Conflict("a", "c", ("deep/y",))]),
-    # one unit listing a file and its folder does not conflict with itself
-    ({"a": ["src/", "src/x.py"], "b": ["docs/"]}, []),
-    # a shared prefix is not a shared folder
-    ({"a": ["src/api/"], "b": ["src/api2/x.py", "src/api.py", "src/ap/"]}, []),
-    # a file is not a folder: "src/x.py" does not cover "src/x.py.bak"
-    ({"a": ["src/x.py"], "b": ["src/x.py.bak"]}, []),
-    # paths that validation rejects are ignored here
-    ({"a": ["/etc/"], "b": ["/etc/passwd"], "c": ["../x"], "d": ["../x"]}, []),
-    # several shared files are all named, sorted
-    ({"b": ["z.py", "a.py", "m/"], "a": ["a.py", "z.py", "m/n.py"]},
-     [Conflict("a", "b", ("a.py", "m/n.py", "z.py"))]),
-    # three owners of one file: every pair
-    ({"c": ["f"], "a": ["f"], "b": ["f"]},
-     [Conflict("a", "b", ("f",)), Conflict("a", "c", ("f",)), Conflict("b", "c", ("f",))]),
-])
+@pytest.mark.parametrize(
+    "files, expected",
+    [
+        # equal files, however they are spelled
+        ({"a": ["src/x.py"], "b": ["./src//x.py"]}, [Conflict("a", "b", ("src/x.py",))]),
+        # a directory covers a file under it (at any depth)
+        ({"a": ["src/"], "b": ["src/deep/er/x.py"]}, [Conflict("a", "b", ("src/deep/er/x.py",))]),
+        # a directory covers a directory under it
+        ({"a": ["src/api/v1/"], "b": ["src/"]}, [Conflict("a", "b", ("src/api/v1",))]),
+        # the same directory twice
+        ({"a": ["src/"], "b": ["src/"]}, [Conflict("a", "b", ("src",))]),
+        # a glob covers what is under its fixed part
+        ({"a": ["src/**/*.py"], "b": ["src/x/y.py"]}, [Conflict("a", "b", ("src/x/y.py",))]),
+        # the repository root covers everything
+        (
+            {"a": ["./"], "b": ["x.py"], "c": ["deep/y/"]},
+            [Conflict("a", "b", ("x.py",)), Conflict("a", "c", ("deep/y",))],
+        ),
+        # one unit listing a file and its folder does not conflict with itself
+        ({"a": ["src/", "src/x.py"], "b": ["docs/"]}, []),
+        # a shared prefix is not a shared folder
+        ({"a": ["src/api/"], "b": ["src/api2/x.py", "src/api.py", "src/ap/"]}, []),
+        # a file is not a folder: "src/x.py" does not cover "src/x.py.bak"
+        ({"a": ["src/x.py"], "b": ["src/x.py.bak"]}, []),
+        # paths that validation rejects are ignored here
+        ({"a": ["/etc/"], "b": ["/etc/passwd"], "c": ["../x"], "d": ["../x"]}, []),
+        # several shared files are all named, sorted
+        (
+            {"b": ["z.py", "a.py", "m/"], "a": ["a.py", "z.py", "m/n.py"]},
+            [Conflict("a", "b", ("a.py", "m/n.py", "z.py"))],
+        ),
+        # three owners of one file: every pair
+        (
+            {"c": ["f"], "a": ["f"], "b": ["f"]},
+            [Conflict("a", "b", ("f",)), Conflict("a", "c", ("f",)), Conflict("b", "c", ("f",))],
+        ),
+    ],
+)
 def test_find_conflicts(files: dict[str, list[str]], expected: list[Conflict]):
     assert find_conflicts(files) == expected
 
@@ -127,19 +161,42 @@ def covers(p: tuple[str, bool], q: tuple[str, bool]) -> bool:
 
 def conflict_oracle(files: dict[str, list[str]]) -> set[tuple[str, str]]:
     norm = {u: [normalize_path(f) for f in fs] for u, fs in files.items()}
-    return {(a, b) if a < b else (b, a)
-            for a, b in itertools.combinations(files, 2)
-            if any(covers(p, q) for p in norm[a] for q in norm[b])}
+    return {
+        (a, b) if a < b else (b, a)
+        for a, b in itertools.combinations(files, 2)
+        if any(covers(p, q) for p in norm[a] for q in norm[b])
+    }
 
 
-PATH_POOL = ["x/", "x/a.py", "x/b.py", "x/sub/", "x/sub/c.py", "y.py", "./y.py", "z/d.py",
-             "z//d.py", "z/", "w/e.py", "w/f.py", "src/**/*.ts", "src/app.ts", "src2/app.ts",
-             "docs/readme.md", "docs/"]
+PATH_POOL = [
+    "x/",
+    "x/a.py",
+    "x/b.py",
+    "x/sub/",
+    "x/sub/c.py",
+    "y.py",
+    "./y.py",
+    "z/d.py",
+    "z//d.py",
+    "z/",
+    "w/e.py",
+    "w/f.py",
+    "src/**/*.ts",
+    "src/app.ts",
+    "src2/app.ts",
+    "docs/readme.md",
+    "docs/",
+]
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.dictionaries(st.sampled_from([f"t{i}" for i in range(12)]),
-                       st.lists(st.sampled_from(PATH_POOL), max_size=4), max_size=12))
+@given(
+    st.dictionaries(
+        st.sampled_from([f"t{i}" for i in range(12)]),
+        st.lists(st.sampled_from(PATH_POOL), max_size=4),
+        max_size=12,
+    )
+)
 def test_find_conflicts_matches_brute_force(files: dict[str, list[str]]):
     found = find_conflicts(files)
     assert {(c.a, c.b) for c in found} == conflict_oracle(files)
@@ -159,10 +216,15 @@ def random_specs(draw) -> tuple[LoadedSpec, int | None]:
     for j, uid in enumerate(ids):
         deps = [ids[i] for i in range(j) if draw(st.floats(0, 1)) < edge_p]
         files = draw(st.lists(st.sampled_from(PATH_POOL), max_size=3))
-        units.append(unit(
-            uid, deps, files,
-            minutes=draw(st.integers(1, 60)) if weights_kind == "minutes" else None,
-            tokens=draw(st.integers(100, 9000)) if weights_kind == "tokens" else None))
+        units.append(
+            unit(
+                uid,
+                deps,
+                files,
+                minutes=draw(st.integers(1, 60)) if weights_kind == "minutes" else None,
+                tokens=draw(st.integers(100, 9000)) if weights_kind == "tokens" else None,
+            )
+        )
     # the task list order need not be a topological order
     units = draw(st.permutations(units))
     slots = draw(st.none() | st.integers(min_value=1, max_value=6))
@@ -225,12 +287,14 @@ def test_computed_plan_is_valid(case):
         assert (a, b) in all_edges
     assert plan.critical_path_length == pytest.approx(sum(plan.weights[t] for t in cp))
     assert plan.critical_path_length == pytest.approx(
-        longest_path(ids, plan.predecessors, plan.weights))
+        longest_path(ids, plan.predecessors, plan.weights)
+    )
     expected_slots = slots or DEFAULT_MAX_CONCURRENCY
     assert plan.max_concurrency == expected_slots
     assert plan.total_work == pytest.approx(sum(plan.weights.values()))
     assert plan.lower_bound == pytest.approx(
-        max(plan.critical_path_length, plan.total_work / expected_slots))
+        max(plan.critical_path_length, plan.total_work / expected_slots)
+    )
     assert plan.estimated_speedup == pytest.approx(plan.total_work / plan.lower_bound)
     # an invariant of any plan: never slower than sequential, never more than the slots
     assert 1.0 <= plan.estimated_speedup + 1e-9 <= expected_slots + 1e-9
@@ -246,8 +310,7 @@ def test_computed_plan_is_valid(case):
 
     # remaining = longest path from a unit to the end; downstream = transitive dependents
     succ = {t: [b for a, b in all_edges if a == t] for t in ids}
-    assert plan.remaining == pytest.approx(
-        {t: longest_path([t], succ, plan.weights) for t in ids})
+    assert plan.remaining == pytest.approx({t: longest_path([t], succ, plan.weights) for t in ids})
     dep = nx.DiGraph(list(dep_edges))
     dep.add_nodes_from(ids)
     assert plan.downstream == {t: len(nx.descendants(dep, t)) for t in ids}
@@ -256,30 +319,47 @@ def test_computed_plan_is_valid(case):
 
 
 def test_waves_are_as_early_as_possible_and_in_task_order():
-    spec = make_spec([unit("a"), unit("b", ["a"]), unit("c"), unit("d", ["b", "c"]),
-                      unit("e", files=["src/"]), unit("f", files=["src/x.py"])])
+    spec = make_spec(
+        [
+            unit("a"),
+            unit("b", ["a"]),
+            unit("c"),
+            unit("d", ["b", "c"]),
+            unit("e", files=["src/"]),
+            unit("f", files=["src/x.py"]),
+        ]
+    )
     plan = plan_spec(spec)
     assert [w.tasks for w in plan.waves] == [["a", "c", "e"], ["b", "f"], ["d"]]
     assert plan.mode == "parallel_waves"
     assert plan.conflict_edges == [("e", "f")]
 
 
-@pytest.mark.parametrize("units, mode", [
-    ([unit("a")], "sequential"),
-    ([unit("a"), unit("b", ["a"]), unit("c", ["b"])], "sequential"),
-    ([unit("a"), unit("b"), unit("c")], "fully_parallel"),
-    ([unit("a"), unit("b"), unit("c", ["a"])], "parallel_waves"),
-    ([unit("a", files=["f"]), unit("b", files=["f"])], "sequential"),
-])
+@pytest.mark.parametrize(
+    "units, mode",
+    [
+        ([unit("a")], "sequential"),
+        ([unit("a"), unit("b", ["a"]), unit("c", ["b"])], "sequential"),
+        ([unit("a"), unit("b"), unit("c")], "fully_parallel"),
+        ([unit("a"), unit("b"), unit("c", ["a"])], "parallel_waves"),
+        ([unit("a", files=["f"]), unit("b", files=["f"])], "sequential"),
+    ],
+)
 def test_mode_follows_the_waves(units, mode):
     assert plan_spec(make_spec(units)).mode == mode
 
 
 def test_critical_path_and_lower_bound_with_minutes():
     # a(10) -> b(30) -> d(5) is the longest chain (45); a -> c(20) -> d is 35; e(40) alone
-    spec = make_spec([unit("a", minutes=10), unit("b", ["a"], minutes=30),
-                      unit("c", ["a"], minutes=20), unit("d", ["b", "c"], minutes=5),
-                      unit("e", minutes=40)])
+    spec = make_spec(
+        [
+            unit("a", minutes=10),
+            unit("b", ["a"], minutes=30),
+            unit("c", ["a"], minutes=20),
+            unit("d", ["b", "c"], minutes=5),
+            unit("e", minutes=40),
+        ]
+    )
     plan = plan_spec(spec, max_concurrency=2)
     assert plan.estimate_unit == "minutes"
     assert plan.critical_path == ["a", "b", "d"]
@@ -331,20 +411,28 @@ def declared(*waves: list[str]) -> list[DeclaredWave]:
 
 
 def test_valid_declared_waves_are_used_as_written():
-    spec = make_spec([unit("a"), unit("b"), unit("c", ["a"])],
-                     declared=declared(["a"], ["b", "c"]), mode="parallel_waves")
+    spec = make_spec(
+        [unit("a"), unit("b"), unit("c", ["a"])],
+        declared=declared(["a"], ["b", "c"]),
+        mode="parallel_waves",
+    )
     plan = plan_spec(spec)
     assert plan.errors == [] and plan.source == "declared"
     assert [w.tasks for w in plan.waves] == [["a"], ["b", "c"]]
 
 
 def test_declared_waves_that_break_a_dependency_or_a_conflict_are_errors_and_replan_fixes_them():
-    spec = make_spec([unit("a", files=["src/"]), unit("b", ["a"]), unit("c", files=["src/x"])],
-                     declared=declared(["a", "b", "c"]), mode="fully_parallel")
+    spec = make_spec(
+        [unit("a", files=["src/"]), unit("b", ["a"]), unit("c", files=["src/x"])],
+        declared=declared(["a", "b", "c"]),
+        mode="fully_parallel",
+    )
     plan = plan_spec(spec)
     texts = [str(e) for e in plan.errors]
-    assert 'tasks.json: task "b": wave 1 runs it with task "a" (wave 1), which it depends on ' \
-           "— move it to a wave after 1, or run `specwave plan --replan`" in texts
+    assert (
+        'tasks.json: task "b": wave 1 runs it with task "a" (wave 1), which it depends on '
+        "— move it to a wave after 1, or run `specwave plan --replan`" in texts
+    )
     assert any('task "a": shares src/x with task "c" in the same wave 1' in t for t in texts)
 
     replanned = plan_spec(spec, replan=True)
@@ -355,8 +443,10 @@ def test_declared_waves_that_break_a_dependency_or_a_conflict_are_errors_and_rep
 def test_declared_wave_before_its_dependency_is_an_error():
     spec = make_spec([unit("a", ["b"]), unit("b")], declared=declared(["a"], ["b"]))
     texts = [str(e) for e in plan_spec(spec).errors]
-    assert texts == ['tasks.json: task "a": wave 1 runs it before task "b" (wave 2), which it '
-                     "depends on — move it to a wave after 2, or run `specwave plan --replan`"]
+    assert texts == [
+        'tasks.json: task "a": wave 1 runs it before task "b" (wave 2), which it '
+        "depends on — move it to a wave after 2, or run `specwave plan --replan`"
+    ]
 
 
 def test_declared_mode_that_disagrees_with_the_waves_is_a_warning():

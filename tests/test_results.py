@@ -229,7 +229,7 @@ def test_example_block_first_then_real_block_last_counts():
     text = (
         'The expected format is\n```json\n{"status": "pass"}\n```\n\n'
         'My result:\n```json\n{"status": "fail", "blocker": "db schema missing"}\n```\n'
-        'TASK COMPLETE'
+        "TASK COMPLETE"
     )
     out = parse(text)
     assert out.outcome is Outcome.FAIL and out.reason == "db schema missing"
@@ -347,9 +347,8 @@ def test_timeout_wins_whatever_the_text_says():
     out = parse(SPEC_EXAMPLE, timed_out=True)
     assert out.outcome is Outcome.TIMEOUT and out.retryable
     assert (
-        out.reason
-        == "the agent timed out and was stopped; its claimed pass was discarded "
-           "— see the output tail"
+        out.reason == "the agent timed out and was stopped; its claimed pass was discarded "
+        "— see the output tail"
     )
     assert parse("garbage", timed_out=True, exit_code=None).outcome is Outcome.TIMEOUT
 

@@ -31,8 +31,7 @@ from tasks_lib.spec import DeclaredWave, LoadedSpec, SpecUnit
 from tasks_lib.state import FINISHED, SATISFIED, TaskStatus
 
 WAITING, RUNNING = TaskStatus.PENDING, TaskStatus.IN_PROGRESS
-PASS, FAIL, BLOCKED, DONE = (TaskStatus.PASS, TaskStatus.FAIL, TaskStatus.BLOCKED,
-                             TaskStatus.DONE)
+PASS, FAIL, BLOCKED, DONE = (TaskStatus.PASS, TaskStatus.FAIL, TaskStatus.BLOCKED, TaskStatus.DONE)
 
 # --------------------------------------------------------------------------- the definition
 
@@ -51,10 +50,12 @@ class ReferenceScheduler:
     stopped: bool = False
 
     def __post_init__(self) -> None:
-        self.deps = {n: [a for a, b in self.plan.dependency_edges if b == n]
-                     for n in self.plan.order}
-        self.after = {n: [a for a, b in self.plan.conflict_edges if b == n]
-                      for n in self.plan.order}
+        self.deps = {
+            n: [a for a, b in self.plan.dependency_edges if b == n] for n in self.plan.order
+        }
+        self.after = {
+            n: [a for a, b in self.plan.conflict_edges if b == n] for n in self.plan.order
+        }
         self.rank = {n: i for i, n in enumerate(self.plan.order)}
         for n in self.plan.order:
             done = self.initial.get(n) in (TaskStatus.PASS, TaskStatus.SKIPPED)
@@ -62,9 +63,11 @@ class ReferenceScheduler:
         self.checked: set[int] = set()
 
     def can_start(self, n: str) -> bool:
-        return (self.state[n] == WAITING
-                and all(self.state[d] in SATISFIED for d in self.deps[n])
-                and all(self.state[c] in FINISHED for c in self.after[n]))
+        return (
+            self.state[n] == WAITING
+            and all(self.state[d] in SATISFIED for d in self.deps[n])
+            and all(self.state[c] in FINISHED for c in self.after[n])
+        )
 
     def current_wave_tasks(self) -> list[str] | None:
         for w in self.plan.waves:
@@ -83,9 +86,10 @@ class ReferenceScheduler:
             pool = self.current_wave_tasks() or []
             cands = sorted((n for n in pool if self.can_start(n)), key=self.rank.__getitem__)
         else:
-            cands = sorted((n for n in self.plan.order if self.can_start(n)),
-                           key=lambda n: (-self.plan.remaining[n], -self.plan.downstream[n],
-                                          self.rank[n]))
+            cands = sorted(
+                (n for n in self.plan.order if self.can_start(n)),
+                key=lambda n: (-self.plan.remaining[n], -self.plan.downstream[n], self.rank[n]),
+            )
         return cands[:free]
 
     def start(self, n: str) -> None:
@@ -119,43 +123,80 @@ class ReferenceScheduler:
 
 
 def make_spec(units: list[SpecUnit], declared: list[DeclaredWave] | None) -> LoadedSpec:
-    return LoadedSpec(name="t", folder=Path("."), tasks_path=Path("tasks.json"),
-                      format="agent-os", units=units, declared_waves=declared)
+    return LoadedSpec(
+        name="t",
+        folder=Path("."),
+        tasks_path=Path("tasks.json"),
+        format="agent-os",
+        units=units,
+        declared_waves=declared,
+    )
 
 
 @st.composite
 def cases(draw) -> dict:
     n = draw(st.integers(1, 14))
     ids = [str(i + 1) for i in range(n)]
-    deps = {t: sorted({ids[j] for j in draw(st.lists(st.integers(0, i - 1), max_size=3))},
-                      key=int) if i else [] for i, t in enumerate(ids)}
-    shared = draw(st.lists(st.sampled_from(["a.py", "b.py", "src/c/", "src/c/d.py"]),
-                           min_size=n, max_size=n))
-    files = {t: [f"own/{t}.py"] + ([shared[i]] if draw(st.booleans()) else [])
-             for i, t in enumerate(ids)}
+    deps = {
+        t: sorted({ids[j] for j in draw(st.lists(st.integers(0, i - 1), max_size=3))}, key=int)
+        if i
+        else []
+        for i, t in enumerate(ids)
+    }
+    shared = draw(
+        st.lists(st.sampled_from(["a.py", "b.py", "src/c/", "src/c/d.py"]), min_size=n, max_size=n)
+    )
+    files = {
+        t: [f"own/{t}.py"] + ([shared[i]] if draw(st.booleans()) else []) for i, t in enumerate(ids)
+    }
     with_minutes = draw(st.booleans())
-    units = [SpecUnit(id=t, description=f"task {t}", deps=deps[t], files=files[t],
-                      estimate_minutes=draw(st.integers(1, 9)) if with_minutes else None)
-             for t in ids]
+    units = [
+        SpecUnit(
+            id=t,
+            description=f"task {t}",
+            deps=deps[t],
+            files=files[t],
+            estimate_minutes=draw(st.integers(1, 9)) if with_minutes else None,
+        )
+        for t in ids
+    ]
     declared = None
     if draw(st.booleans()):  # declared waves: a valid layering, sometimes with gaps
         wave: dict[str, int] = {}
         for i, t in enumerate(ids):
             before = [wave[d] for d in deps[t]]
-            before += [wave[o] for o in ids[:i] if set(files[o]) & set(files[t])
-                       or any(f.endswith("/") and g.startswith(f) or g.endswith("/")
-                              and f.startswith(g) for f in files[o] for g in files[t])]
+            before += [
+                wave[o]
+                for o in ids[:i]
+                if set(files[o]) & set(files[t])
+                or any(
+                    f.endswith("/") and g.startswith(f) or g.endswith("/") and f.startswith(g)
+                    for f in files[o]
+                    for g in files[t]
+                )
+            ]
             wave[t] = max(before, default=0) + 1 + draw(st.integers(0, 1))
-        declared = [DeclaredWave(w, [t for t in ids if wave[t] == w])
-                    for w in sorted(set(wave.values()))]
-    initial = {t: draw(st.sampled_from([TaskStatus.PENDING] * 4 + [
-        TaskStatus.PASS, TaskStatus.SKIPPED, TaskStatus.FAIL, TaskStatus.IN_PROGRESS]))
-        for t in ids}
-    return {"spec": make_spec(units, declared), "initial": initial,
-            "slots": draw(st.integers(1, 4)), "policy": draw(st.sampled_from(["eager",
-                                                                              "waves"])),
-            "fail_fast": draw(st.booleans()), "seed": draw(st.integers(0, 2**32 - 1)),
-            "fail_rate": draw(st.sampled_from([0.0, 0.0, 0.2, 0.5, 1.0]))}
+        declared = [
+            DeclaredWave(w, [t for t in ids if wave[t] == w]) for w in sorted(set(wave.values()))
+        ]
+    initial = {
+        t: draw(
+            st.sampled_from(
+                [TaskStatus.PENDING] * 4
+                + [TaskStatus.PASS, TaskStatus.SKIPPED, TaskStatus.FAIL, TaskStatus.IN_PROGRESS]
+            )
+        )
+        for t in ids
+    }
+    return {
+        "spec": make_spec(units, declared),
+        "initial": initial,
+        "slots": draw(st.integers(1, 4)),
+        "policy": draw(st.sampled_from(["eager", "waves"])),
+        "fail_fast": draw(st.booleans()),
+        "seed": draw(st.integers(0, 2**32 - 1)),
+        "fail_rate": draw(st.sampled_from([0.0, 0.0, 0.2, 0.5, 1.0])),
+    }
 
 
 # --------------------------------------------------------------------------- the driver
@@ -174,10 +215,16 @@ class Trace:
 def drive(plan: Plan, case: dict) -> tuple[Scheduler, Trace]:
     """Run the scheduler as the flow does, on a clock that ticks once per event."""
     rng = random.Random(case["seed"])
-    sched = Scheduler(plan, case["initial"], policy=case["policy"],
-                      max_concurrency=case["slots"], fail_fast=case["fail_fast"])
-    ref = ReferenceScheduler(plan, case["initial"], case["policy"], case["slots"],
-                             case["fail_fast"])
+    sched = Scheduler(
+        plan,
+        case["initial"],
+        policy=case["policy"],
+        max_concurrency=case["slots"],
+        fail_fast=case["fail_fast"],
+    )
+    ref = ReferenceScheduler(
+        plan, case["initial"], case["policy"], case["slots"], case["fail_fast"]
+    )
     trace = Trace()
     clock = 0
     running: list[str] = []
@@ -233,8 +280,9 @@ def test_every_decision_follows_the_rules(case):
     plan = plan_spec(case["spec"], max_concurrency=case["slots"])
     assume(not plan.errors)
     sched, tr = drive(plan, case)
-    done_before = {t for t, s in case["initial"].items()
-                   if s in (TaskStatus.PASS, TaskStatus.SKIPPED)}
+    done_before = {
+        t for t, s in case["initial"].items() if s in (TaskStatus.PASS, TaskStatus.SKIPPED)
+    }
 
     # tasks done before the run never run; the others run at most once
     assert not done_before & set(tr.start)
@@ -263,7 +311,7 @@ def test_every_decision_follows_the_rules(case):
     # waves: a barrier between consecutive waves
     if case["policy"] == "waves":
         for k, w in enumerate(plan.waves):
-            later = [t for v in plan.waves[k + 1:] for t in v.tasks if t in tr.start]
+            later = [t for v in plan.waves[k + 1 :] for t in v.tasks if t in tr.start]
             ends = [tr.end[t] for t in w.tasks if t in tr.end]
             if later and ends:
                 assert max(ends) < min(tr.start[t] for t in later), (w.wave_id, later)
@@ -293,8 +341,12 @@ def test_every_decision_follows_the_rules(case):
 def test_eager_is_work_conserving_and_never_slower_than_waves_on_equal_tasks(case):
     """With unit durations and no failures, eager never idles a slot that a task could use,
     and its makespan is at most the barrier's."""
-    case = {**case, "fail_rate": 0.0, "fail_fast": False,
-            "initial": {t: TaskStatus.PENDING for t in case["initial"]}}
+    case = {
+        **case,
+        "fail_rate": 0.0,
+        "fail_fast": False,
+        "initial": {t: TaskStatus.PENDING for t in case["initial"]},
+    }
     plan = plan_spec(case["spec"], max_concurrency=case["slots"])
     assume(not plan.errors)
     spans = {}
@@ -306,8 +358,12 @@ def test_eager_is_work_conserving_and_never_slower_than_waves_on_equal_tasks(cas
                 sched.start(tid)
                 running.append(tid)
             if policy == "eager":
-                startable = [n for n in plan.order if sched.state[n] == WAITING and all(
-                    sched.state[a] in SATISFIED for a in plan.predecessors[n])]
+                startable = [
+                    n
+                    for n in plan.order
+                    if sched.state[n] == WAITING
+                    and all(sched.state[a] in SATISFIED for a in plan.predecessors[n])
+                ]
                 assert not startable or len(running) == case["slots"]
             if not running:
                 assert sched.is_finished()
@@ -322,10 +378,12 @@ def test_eager_is_work_conserving_and_never_slower_than_waves_on_equal_tasks(cas
 
 
 def test_ready_is_a_peek_and_the_order_is_longest_remaining_path_first():
-    units = [SpecUnit(id="1", description="", estimate_minutes=1),
-             SpecUnit(id="2", description="", estimate_minutes=5),
-             SpecUnit(id="3", description="", estimate_minutes=1),
-             SpecUnit(id="4", description="", deps=["3"], estimate_minutes=9)]
+    units = [
+        SpecUnit(id="1", description="", estimate_minutes=1),
+        SpecUnit(id="2", description="", estimate_minutes=5),
+        SpecUnit(id="3", description="", estimate_minutes=1),
+        SpecUnit(id="4", description="", deps=["3"], estimate_minutes=9),
+    ]
     plan = plan_spec(make_spec(units, None), max_concurrency=2)
     sched = Scheduler(plan, {}, policy="eager", max_concurrency=2)
     # remaining: 3 -> 10 (3 then 4), 2 -> 5, 1 -> 1
@@ -341,8 +399,11 @@ def test_ready_is_a_peek_and_the_order_is_longest_remaining_path_first():
 
 def test_waves_wait_for_the_whole_wave_eager_does_not():
     # 1 (long) and 2 (short) in wave 1; 3 depends on 2 only
-    units = [SpecUnit(id="1", description=""), SpecUnit(id="2", description=""),
-             SpecUnit(id="3", description="", deps=["2"])]
+    units = [
+        SpecUnit(id="1", description=""),
+        SpecUnit(id="2", description=""),
+        SpecUnit(id="3", description="", deps=["2"]),
+    ]
     plan = plan_spec(make_spec(units, None), max_concurrency=4)
     for policy, expected in (("eager", ["3"]), ("waves", [])):
         sched = Scheduler(plan, {}, policy=policy, max_concurrency=4)
@@ -354,9 +415,11 @@ def test_waves_wait_for_the_whole_wave_eager_does_not():
 
 def test_a_conflict_orders_but_a_failure_does_not_block_through_it():
     # 1 and 2 share a file (conflict edge 1 -> 2); 3 depends on 1
-    units = [SpecUnit(id="1", description="", files=["a.py"]),
-             SpecUnit(id="2", description="", files=["a.py"]),
-             SpecUnit(id="3", description="", deps=["1"])]
+    units = [
+        SpecUnit(id="1", description="", files=["a.py"]),
+        SpecUnit(id="2", description="", files=["a.py"]),
+        SpecUnit(id="3", description="", deps=["1"]),
+    ]
     plan = plan_spec(make_spec(units, None), max_concurrency=4)
     assert plan.conflict_edges == [("1", "2")]
     sched = Scheduler(plan, {}, policy="eager", max_concurrency=4)
@@ -370,9 +433,11 @@ def test_a_conflict_orders_but_a_failure_does_not_block_through_it():
 def test_blocking_failures_keeps_ids_apart_from_messages():
     """Regression: blocking_failures() parsed ids back out of "blocked by <id>: <reason>", so a
     task id holding ":" (e.g. "api:auth") was cut at the colon and never reported."""
-    units = [SpecUnit(id="api:auth", description=""),
-             SpecUnit(id="ui", description="", deps=["api:auth"]),
-             SpecUnit(id="docs", description="")]
+    units = [
+        SpecUnit(id="api:auth", description=""),
+        SpecUnit(id="ui", description="", deps=["api:auth"]),
+        SpecUnit(id="docs", description=""),
+    ]
     plan = plan_spec(make_spec(units, None), max_concurrency=4)
     sched = Scheduler(plan, {}, policy="eager", max_concurrency=4)
     for t in sched.ready():
@@ -413,8 +478,9 @@ def test_five_thousand_tasks_schedule_in_well_under_a_second():
     rng = random.Random(5)
     units = []
     for i in range(5000):
-        deps = sorted({str(j + 1) for j in rng.sample(range(max(0, i - 30), i), min(i, 2))},
-                      key=int)
+        deps = sorted(
+            {str(j + 1) for j in rng.sample(range(max(0, i - 30), i), min(i, 2))}, key=int
+        )
         units.append(SpecUnit(id=str(i + 1), description="", deps=deps))
     plan = plan_spec(make_spec(units, None), max_concurrency=16)
     for policy in ("eager", "waves"):

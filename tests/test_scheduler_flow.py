@@ -40,8 +40,13 @@ def generated_spec(folder: Path, *, n: int = 14, seed: int = 11) -> dict[str, fl
     each task's duration in seconds (also its estimate, in "minutes")."""
     rng = random.Random(seed)
     ids = [str(i + 1) for i in range(n)]
-    deps = {t: sorted({ids[j] for j in rng.sample(range(max(0, i - 5), i), min(i, 2))
-                       if rng.random() < 0.6}, key=int) for i, t in enumerate(ids)}
+    deps = {
+        t: sorted(
+            {ids[j] for j in rng.sample(range(max(0, i - 5), i), min(i, 2)) if rng.random() < 0.6},
+            key=int,
+        )
+        for i, t in enumerate(ids)
+    }
     durations = {t: rng.choice([0.2, 0.3, 0.5, 0.9]) for t in ids}
     shared = ["src/shared/a.py", "src/shared/b.py", "src/config/"]
     tasks = []
@@ -49,11 +54,21 @@ def generated_spec(folder: Path, *, n: int = 14, seed: int = 11) -> dict[str, fl
         files = [f"src/own/task_{t}.py"]
         if rng.random() < 0.35:
             files.append(rng.choice(shared + ["src/config/settings.py"]))
-        tasks.append({"id": t, "type": "parent", "description": f"Generated task {t}",
-                      "status": "pending", "attempts": 0, "estimated_minutes": durations[t],
-                      "parallelization": {"blocked_by": deps[t],
-                                          "blocks": [b for b in ids if t in deps[b]],
-                                          "shared_files": files}})
+        tasks.append(
+            {
+                "id": t,
+                "type": "parent",
+                "description": f"Generated task {t}",
+                "status": "pending",
+                "attempts": 0,
+                "estimated_minutes": durations[t],
+                "parallelization": {
+                    "blocked_by": deps[t],
+                    "blocks": [b for b in ids if t in deps[b]],
+                    "shared_files": files,
+                },
+            }
+        )
     folder.mkdir(parents=True)
     doc = {"version": "2.0", "spec": folder.name, "tasks": tasks}
     (folder / "tasks.json").write_text(json.dumps(doc, indent=2) + "\n")
@@ -103,9 +118,15 @@ def agents(tmp_path):
 
 
 async def run(spec: Path, agents: Agents, policy: str, plan: dict[str, str]) -> dict[str, Any]:
-    state = await execute_spec(str(spec), agent=agents.config(plan), repo=str(agents.repo),
-                               max_concurrency=SLOTS, scheduler=policy, retries=0,
-                               return_state=True)
+    state = await execute_spec(
+        str(spec),
+        agent=agents.config(plan),
+        repo=str(agents.repo),
+        max_concurrency=SLOTS,
+        scheduler=policy,
+        retries=0,
+        return_state=True,
+    )
     return await state.result(raise_on_failure=False)
 
 
@@ -120,18 +141,21 @@ async def worker_tags(flow_run_id: str, expected: int) -> dict[str, list[str]]:
     async with get_client() as client:
         while True:
             runs = await client.read_task_runs(
-                flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[UUID(flow_run_id)])))
+                flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[UUID(flow_run_id)]))
+            )
             workers = [r for r in runs if r.name.split(":", 1)[0].isdigit()]
-            if len(workers) >= expected and all(r.state and r.state.is_final() and any(
-                    t.startswith("wave-") for t in r.tags) for r in workers):
+            if len(workers) >= expected and all(
+                r.state and r.state.is_final() and any(t.startswith("wave-") for t in r.tags)
+                for r in workers
+            ):
                 return {r.name.split(":", 1)[0]: r.tags for r in workers}
-            assert time.monotonic() < deadline, [(r.name, r.state_type, r.tags)
-                                                 for r in workers]
+            assert time.monotonic() < deadline, [(r.name, r.state_type, r.tags) for r in workers]
             await asyncio.sleep(0.25)
 
 
-def check_rules(plan: Plan, trace: dict[str, tuple[float, float]], policy: str,
-                passed: set[str]) -> None:
+def check_rules(
+    plan: Plan, trace: dict[str, tuple[float, float]], policy: str, passed: set[str]
+) -> None:
     for a, b in plan.dependency_edges:
         if b in trace:
             assert a in passed, (a, b)
@@ -174,9 +198,13 @@ async def test_a_failure_blocks_its_dependents_and_nothing_else(tmp_path, agents
     durations = generated_spec(spec)
     plan = plan_spec(load_spec(spec), max_concurrency=SLOTS)
     # fail the task with the most dependents that still leaves some tasks unaffected
-    failing = max(plan.order, key=lambda t: (0 < len(transitive_dependents(plan, t))
-                                             < len(plan.order) - 3,
-                                             len(transitive_dependents(plan, t))))
+    failing = max(
+        plan.order,
+        key=lambda t: (
+            0 < len(transitive_dependents(plan, t)) < len(plan.order) - 3,
+            len(transitive_dependents(plan, t)),
+        ),
+    )
     blocked = set(transitive_dependents(plan, failing))
     behaviour = {t: f"sleep:{d}" for t, d in durations.items()}
     behaviour[failing] = "fail"
@@ -197,14 +225,22 @@ async def test_a_failure_blocks_its_dependents_and_nothing_else(tmp_path, agents
 
 
 async def test_eager_starts_a_task_when_its_dependency_passes_waves_waits_for_the_wave(
-        tmp_path, agents):
+    tmp_path, agents
+):
     """1 is long, 2 short, both wave 1; 3 needs only 2. Eager starts 3 while 1 still runs;
     waves starts it only after 1 (the whole wave) ended."""
     spec = tmp_path / "barrier"
     spec.mkdir()
-    tasks = [{"id": t, "type": "parent", "description": f"Task {t}", "status": "pending",
-              "parallelization": {"blocked_by": deps, "shared_files": [f"src/{t}.py"]}}
-             for t, deps in (("1", []), ("2", []), ("3", ["2"]))]
+    tasks = [
+        {
+            "id": t,
+            "type": "parent",
+            "description": f"Task {t}",
+            "status": "pending",
+            "parallelization": {"blocked_by": deps, "shared_files": [f"src/{t}.py"]},
+        }
+        for t, deps in (("1", []), ("2", []), ("3", ["2"]))
+    ]
     original = json.dumps({"version": "2.0", "spec": "barrier", "tasks": tasks}, indent=2)
     behaviour = {"1": "sleep:3", "2": "sleep:0.1", "3": "sleep:0.1"}
     starts = {}

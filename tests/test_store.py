@@ -54,25 +54,78 @@ def base_doc() -> dict:
             ],
         },
         "tasks": [
-            {"id": "1", "type": "parent", "subtasks": ["1.1", "1.2"], "progress_percent": 0,
-             "description": "first", "status": "pending", "x_task": {"nested": {"deep": None}},
-             "parallelization": {"wave": 1, "blocked_by": [], "blocks": ["3"],
-                                 "shared_files": ["a.py"], "x_par": 7},
-             "artifacts": {"files_modified": ["old.py"], "x_art": "kept"}},
-            {"id": "1.1", "type": "subtask", "parent": "1", "description": "first a",
-             "status": "pending", "x_sub": 1.0},
-            {"id": "1.2", "type": "subtask", "parent": "1", "description": "first b",
-             "status": "pending"},
-            {"id": "2", "type": "parent", "subtasks": [], "description": "second",
-             "status": "pending", "parallelization": {"wave": 1, "blocked_by": [], "blocks": [],
-                                                      "shared_files": ["b.py"]}},
-            {"id": "3", "type": "parent", "subtasks": [], "description": "third",
-             "status": "pending", "parallelization": {"wave": 2, "blocked_by": ["1"], "blocks": [],
-                                                      "shared_files": ["a.py"]}},
+            {
+                "id": "1",
+                "type": "parent",
+                "subtasks": ["1.1", "1.2"],
+                "progress_percent": 0,
+                "description": "first",
+                "status": "pending",
+                "x_task": {"nested": {"deep": None}},
+                "parallelization": {
+                    "wave": 1,
+                    "blocked_by": [],
+                    "blocks": ["3"],
+                    "shared_files": ["a.py"],
+                    "x_par": 7,
+                },
+                "artifacts": {"files_modified": ["old.py"], "x_art": "kept"},
+            },
+            {
+                "id": "1.1",
+                "type": "subtask",
+                "parent": "1",
+                "description": "first a",
+                "status": "pending",
+                "x_sub": 1.0,
+            },
+            {
+                "id": "1.2",
+                "type": "subtask",
+                "parent": "1",
+                "description": "first b",
+                "status": "pending",
+            },
+            {
+                "id": "2",
+                "type": "parent",
+                "subtasks": [],
+                "description": "second",
+                "status": "pending",
+                "parallelization": {
+                    "wave": 1,
+                    "blocked_by": [],
+                    "blocks": [],
+                    "shared_files": ["b.py"],
+                },
+            },
+            {
+                "id": "3",
+                "type": "parent",
+                "subtasks": [],
+                "description": "third",
+                "status": "pending",
+                "parallelization": {
+                    "wave": 2,
+                    "blocked_by": ["1"],
+                    "blocks": [],
+                    "shared_files": ["a.py"],
+                },
+            },
         ],
-        "summary": {"total_tasks": 5, "parent_tasks": 3, "subtasks": 2, "completed": 0,
-                    "in_progress": 0, "blocked": 0, "pending": 5, "overall_percent": 0,
-                    "parallel_waves": 2, "max_parallelism": 2, "x_summary": "kept"},
+        "summary": {
+            "total_tasks": 5,
+            "parent_tasks": 3,
+            "subtasks": 2,
+            "completed": 0,
+            "in_progress": 0,
+            "blocked": 0,
+            "pending": 5,
+            "overall_percent": 0,
+            "parallel_waves": 2,
+            "max_parallelism": 2,
+            "x_summary": "kept",
+        },
         "x_tail": [],
     }
 
@@ -123,8 +176,11 @@ def test_a_file_the_renderer_cannot_reproduce_is_not_rewritten_by_a_no_op(tmp_pa
     # (odd spacing) was reformatted, and its "updated" bumped, by an edit that changed nothing
     tmp_path.mkdir(exist_ok=True)
     path = tmp_path / "tasks.json"
-    path.write_text('{ "version" : "2.0", "updated": "2025-01-01T00:00:00Z",\n'
-                    '  "tasks" : [ {"id": "1",   "status": "pending"} ] }\n', encoding="utf-8")
+    path.write_text(
+        '{ "version" : "2.0", "updated": "2025-01-01T00:00:00Z",\n'
+        '  "tasks" : [ {"id": "1",   "status": "pending"} ] }\n',
+        encoding="utf-8",
+    )
     before = fingerprint(path)
     make_store(path).apply(TaskUpdate("1", status="pending"))
     assert fingerprint(path) == before
@@ -136,8 +192,11 @@ def test_a_file_the_renderer_cannot_reproduce_is_not_rewritten_by_a_no_op(tmp_pa
 def test_a_change_keeps_unknown_fields_and_key_order_at_every_level(tmp_path: Path):
     doc = base_doc()
     path = write(tmp_path, doc)
-    make_store(path).apply(TaskUpdate("2", status="pass", attempts=1, notes="done",
-                                      artifacts={"files_modified": ["b.py"]}))
+    make_store(path).apply(
+        TaskUpdate(
+            "2", status="pass", attempts=1, notes="done", artifacts={"files_modified": ["b.py"]}
+        )
+    )
     after = jsondoc.loads(path.read_text(encoding="utf-8"))
 
     expected = copy.deepcopy(doc)
@@ -156,11 +215,11 @@ def test_a_change_keeps_unknown_fields_and_key_order_at_every_level(tmp_path: Pa
 
 def test_artifacts_merge_into_an_existing_block_and_keep_its_unknown_fields(tmp_path: Path):
     path = write(tmp_path, base_doc())
-    make_store(path).apply(TaskUpdate("1", artifacts={"files_modified": ["old.py", "new.py"],
-                                                      "test_files": ["t.py"]}))
+    make_store(path).apply(
+        TaskUpdate("1", artifacts={"files_modified": ["old.py", "new.py"], "test_files": ["t.py"]})
+    )
     arts = task(json.loads(path.read_text(encoding="utf-8")), "1")["artifacts"]
-    assert arts == {"files_modified": ["old.py", "new.py"], "x_art": "kept",
-                    "test_files": ["t.py"]}
+    assert arts == {"files_modified": ["old.py", "new.py"], "x_art": "kept", "test_files": ["t.py"]}
 
 
 def test_integer_ids_stay_integers(tmp_path: Path):
@@ -186,8 +245,7 @@ def test_integer_ids_stay_integers(tmp_path: Path):
     assert task(after, 1)["subtasks"] == [11, 12]
     assert task(after, 3)["parallelization"]["blocked_by"] == [1]
     assert after["execution_strategy"]["waves"][0]["tasks"] == [1, 2]
-    assert [task(after, i)["status"] for i in (1, 11, 12, 2)] == ["pass", "pass", "pass",
-                                                                  "pending"]
+    assert [task(after, i)["status"] for i in (1, 11, 12, 2)] == ["pass", "pass", "pass", "pending"]
     assert '"id": "1"' not in text
 
 
@@ -196,10 +254,10 @@ STYLES = {
     "indent-4": JsonStyle(indent="    "),
     "tab": JsonStyle(indent="\t"),
     "indent-2-inline-arrays": JsonStyle(indent="  ", inline_scalar_arrays=True),
-    "indent-4-inline-crlf-bom": JsonStyle(indent="    ", inline_scalar_arrays=True,
-                                          newline="\r\n", bom=True),
-    "tab-ascii-no-final-newline": JsonStyle(indent="\t", ensure_ascii=True,
-                                            final_newline=False),
+    "indent-4-inline-crlf-bom": JsonStyle(
+        indent="    ", inline_scalar_arrays=True, newline="\r\n", bom=True
+    ),
+    "tab-ascii-no-final-newline": JsonStyle(indent="\t", ensure_ascii=True, final_newline=False),
     "one-line": JsonStyle(indent=None),
     "compact": JsonStyle(indent=None, compact_separators=True),
 }
@@ -232,7 +290,7 @@ def test_a_file_restyled_between_two_writes_keeps_its_new_style(tmp_path: Path):
     store = make_store(path)
     store.apply(TaskUpdate("1", status="in_progress"))
     store.apply(TaskUpdate("1", status="pass"))
-    assert path.read_text().startswith("{\n\t\"")
+    assert path.read_text().startswith('{\n\t"')
     restyled = json.loads(path.read_text())
     path.write_text(json.dumps(restyled, indent=4) + "\n")  # someone reformats it
     store.apply(TaskUpdate("2", status="in_progress"))
@@ -248,15 +306,18 @@ def test_only_the_changed_lines_differ(tmp_path: Path):
     before = path.read_text(encoding="utf-8").splitlines()
     make_store(path).apply(TaskUpdate("3", status="blocked", blocker="needs a key"))
     after = path.read_text(encoding="utf-8").splitlines()
-    diff = [line for line in difflib.unified_diff(before, after, lineterm="", n=0)
-            if line[:1] in "+-" and line[:3] not in ("+++", "---")]
+    diff = [
+        line
+        for line in difflib.unified_diff(before, after, lineterm="", n=0)
+        if line[:1] in "+-" and line[:3] not in ("+++", "---")
+    ]
     assert diff == [
         '-    "updated": "2025-01-01T00:00:00Z",',
         '+    "updated": "2030-01-02T03:04:05Z",',
         '-            "status": "pending",',
         '+            "status": "blocked",',
-        '-            }',
-        '+            },',
+        "-            }",
+        "+            },",
         '+            "blocker": "needs a key"',  # a new key goes after the existing ones
         '-        "blocked": 0,',
         '-        "pending": 5,',
@@ -274,10 +335,12 @@ def test_summary_updated_and_progress_are_recomputed(tmp_path: Path):
     assert task(after, "1")["progress_percent"] == 50
     assert after["summary"]["completed"] == 1 and after["summary"]["pending"] == 4
 
-    store.apply(TaskUpdate("1", status="pass", subtasks_status="pass"),
-                TaskUpdate("2", status="fail", blocker="tests failed"),
-                TaskUpdate("3", status="skipped"),
-                run_state={"run_id": "r-1"})
+    store.apply(
+        TaskUpdate("1", status="pass", subtasks_status="pass"),
+        TaskUpdate("2", status="fail", blocker="tests failed"),
+        TaskUpdate("3", status="skipped"),
+        run_state={"run_id": "r-1"},
+    )
     after = json.loads(path.read_text(encoding="utf-8"))
     s = after["summary"]
     assert task(after, "1")["progress_percent"] == 100
@@ -300,14 +363,19 @@ def test_an_update_for_an_unknown_task_raises_and_writes_nothing(tmp_path: Path)
 # ---------------------------------------------------- generated files full of unknown fields
 
 unknown_values = st.recursive(
-    st.none() | st.booleans() | st.integers(-1000, 1000)
-    | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=10),
-    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner,
-                                                                max_size=3),
+    st.none()
+    | st.booleans()
+    | st.integers(-1000, 1000)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=10),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=3)
+    ),
     max_leaves=8,
 )
-unknown_fields = st.dictionaries(st.text(min_size=1, max_size=8).map(lambda s: "x_" + s),
-                                 unknown_values, max_size=4)
+unknown_fields = st.dictionaries(
+    st.text(min_size=1, max_size=8).map(lambda s: "x_" + s), unknown_values, max_size=4
+)
 
 
 @st.composite
@@ -336,10 +404,16 @@ def noisy_docs(draw) -> dict:
     return splice(doc)
 
 
-@settings(max_examples=60, deadline=None,
-          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
-@given(doc=noisy_docs(), style=st.sampled_from(list(STYLES.values())),
-       status=st.sampled_from(["pass", "fail", "in_progress", "blocked"]))
+@settings(
+    max_examples=60,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+@given(
+    doc=noisy_docs(),
+    style=st.sampled_from(list(STYLES.values())),
+    status=st.sampled_from(["pass", "fail", "in_progress", "blocked"]),
+)
 def test_generated_files_full_of_unknown_fields_survive_an_update(doc, style, status):
     with tempfile.TemporaryDirectory() as tmp:
         path = write(Path(tmp), doc, style)
@@ -365,24 +439,42 @@ def _concurrent_writer(path: str, worker: int, barrier) -> None:
     store = PlanStore(Path(path), AgentOsJson())
     barrier.wait()
     for k in range(UPDATES_PER_WORKER):
-        store.apply(TaskUpdate(f"w{worker}-{k}", status="pass", attempts=k + 1,
-                               notes=f"worker {worker} update {k}"),
-                    run_state={f"worker_{worker}": k})
+        store.apply(
+            TaskUpdate(
+                f"w{worker}-{k}", status="pass", attempts=k + 1, notes=f"worker {worker} update {k}"
+            ),
+            run_state={f"worker_{worker}": k},
+        )
 
 
 def test_concurrent_writers_lose_no_update(tmp_path: Path):
-    tasks = [{"id": f"w{w}-{k}", "type": "parent", "description": f"task {w}/{k}",
-              "status": "pending", "attempts": 0, "notes": None}
-             for w in range(WORKERS) for k in range(UPDATES_PER_WORKER)]
-    doc = {"version": "2.0", "spec": "concurrency", "updated": "2025-01-01T00:00:00Z",
-           "tasks": tasks, "summary": {"total_tasks": len(tasks), "completed": 0}}
+    tasks = [
+        {
+            "id": f"w{w}-{k}",
+            "type": "parent",
+            "description": f"task {w}/{k}",
+            "status": "pending",
+            "attempts": 0,
+            "notes": None,
+        }
+        for w in range(WORKERS)
+        for k in range(UPDATES_PER_WORKER)
+    ]
+    doc = {
+        "version": "2.0",
+        "spec": "concurrency",
+        "updated": "2025-01-01T00:00:00Z",
+        "tasks": tasks,
+        "summary": {"total_tasks": len(tasks), "completed": 0},
+    }
     style = JsonStyle(indent="\t", inline_scalar_arrays=True)
     path = write(tmp_path, doc, style)
 
     ctx = multiprocessing.get_context("spawn")
     barrier = ctx.Barrier(WORKERS)
-    procs = [ctx.Process(target=_concurrent_writer, args=(str(path), w, barrier))
-             for w in range(WORKERS)]
+    procs = [
+        ctx.Process(target=_concurrent_writer, args=(str(path), w, barrier)) for w in range(WORKERS)
+    ]
     for p in procs:
         p.start()
     for p in procs:
@@ -399,12 +491,18 @@ def test_concurrent_writers_lose_no_update(tmp_path: Path):
         for k in range(UPDATES_PER_WORKER):
             t = task(after, f"w{w}-{k}")
             assert (t["status"], t["attempts"], t["notes"]) == (
-                "pass", k + 1, f"worker {w} update {k}"), t
-    assert after["orchestrator_state"] == {f"worker_{w}": UPDATES_PER_WORKER - 1
-                                           for w in range(WORKERS)}
-    assert after["summary"] == {"total_tasks": len(tasks), "completed": len(tasks),
-                                **{k: v for k, v in after["summary"].items()
-                                   if k not in ("total_tasks", "completed")}}
+                "pass",
+                k + 1,
+                f"worker {w} update {k}",
+            ), t
+    assert after["orchestrator_state"] == {
+        f"worker_{w}": UPDATES_PER_WORKER - 1 for w in range(WORKERS)
+    }
+    assert after["summary"] == {
+        "total_tasks": len(tasks),
+        "completed": len(tasks),
+        **{k: v for k, v in after["summary"].items() if k not in ("total_tasks", "completed")},
+    }
     assert after["summary"]["pending"] == 0
     assert jsondoc.detect_style(text).indent == "\t"
     assert stray_temp_files(path.parent, path.name) == []
@@ -418,8 +516,9 @@ def _disk_full(*args, **kwargs):
 
 
 @pytest.mark.parametrize("failing_call", ["os.replace", "os.fsync", "tempfile.mkstemp"])
-def test_a_failed_write_leaves_the_old_file_and_no_temp_file(tmp_path: Path, monkeypatch,
-                                                              failing_call: str):
+def test_a_failed_write_leaves_the_old_file_and_no_temp_file(
+    tmp_path: Path, monkeypatch, failing_call: str
+):
     path = write(tmp_path, base_doc())
     before = fingerprint(path)
     module, name = failing_call.split(".")

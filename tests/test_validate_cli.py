@@ -32,35 +32,73 @@ def base_tasks() -> dict:
         "spec": "cli-test",
         "execution_strategy": {
             "mode": "parallel_waves",
-            "waves": [{"wave_id": 1, "tasks": ["1", "2"], "rationale": "independent"},
-                      {"wave_id": 2, "tasks": ["3"], "rationale": "needs 1 and 2"}],
+            "waves": [
+                {"wave_id": 1, "tasks": ["1", "2"], "rationale": "independent"},
+                {"wave_id": 2, "tasks": ["3"], "rationale": "needs 1 and 2"},
+            ],
             "max_concurrent_workers": 2,
         },
         "tasks": [
-            {"id": "1", "type": "parent", "subtasks": ["1.1"], "description": "model",
-             "status": "pending",
-             "parallelization": {"wave": 1, "blocked_by": [], "blocks": ["3"],
-                                 "shared_files": ["src/a.py"]}},
-            {"id": "1.1", "type": "subtask", "parent": "1", "description": "model test",
-             "status": "pending"},
-            {"id": "2", "type": "parent", "subtasks": [], "description": "email",
-             "status": "pending",
-             "parallelization": {"wave": 1, "blocked_by": [], "blocks": ["3"],
-                                 "shared_files": ["src/b.py"]}},
-            {"id": "3", "type": "parent", "subtasks": [], "description": "endpoint",
-             "status": "pending",
-             "parallelization": {"wave": 2, "blocked_by": ["1", "2"], "blocks": [],
-                                 "shared_files": ["src/a.py", "src/api/"]}},
+            {
+                "id": "1",
+                "type": "parent",
+                "subtasks": ["1.1"],
+                "description": "model",
+                "status": "pending",
+                "parallelization": {
+                    "wave": 1,
+                    "blocked_by": [],
+                    "blocks": ["3"],
+                    "shared_files": ["src/a.py"],
+                },
+            },
+            {
+                "id": "1.1",
+                "type": "subtask",
+                "parent": "1",
+                "description": "model test",
+                "status": "pending",
+            },
+            {
+                "id": "2",
+                "type": "parent",
+                "subtasks": [],
+                "description": "email",
+                "status": "pending",
+                "parallelization": {
+                    "wave": 1,
+                    "blocked_by": [],
+                    "blocks": ["3"],
+                    "shared_files": ["src/b.py"],
+                },
+            },
+            {
+                "id": "3",
+                "type": "parent",
+                "subtasks": [],
+                "description": "endpoint",
+                "status": "pending",
+                "parallelization": {
+                    "wave": 2,
+                    "blocked_by": ["1", "2"],
+                    "blocks": [],
+                    "shared_files": ["src/a.py", "src/api/"],
+                },
+            },
         ],
     }
 
 
 def base_context() -> dict:
-    return {"version": "2.0", "spec": "cli-test",
-            "global_context": {"product_pitch": "p", "tech_stack": ["Python"]},
-            "tasks": {tid: {"summary": f"task {tid}", "dependencies": [],
-                            "estimated_tokens": 1000}
-                      for tid in ("1", "1.1", "2", "3")}}
+    return {
+        "version": "2.0",
+        "spec": "cli-test",
+        "global_context": {"product_pitch": "p", "tech_stack": ["Python"]},
+        "tasks": {
+            tid: {"summary": f"task {tid}", "dependencies": [], "estimated_tokens": 1000}
+            for tid in ("1", "1.1", "2", "3")
+        },
+    }
 
 
 def tasks_of(doc: dict) -> dict[str, dict]:
@@ -72,8 +110,13 @@ def spec_dir(tmp_path: Path, monkeypatch):
     """write(doc=..., text=..., context=...) -> a spec folder "spec" in tmp_path (the cwd)."""
     monkeypatch.chdir(tmp_path)
 
-    def write(doc: dict | None = None, *, text: str | bytes | None = None,
-              context: dict | str | bytes | None = None, name: str = "spec") -> Path:
+    def write(
+        doc: dict | None = None,
+        *,
+        text: str | bytes | None = None,
+        context: dict | str | bytes | None = None,
+        name: str = "spec",
+    ) -> Path:
         folder = tmp_path / name
         folder.mkdir()
         if text is None:
@@ -113,19 +156,25 @@ class Result:
 def cli(*args: str, via: str = "runner") -> Result:
     """Run the CLI in the current directory: via CliRunner on flows.cli.app, or a subprocess."""
     if via == "subprocess":
-        cmd = [SPECWAVE] if SPECWAVE else [sys.executable, "-c",
-                                           "from flows.cli import main; main()"]
-        proc = subprocess.run([*cmd, *args], capture_output=True, text=True, timeout=120,
-                              env={**os.environ, "COLUMNS": "200"})
+        cmd = (
+            [SPECWAVE] if SPECWAVE else [sys.executable, "-c", "from flows.cli import main; main()"]
+        )
+        proc = subprocess.run(
+            [*cmd, *args],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env={**os.environ, "COLUMNS": "200"},
+        )
         return Result(proc.returncode, proc.stdout, proc.stderr)
     result = CliRunner().invoke(app, list(args))
-    assert result.exception is None or isinstance(result.exception, SystemExit), \
-        result.exception
+    assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
     return Result(result.exit_code, result.stdout, result.stderr)
 
 
-def check(folder: Path | str, *args: str, code: int, via: str = "runner",
-          command: str = "validate") -> Result:
+def check(
+    folder: Path | str, *args: str, code: int, via: str = "runner", command: str = "validate"
+) -> Result:
     """Run `specwave <command> folder`; the folder must be untouched and no traceback shown."""
     root = Path(folder) if Path(folder).exists() else Path.cwd()
     before = snapshot(root)
@@ -154,8 +203,9 @@ def test_a_valid_spec_exits_0_with_a_summary(spec_dir, via):
     folder = spec_dir(context=base_context())
     result = check(folder, code=0, via=via)
     assert result.stderr == ""
-    assert result.stdout.strip() == ("spec/tasks.json: valid — 3 tasks (+1 subtasks), 2 waves "
-                                     "(declared), 1 file conflicts")
+    assert result.stdout.strip() == (
+        "spec/tasks.json: valid — 3 tasks (+1 subtasks), 2 waves (declared), 1 file conflicts"
+    )
 
 
 @pytest.mark.parametrize("example_name", ["small-feature", "checkout-api"])
@@ -172,15 +222,19 @@ def test_the_examples_are_valid(example, example_name):
 def test_invalid_json_names_line_and_column(spec_dir, via):
     folder = spec_dir(text='{\n  "tasks": [\n    {"id": "1",}\n  ]\n}\n')
     result = check(folder, code=2, via=via)
-    assert result.lines == ["spec/tasks.json:3:16: invalid JSON: Expecting property name "
-                            "enclosed in double quotes — fix the syntax at that position"]
+    assert result.lines == [
+        "spec/tasks.json:3:16: invalid JSON: Expecting property name "
+        "enclosed in double quotes — fix the syntax at that position"
+    ]
 
 
 def test_invalid_json_in_the_context_file(spec_dir):
     folder = spec_dir(context='{"tasks": {\n}')
     result = check(folder, code=2)
-    assert result.lines == ["spec/context-summary.json:2:2: invalid JSON: Expecting ',' "
-                            "delimiter — fix the syntax at that position"]
+    assert result.lines == [
+        "spec/context-summary.json:2:2: invalid JSON: Expecting ',' "
+        "delimiter — fix the syntax at that position"
+    ]
 
 
 @pytest.mark.parametrize("via", VIAS)
@@ -191,7 +245,7 @@ def test_schema_errors_name_the_json_path_and_the_task(spec_dir, via):
     doc["execution_strategy"]["waves"][1]["wave_id"] = "two"
     result = check(spec_dir(doc), code=2, via=via)
     assert result.lines == [
-        'spec/tasks.json (execution_strategy.waves[1].wave_id): Input should be a valid integer'
+        "spec/tasks.json (execution_strategy.waves[1].wave_id): Input should be a valid integer"
         ' (got "two") — fix the value to match the format',
         'spec/tasks.json (tasks[0].parallelization.isolation_score): task "1": Input should be '
         "less than or equal to 1 (got 3) — fix the value to match the format",
@@ -206,18 +260,22 @@ def test_schema_errors_in_the_context_file_name_the_task(spec_dir):
     result = check(spec_dir(context=ctx), code=2)
     assert result.lines == [
         'spec/context-summary.json (tasks.2.estimated_tokens): task "2": Input should be '
-        "greater than or equal to 0 (got -5) — fix the value to match the format"]
+        "greater than or equal to 0 (got -5) — fix the value to match the format"
+    ]
 
 
-@pytest.mark.parametrize("text, message", [
-    ("[]", 'top level must be a JSON object with a "tasks" list'),
-    ('{"tasks": {}}', 'top level must be a JSON object with a "tasks" list'),
-    ('{"version": "2.0"}', 'top level must be a JSON object with a "tasks" list'),
-])
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("[]", 'top level must be a JSON object with a "tasks" list'),
+        ('{"tasks": {}}', 'top level must be a JSON object with a "tasks" list'),
+        ('{"version": "2.0"}', 'top level must be a JSON object with a "tasks" list'),
+    ],
+)
 def test_a_document_without_a_tasks_list(spec_dir, text, message):
     result = check(spec_dir(text=text), code=2)
-    assert result.lines == [f"spec/tasks.json: {message} — see the tasks.json format in the "
-                            "README"]
+    hint = "see the tasks.json format in docs/formats.md"
+    assert result.lines == [f"spec/tasks.json: {message} — {hint}"]
 
 
 @pytest.mark.parametrize("text", ["", "  \n\t\n"], ids=["empty", "whitespace"])
@@ -229,8 +287,9 @@ def test_an_empty_file(spec_dir, text, via):
 
 def test_an_empty_context_file(spec_dir):
     result = check(spec_dir(context=""), code=2)
-    assert result.lines == ["spec/context-summary.json: is empty — write the plan into it, "
-                            "or remove it"]
+    assert result.lines == [
+        "spec/context-summary.json: is empty — write the plan into it, or remove it"
+    ]
 
 
 @pytest.mark.parametrize("via", VIAS)
@@ -240,14 +299,16 @@ def test_a_file_that_is_not_utf8(spec_dir, via):
     byte = data.index(b"\xe8")
     line = data[:byte].count(b"\n") + 1
     result = check(spec_dir(text=data), code=2, via=via)
-    assert result.lines == [f"spec/tasks.json: is not UTF-8 text (byte {byte}, line {line}) — "
-                            "save the file as UTF-8"]
+    assert result.lines == [
+        f"spec/tasks.json: is not UTF-8 text (byte {byte}, line {line}) — save the file as UTF-8"
+    ]
 
 
 def test_a_context_file_that_is_not_utf8(spec_dir):
     result = check(spec_dir(context=b"\xff\xfe{}"), code=2)
-    assert result.lines == ["spec/context-summary.json: is not UTF-8 text (byte 0, line 1) — "
-                            "save the file as UTF-8"]
+    assert result.lines == [
+        "spec/context-summary.json: is not UTF-8 text (byte 0, line 1) — save the file as UTF-8"
+    ]
 
 
 @pytest.mark.parametrize("via", VIAS)
@@ -272,8 +333,10 @@ def test_a_directory_instead_of_tasks_json(tmp_path, monkeypatch, via):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "spec" / "tasks.json").mkdir(parents=True)
     result = check("spec", code=2, via=via)
-    assert result.lines == ["spec/tasks.json: is a directory, not a file — point specwave at "
-                            "the folder that holds the tasks.json"]
+    assert result.lines == [
+        "spec/tasks.json: is a directory, not a file — point specwave at "
+        "the folder that holds the tasks.json"
+    ]
 
 
 def test_a_symlink_out_of_the_folder_is_named_by_its_own_path(spec_dir, tmp_path):
@@ -282,16 +345,18 @@ def test_a_symlink_out_of_the_folder_is_named_by_its_own_path(spec_dir, tmp_path
     (tmp_path / "spec").mkdir()
     (tmp_path / "spec" / "tasks.json").symlink_to(outside / "tasks.json")
     result = check("spec", code=2)
-    assert result.lines == [f"spec/tasks.json: is a symlink to {outside / 'tasks.json'}, "
-                            "outside the spec folder — copy the file into the folder instead "
-                            "of linking it"]
+    assert result.lines == [
+        f"spec/tasks.json: is a symlink to {outside / 'tasks.json'}, "
+        "outside the spec folder — copy the file into the folder instead "
+        "of linking it"
+    ]
 
 
 def test_deeply_nested_json(spec_dir):
-    result = check(spec_dir(text='{"tasks": [], "x": ' + "[" * 50_000 + "]" * 50_000 + "}"),
-                   code=2)
-    assert result.lines == ["spec/tasks.json: invalid JSON: nested too deeply — flatten the "
-                            "structure"]
+    result = check(spec_dir(text='{"tasks": [], "x": ' + "[" * 50_000 + "]" * 50_000 + "}"), code=2)
+    assert result.lines == [
+        "spec/tasks.json: invalid JSON: nested too deeply — flatten the structure"
+    ]
 
 
 # ----------------------------------------------------------------------- bad references
@@ -301,16 +366,18 @@ def test_duplicate_task_ids(spec_dir):
     doc = base_tasks()
     doc["tasks"].append({"id": "2", "description": "again", "status": "pending"})
     result = check(spec_dir(doc), code=2)
-    assert result.lines == ['spec/tasks.json: task "2": duplicate task id — give each task its '
-                            "own id"]
+    assert result.lines == [
+        'spec/tasks.json: task "2": duplicate task id — give each task its own id'
+    ]
 
 
 def test_duplicate_integer_and_string_ids_are_the_same_id(spec_dir):
     doc = base_tasks()
     doc["tasks"].append({"id": 2, "description": "again"})
     result = check(spec_dir(doc), code=2)
-    assert 'spec/tasks.json: task "2": duplicate task id — give each task its own id' in \
-        result.lines
+    assert (
+        'spec/tasks.json: task "2": duplicate task id — give each task its own id' in result.lines
+    )
 
 
 def _unknown_in_wave(doc):
@@ -333,18 +400,34 @@ def _unknown_parent(doc):
     tasks_of(doc)["1.1"]["parent"] = "9"
 
 
-@pytest.mark.parametrize("mutate, line", [
-    (_unknown_in_wave, 'spec/tasks.json (execution_strategy.waves[wave 2]): names unknown task '
-                       '"9" — fix the id or remove it from the wave'),
-    (_unknown_blocked_by, 'spec/tasks.json: task "3": blocked_by names unknown task "9" — fix '
-                          "the id or remove it"),
-    (_unknown_blocks, 'spec/tasks.json: task "2": blocks names unknown task "9" — fix the id or '
-                      "remove it"),
-    (_unknown_subtask, 'spec/tasks.json: task "1": subtasks names unknown task "9" — fix the id '
-                       "or remove it"),
-    (_unknown_parent, 'spec/tasks.json: task "1.1": parent names unknown task "9" — fix the id '
-                      "or remove it"),
-], ids=["wave", "blocked_by", "blocks", "subtasks", "parent"])
+@pytest.mark.parametrize(
+    "mutate, line",
+    [
+        (
+            _unknown_in_wave,
+            "spec/tasks.json (execution_strategy.waves[wave 2]): names unknown task "
+            '"9" — fix the id or remove it from the wave',
+        ),
+        (
+            _unknown_blocked_by,
+            'spec/tasks.json: task "3": blocked_by names unknown task "9" — fix '
+            "the id or remove it",
+        ),
+        (
+            _unknown_blocks,
+            'spec/tasks.json: task "2": blocks names unknown task "9" — fix the id or remove it',
+        ),
+        (
+            _unknown_subtask,
+            'spec/tasks.json: task "1": subtasks names unknown task "9" — fix the id or remove it',
+        ),
+        (
+            _unknown_parent,
+            'spec/tasks.json: task "1.1": parent names unknown task "9" — fix the id or remove it',
+        ),
+    ],
+    ids=["wave", "blocked_by", "blocks", "subtasks", "parent"],
+)
 def test_unknown_task_ids(spec_dir, mutate, line):
     doc = base_tasks()
     mutate(doc)
@@ -356,15 +439,19 @@ def test_unknown_id_in_context_dependencies(spec_dir):
     ctx = base_context()
     ctx["tasks"]["3"]["dependencies"] = ["1", "42"]
     result = check(spec_dir(context=ctx), code=2, via="subprocess")
-    assert result.lines == ['spec/context-summary.json: task "3": dependencies names unknown '
-                            'task "42" — fix the id or remove it']
+    assert result.lines == [
+        'spec/context-summary.json: task "3": dependencies names unknown '
+        'task "42" — fix the id or remove it'
+    ]
 
 
 def test_unknown_id_in_v4_depends_on(spec_dir):
     doc = {"version": "4.0", "tasks": [{"id": "1", "depends_on": ["W1-VERIFY"]}]}
     result = check(spec_dir(doc), code=2)
-    assert result.lines == ['spec/tasks.json: task "1": depends_on names unknown task '
-                            '"W1-VERIFY" — fix the id or remove it']
+    assert result.lines == [
+        'spec/tasks.json: task "1": depends_on names unknown task '
+        '"W1-VERIFY" — fix the id or remove it'
+    ]
 
 
 # ------------------------------------------------------------------- dependency problems
@@ -376,8 +463,10 @@ def test_a_dependency_cycle_is_printed(spec_dir, via):
     tasks_of(doc)["1"]["parallelization"]["blocked_by"] = ["3"]
     tasks_of(doc)["3"]["parallelization"]["blocks"] = ["1"]
     result = check(spec_dir(doc), code=2, via=via)
-    assert result.lines == ['spec/tasks.json: task "1": dependency cycle "1" → "3" → "1" — '
-                            "remove one of these dependencies"]
+    assert result.lines == [
+        'spec/tasks.json: task "1": dependency cycle "1" → "3" → "1" — '
+        "remove one of these dependencies"
+    ]
 
 
 def test_a_cycle_through_a_subtask_and_the_context_file(spec_dir):
@@ -385,27 +474,35 @@ def test_a_cycle_through_a_subtask_and_the_context_file(spec_dir):
     ctx = base_context()
     ctx["tasks"]["1.1"]["dependencies"] = ["3"]
     result = check(spec_dir(context=ctx), code=2)
-    assert error_lines(result) == ['spec/tasks.json: task "1": dependency cycle "1" → "3" → '
-                                   '"1" — remove one of these dependencies']
+    assert error_lines(result) == [
+        'spec/tasks.json: task "1": dependency cycle "1" → "3" → '
+        '"1" — remove one of these dependencies'
+    ]
 
 
 def test_a_parent_cycle_is_an_error(spec_dir):
     # regression: tasks whose parent chain loops were silently dropped (0 tasks, "valid")
     doc = base_tasks()
-    doc["tasks"] += [{"id": "a", "type": "subtask", "parent": "b", "description": "a"},
-                     {"id": "b", "type": "subtask", "parent": "a", "description": "b"}]
+    doc["tasks"] += [
+        {"id": "a", "type": "subtask", "parent": "b", "description": "a"},
+        {"id": "b", "type": "subtask", "parent": "a", "description": "b"},
+    ]
     result = check(spec_dir(doc), code=2)
-    assert error_lines(result) == ['spec/tasks.json: task "a": parent/subtask cycle "a" → "b" '
-                                   '→ "a" — a subtask\'s parent must be a task that is not '
-                                   "under it"]
+    assert error_lines(result) == [
+        'spec/tasks.json: task "a": parent/subtask cycle "a" → "b" '
+        '→ "a" — a subtask\'s parent must be a task that is not '
+        "under it"
+    ]
 
 
 def test_a_task_listed_as_its_own_subtask_is_an_error(spec_dir):
     doc = base_tasks()
     tasks_of(doc)["2"]["subtasks"] = ["2"]
     result = check(spec_dir(doc), code=2)
-    assert 'spec/tasks.json: task "2": parent/subtask cycle "2" → "2" — a subtask\'s parent ' \
-           "must be a task that is not under it" in result.lines
+    assert (
+        'spec/tasks.json: task "2": parent/subtask cycle "2" → "2" — a subtask\'s parent '
+        "must be a task that is not under it" in result.lines
+    )
 
 
 # ------------------------------------------------------------------ declared-wave problems
@@ -414,8 +511,10 @@ def test_a_task_listed_as_its_own_subtask_is_an_error(spec_dir):
 @pytest.mark.parametrize("via", VIAS)
 def test_a_declared_wave_that_runs_a_task_before_its_dependency(spec_dir, via):
     doc = base_tasks()
-    doc["execution_strategy"]["waves"] = [{"wave_id": 1, "tasks": ["3"]},
-                                          {"wave_id": 2, "tasks": ["1", "2"]}]
+    doc["execution_strategy"]["waves"] = [
+        {"wave_id": 1, "tasks": ["3"]},
+        {"wave_id": 2, "tasks": ["1", "2"]},
+    ]
     for t, w in (("3", 1), ("1", 2), ("2", 2)):
         tasks_of(doc)[t]["parallelization"]["wave"] = w
     result = check(spec_dir(doc), code=2, via=via)
@@ -446,42 +545,50 @@ def test_two_conflicting_tasks_in_one_declared_wave(spec_dir, via):
     doc = base_tasks()
     tasks_of(doc)["2"]["parallelization"]["shared_files"] = ["src/"]  # covers src/a.py
     result = check(spec_dir(doc), code=2, via=via)
-    assert result.lines == ['spec/tasks.json: task "1": shares src/a.py with task "2" in the '
-                            "same wave 1 — move one of them to another wave, or run `specwave "
-                            "plan --replan`"]
+    assert result.lines == [
+        'spec/tasks.json: task "1": shares src/a.py with task "2" in the '
+        "same wave 1 — move one of them to another wave, or run `specwave "
+        "plan --replan`"
+    ]
 
 
 def test_a_task_in_no_wave(spec_dir):
     doc = base_tasks()
     doc["execution_strategy"]["waves"][0]["tasks"] = ["1"]
     result = check(spec_dir(doc), code=2)
-    assert error_lines(result) == ['spec/tasks.json: task "2": is in no wave — add it to a wave '
-                                   "in execution_strategy"]
+    assert error_lines(result) == [
+        'spec/tasks.json: task "2": is in no wave — add it to a wave in execution_strategy'
+    ]
 
 
 def test_a_task_in_two_waves(spec_dir):
     doc = base_tasks()
     doc["execution_strategy"]["waves"][1]["tasks"].append("2")
     result = check(spec_dir(doc), code=2)
-    assert result.lines == ['spec/tasks.json: task "2": is listed in two waves (1 and 2) — keep '
-                            "it in one wave"]
+    assert result.lines == [
+        'spec/tasks.json: task "2": is listed in two waves (1 and 2) — keep it in one wave'
+    ]
 
 
 def test_a_subtask_listed_in_a_wave(spec_dir):
     doc = base_tasks()
     doc["execution_strategy"]["waves"][1]["tasks"].append("1.1")
     result = check(spec_dir(doc), code=2)
-    assert result.lines == ['spec/tasks.json: task "1.1": is a subtask but is listed in wave 2 '
-                            '— list its parent "1" instead; subtasks run inside their parent\'s '
-                            "worker"]
+    assert result.lines == [
+        'spec/tasks.json: task "1.1": is a subtask but is listed in wave 2 '
+        '— list its parent "1" instead; subtasks run inside their parent\'s '
+        "worker"
+    ]
 
 
 def test_two_waves_with_one_wave_id(spec_dir):
     doc = base_tasks()
     doc["execution_strategy"]["waves"][1]["wave_id"] = 1
     result = check(spec_dir(doc), code=2)
-    assert "spec/tasks.json (execution_strategy.waves): two waves share one wave_id — number " \
-           "the waves 1, 2, 3, ..." in result.lines
+    assert (
+        "spec/tasks.json (execution_strategy.waves): two waves share one wave_id — number "
+        "the waves 1, 2, 3, ..." in result.lines
+    )
 
 
 def test_replan_ignores_bad_declared_waves(spec_dir):
@@ -499,8 +606,11 @@ def test_replan_ignores_bad_declared_waves(spec_dir):
 @pytest.mark.parametrize("via", VIAS)
 def test_absolute_and_parent_paths_in_shared_files(spec_dir, via):
     doc = base_tasks()
-    tasks_of(doc)["2"]["parallelization"]["shared_files"] = ["/etc/passwd", "../other/x.py",
-                                                             "src/b.py"]
+    tasks_of(doc)["2"]["parallelization"]["shared_files"] = [
+        "/etc/passwd",
+        "../other/x.py",
+        "src/b.py",
+    ]
     result = check(spec_dir(doc), code=2, via=via)
     assert result.lines == [
         'spec/tasks.json: task "2": path "/etc/passwd" is absolute — use a path relative to the '
@@ -514,8 +624,10 @@ def test_bad_paths_in_context_relevant_files(spec_dir):
     ctx = base_context()
     ctx["tasks"]["3"]["relevant_files"] = ["~/secrets.txt"]
     result = check(spec_dir(context=ctx), code=2)
-    assert result.lines == ['spec/tasks.json: task "3": path "~/secrets.txt" is absolute — use a '
-                            "path relative to the repository root"]
+    assert result.lines == [
+        'spec/tasks.json: task "3": path "~/secrets.txt" is absolute — use a '
+        "path relative to the repository root"
+    ]
 
 
 # ---------------------------------------------------------------------------- warnings
@@ -600,8 +712,15 @@ def test_warnings_are_printed_with_errors(spec_dir):
 # -------------------------------------------------------------------------------- plan
 
 
-PLAN_KEYS = {"mode", "waves", "critical_path", "lower_bound", "estimated_speedup", "conflicts",
-             "warnings"}
+PLAN_KEYS = {
+    "mode",
+    "waves",
+    "critical_path",
+    "lower_bound",
+    "estimated_speedup",
+    "conflicts",
+    "warnings",
+}
 
 
 @pytest.mark.parametrize("via", VIAS)
@@ -632,9 +751,11 @@ def test_plan_json_reports_warnings_and_honours_max_concurrency(spec_dir):
     out = json.loads(result.stdout)
     assert out["max_concurrency"] == 1
     assert out["lower_bound"] == 3 and out["estimated_speedup"] == 1
-    assert out["warnings"] == ['spec/tasks.json: task "2": unknown status "wip" is treated as '
-                               "pending — use pending, in_progress, pass, fail, blocked or "
-                               "skipped"]
+    assert out["warnings"] == [
+        'spec/tasks.json: task "2": unknown status "wip" is treated as '
+        "pending — use pending, in_progress, pass, fail, blocked or "
+        "skipped"
+    ]
 
 
 @pytest.mark.parametrize("via", VIAS)
@@ -652,8 +773,11 @@ def test_plan_replan_computes_valid_waves_from_bad_declared_ones(spec_dir, via):
     out = json.loads(result.stdout)
     assert out["source"] == "computed"
     # 1 and 2 share src/a.py, 3 needs 1 and shares src/a.py with both: one task per wave
-    assert out["waves"] == [{"wave_id": 1, "tasks": ["1"]}, {"wave_id": 2, "tasks": ["2"]},
-                            {"wave_id": 3, "tasks": ["3"]}]
+    assert out["waves"] == [
+        {"wave_id": 1, "tasks": ["1"]},
+        {"wave_id": 2, "tasks": ["2"]},
+        {"wave_id": 3, "tasks": ["3"]},
+    ]
     assert out["mode"] == "sequential"
     assert sorted(map(tuple, out["conflicts"])) == [("1", "2"), ("1", "3"), ("2", "3")]
 
@@ -668,13 +792,13 @@ def test_plan_on_a_bad_spec_exits_2(spec_dir):
     tasks_of(doc)["3"]["parallelization"]["blocked_by"] = ["1", "2", "x"]
     result = check(spec_dir(doc), "--json", code=2, via="subprocess", command="plan")
     assert result.stdout == ""
-    assert result.lines == ['spec/tasks.json: task "3": blocked_by names unknown task "x" — fix '
-                            "the id or remove it"]
+    assert result.lines == [
+        'spec/tasks.json: task "3": blocked_by names unknown task "x" — fix the id or remove it'
+    ]
 
 
 def test_plan_rejects_zero_workers(spec_dir):
-    result = check(spec_dir(), "--max-concurrency", "0", code=2, via="subprocess",
-                   command="plan")
+    result = check(spec_dir(), "--max-concurrency", "0", code=2, via="subprocess", command="plan")
     assert "--max-concurrency" in result.stderr
 
 

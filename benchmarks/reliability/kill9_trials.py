@@ -31,8 +31,12 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--trials", type=int, default=20)
     ap.add_argument("--seed", type=int, default=1, help="seed of the first trial")
-    ap.add_argument("--max-kill-after", type=float, default=5.0,
-                    help="kill at a random moment up to this long after the first agent")
+    ap.add_argument(
+        "--max-kill-after",
+        type=float,
+        default=5.0,
+        help="kill at a random moment up to this long after the first agent",
+    )
     ap.add_argument("--api-url", help="a running Prefect API (default: a temporary one)")
     ap.add_argument("--json", metavar="FILE", help="also write every trial as JSON")
     args = ap.parse_args()
@@ -61,16 +65,18 @@ def main() -> int:
 
     failed = [t for t in results if not t.ok]
     count = lambda attr: sum(1 for t in results if getattr(t, attr))  # noqa: E731
-    print(f"\n{len(results)} trials in {time.time() - started:.0f} s: "
-          f"{len(failed)} failed — {count('corrupt')} corrupt tasks.json, "
-          f"{count('rerun_again')} re-ran a passed task, {count('double_counted')} "
-          f"double-counted, {count('orphans')} left orphans, "
-          f"{sum(1 for t in results if t.rerun_rc != 0)} reruns failed, "
-          f"{sum(1 for t in results if not t.dead_run_reported)} misreported the dead run; "
-          f"kills landed after 0-{args.max_kill_after:g} s with "
-          f"{sum(len(t.proved_before_kill) for t in results)} passes proved before the kill, "
-          f"{sum(t.alive_before_rerun for t in results)} agent processes orphaned by them "
-          f"(all reaped by the reruns: {not any(t.orphans for t in results)})")
+    print(
+        f"\n{len(results)} trials in {time.time() - started:.0f} s: "
+        f"{len(failed)} failed — {count('corrupt')} corrupt tasks.json, "
+        f"{count('rerun_again')} re-ran a passed task, {count('double_counted')} "
+        f"double-counted, {count('orphans')} left orphans, "
+        f"{sum(1 for t in results if t.rerun_rc != 0)} reruns failed, "
+        f"{sum(1 for t in results if not t.dead_run_reported)} misreported the dead run; "
+        f"kills landed after 0-{args.max_kill_after:g} s with "
+        f"{sum(len(t.proved_before_kill) for t in results)} passes proved before the kill, "
+        f"{sum(t.alive_before_rerun for t in results)} agent processes orphaned by them "
+        f"(all reaped by the reruns: {not any(t.orphans for t in results)})"
+    )
     if args.json:
         Path(args.json).write_text(json.dumps([t.to_dict() for t in results], indent=2))
     return 1 if failed else 0

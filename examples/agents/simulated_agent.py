@@ -32,10 +32,15 @@ def main() -> None:
             seconds = float(json.load(fh).get(task, seconds))
     print(f"simulated agent: working on task {task} for {seconds:g} s", flush=True)
     time.sleep(seconds)
-    result = {"status": "pass", "files_modified": [], "files_created": [],
-              "test_results": {"ran": 0, "passed": 0, "failed": 0},
-              "blocker": None, "notes": f"simulated: slept {seconds:g} s",
-              "duration_minutes": round(seconds / 60, 3)}
+    result = {
+        "status": "pass",
+        "files_modified": [],
+        "files_created": [],
+        "test_results": {"ran": 0, "passed": 0, "failed": 0},
+        "blocker": None,
+        "notes": f"simulated: slept {seconds:g} s",
+        "duration_minutes": round(seconds / 60, 3),
+    }
     print("```json\n" + json.dumps(result) + "\n```\nTASK COMPLETE", flush=True)
 
 

@@ -64,5 +64,15 @@ def make_agent(config: Any) -> Agent:
     return {"claude": ClaudeAgent}[config.kind](config)
 
 
-__all__ = ["Agent", "AgentConfig", "AgentRequest", "AgentRun", "ClaudeAgent", "ClaudeAgentConfig",
-           "CommandAgent", "CommandAgentConfig", "make_agent", "parse_agent_config"]
+__all__ = [
+    "Agent",
+    "AgentConfig",
+    "AgentRequest",
+    "AgentRun",
+    "ClaudeAgent",
+    "ClaudeAgentConfig",
+    "CommandAgent",
+    "CommandAgentConfig",
+    "make_agent",
+    "parse_agent_config",
+]

@@ -116,8 +116,12 @@ SPEC_SETTINGS_FILE = "claude-agent.json"
 #: Orchestrator variables passed to the CLI when ``pass_provider_env`` (prefixes and names).
 PROVIDER_ENV_PREFIXES = ("ANTHROPIC_", "AWS_", "CLOUD_ML_", "VERTEX_REGION_")
 PROVIDER_ENV_NAMES = (
-    "CLAUDE_CODE_OAUTH_TOKEN", "CLAUDE_CODE_USE_BEDROCK", "CLAUDE_CODE_USE_VERTEX",
-    "CLAUDE_CODE_USE_FOUNDRY", "GOOGLE_APPLICATION_CREDENTIALS", "GOOGLE_CLOUD_PROJECT",
+    "CLAUDE_CODE_OAUTH_TOKEN",
+    "CLAUDE_CODE_USE_BEDROCK",
+    "CLAUDE_CODE_USE_VERTEX",
+    "CLAUDE_CODE_USE_FOUNDRY",
+    "GOOGLE_APPLICATION_CREDENTIALS",
+    "GOOGLE_CLOUD_PROJECT",
 )
 #: Set unless the config's env says otherwise: no auto-update, no telemetry, no nag traffic.
 QUIET_ENV = {
@@ -149,8 +153,9 @@ class ClaudeSpecSettings(BaseModel):
     max_budget_usd: float | None = Field(None, gt=0, description="--max-budget-usd.")
     api_retries: int | None = Field(None, ge=0, le=20, description="CLAUDE_CODE_MAX_RETRIES.")
     extra_args: list[str] = Field(default_factory=list, description="More CLI arguments.")
-    env: dict[str, str] = Field(default_factory=dict, description="More environment "
-                                                                  "variables (no secrets).")
+    env: dict[str, str] = Field(
+        default_factory=dict, description="More environment variables (no secrets)."
+    )
 
 
 class ClaudeAgentConfig(AgentSettings):
@@ -166,38 +171,58 @@ class ClaudeAgentConfig(AgentSettings):
 
     kind: Literal["claude"] = "claude"
     executable: str | None = Field(
-        None, description="Path (or name on PATH) of the Claude Code CLI. Default: the CLI "
-                          "bundled in the claude-agent-sdk wheel (a dependency of "
-                          "prefect-specwave), else `claude` on PATH.")
-    model: str | None = Field(None, description="Model alias or full name (--model); default: "
-                                                "the CLI's default model.")
+        None,
+        description="Path (or name on PATH) of the Claude Code CLI. Default: the CLI "
+        "bundled in the claude-agent-sdk wheel (a dependency of "
+        "prefect-specwave), else `claude` on PATH.",
+    )
+    model: str | None = Field(
+        None, description="Model alias or full name (--model); default: the CLI's default model."
+    )
     permission_mode: PermissionMode | None = Field(
-        None, description="--permission-mode; default acceptEdits (file edits inside the "
-                          "repository are accepted, outside denied). bypassPermissions only "
-                          "when asked; as root the CLI refuses it unless env IS_SANDBOX=1.")
+        None,
+        description="--permission-mode; default acceptEdits (file edits inside the "
+        "repository are accepted, outside denied). bypassPermissions only "
+        "when asked; as root the CLI refuses it unless env IS_SANDBOX=1.",
+    )
     allowed_tools: list[str] | None = Field(
-        None, description="--allowedTools: tools (or rules like 'Bash(pytest *)') allowed "
-                          f"without a prompt; default {list(DEFAULT_ALLOWED_TOOLS)}.")
+        None,
+        description="--allowedTools: tools (or rules like 'Bash(pytest *)') allowed "
+        f"without a prompt; default {list(DEFAULT_ALLOWED_TOOLS)}.",
+    )
     disallowed_tools: list[str] | None = Field(None, description="--disallowedTools.")
-    max_turns: int | None = Field(None, ge=1, description="--max-turns; reaching it is a final "
-                                                          "failure. Default: no limit.")
-    max_budget_usd: float | None = Field(None, gt=0, description="--max-budget-usd per attempt; "
-                                                                 "reaching it is final.")
-    api_retries: int | None = Field(None, ge=0, le=20,
-                                    description="The CLI's own API retries "
-                                                f"(CLAUDE_CODE_MAX_RETRIES); default "
-                                                f"{DEFAULT_API_RETRIES}.")
+    max_turns: int | None = Field(
+        None, ge=1, description="--max-turns; reaching it is a final failure. Default: no limit."
+    )
+    max_budget_usd: float | None = Field(
+        None, gt=0, description="--max-budget-usd per attempt; reaching it is final."
+    )
+    api_retries: int | None = Field(
+        None,
+        ge=0,
+        le=20,
+        description="The CLI's own API retries "
+        f"(CLAUDE_CODE_MAX_RETRIES); default "
+        f"{DEFAULT_API_RETRIES}.",
+    )
     retry_backoff_seconds: float = Field(
-        15.0, ge=0, description="After a 429/529/5xx/connection failure: wait this x "
-                                "2^(attempt-1) x jitter 0.5..1.5 before the worker's retry "
-                                "(capped at 60 s).")
-    extra_args: list[str] = Field(default_factory=list,
-                                  description="More CLI arguments, placed before the prompt.")
+        15.0,
+        ge=0,
+        description="After a 429/529/5xx/connection failure: wait this x "
+        "2^(attempt-1) x jitter 0.5..1.5 before the worker's retry "
+        "(capped at 60 s).",
+    )
+    extra_args: list[str] = Field(
+        default_factory=list, description="More CLI arguments, placed before the prompt."
+    )
     pass_provider_env: bool = Field(
-        True, description="Pass ANTHROPIC_* (API key, base URL), CLAUDE_CODE_OAUTH_TOKEN and "
-                          "Bedrock/Vertex variables from the orchestrator's environment.")
-    spec_settings: bool = Field(True, description=f"Read {SPEC_SETTINGS_FILE} from the spec "
-                                                  "folder for unset fields.")
+        True,
+        description="Pass ANTHROPIC_* (API key, base URL), CLAUDE_CODE_OAUTH_TOKEN and "
+        "Bedrock/Vertex variables from the orchestrator's environment.",
+    )
+    spec_settings: bool = Field(
+        True, description=f"Read {SPEC_SETTINGS_FILE} from the spec folder for unset fields."
+    )
 
 
 def bundled_cli() -> Path | None:
@@ -219,9 +244,11 @@ def resolve_executable(configured: str | None, path_env: str | None) -> str:
             return configured
         found = shutil.which(configured, path=path_env)
         if not found:
-            raise AgentLaunchError(f"cannot start agent: Claude Code CLI {configured!r} not "
-                                   f"found on PATH={path_env} — give its full path in "
-                                   "executable")
+            raise AgentLaunchError(
+                f"cannot start agent: Claude Code CLI {configured!r} not "
+                f"found on PATH={path_env} — give its full path in "
+                "executable"
+            )
         return found
     bundled = bundled_cli()
     if bundled is not None:
@@ -232,7 +259,8 @@ def resolve_executable(configured: str | None, path_env: str | None) -> str:
     raise AgentLaunchError(
         "cannot start agent: Claude Code CLI not found (no claude_agent_sdk/_bundled/claude, "
         "no `claude` on PATH) — reinstall prefect-specwave (its claude-agent-sdk dependency "
-        "bundles the CLI; `pip install -e .` in a checkout) or set executable")
+        "bundles the CLI; `pip install -e .` in a checkout) or set executable"
+    )
 
 
 def load_spec_settings(spec_dir: str | Path) -> ClaudeSpecSettings:
@@ -244,13 +272,17 @@ def load_spec_settings(spec_dir: str | Path) -> ClaudeSpecSettings:
         data = json.loads(path.read_text(encoding="utf-8"))
         return ClaudeSpecSettings.model_validate(data)
     except json.JSONDecodeError as exc:
-        raise AgentLaunchError(f"cannot start agent: {path}: invalid JSON: {exc.msg} at line "
-                               f"{exc.lineno} column {exc.colno} — fix the file") from None
+        raise AgentLaunchError(
+            f"cannot start agent: {path}: invalid JSON: {exc.msg} at line "
+            f"{exc.lineno} column {exc.colno} — fix the file"
+        ) from None
     except ValidationError as exc:
         first = exc.errors(include_url=False)[0]
         field = ".".join(str(p) for p in first["loc"]) or "(top level)"
-        raise AgentLaunchError(f"cannot start agent: {path}: field \"{field}\": {first['msg']}"
-                               " — see ClaudeSpecSettings for the keys") from None
+        raise AgentLaunchError(
+            f'cannot start agent: {path}: field "{field}": {first["msg"]}'
+            " — see ClaudeSpecSettings for the keys"
+        ) from None
 
 
 class _Effective(BaseModel):
@@ -290,8 +322,16 @@ def effective_settings(config: ClaudeAgentConfig, spec: ClaudeSpecSettings) -> _
 
 def build_argv(executable: str, eff: _Effective) -> list[str]:
     """The CLI command line (the prompt goes on stdin)."""
-    argv = [executable, "-p", "--output-format", "stream-json", "--verbose",
-            "--permission-mode", eff.permission_mode, "--no-session-persistence"]
+    argv = [
+        executable,
+        "-p",
+        "--output-format",
+        "stream-json",
+        "--verbose",
+        "--permission-mode",
+        eff.permission_mode,
+        "--no-session-persistence",
+    ]
     if eff.model:
         argv += ["--model", eff.model]
     if eff.max_turns is not None:
@@ -308,13 +348,13 @@ def build_argv(executable: str, eff: _Effective) -> list[str]:
 
 def _bypass_requested(eff: _Effective) -> bool:
     return eff.permission_mode == "bypassPermissions" or any(
-        a in ("--dangerously-skip-permissions", "bypassPermissions") for a in eff.extra_args)
+        a in ("--dangerously-skip-permissions", "bypassPermissions") for a in eff.extra_args
+    )
 
 
 # --------------------------------------------------------------------------- the outcome
 
-OutcomeKind = Literal["authentication", "api_transient", "api_request", "max_turns",
-                      "max_budget"]
+OutcomeKind = Literal["authentication", "api_transient", "api_request", "max_turns", "max_budget"]
 
 
 class ClaudeOutcome(BaseModel):
@@ -337,11 +377,20 @@ class ClaudeOutcome(BaseModel):
     errors: list[str] = Field(default_factory=list)
 
 
-def decide_outcome(summary: StreamSummary, *, exit_code: int | None, timed_out: bool,
-                   cancelled: bool, stderr: str = "", stopped_reason: str | None = None,
-                   stopped_status: int | None = None, api_retries: int = DEFAULT_API_RETRIES,
-                   max_turns: int | None = None, max_budget_usd: float | None = None,
-                   retry_after_s: float = 0.0) -> ClaudeOutcome:
+def decide_outcome(
+    summary: StreamSummary,
+    *,
+    exit_code: int | None,
+    timed_out: bool,
+    cancelled: bool,
+    stderr: str = "",
+    stopped_reason: str | None = None,
+    stopped_status: int | None = None,
+    api_retries: int = DEFAULT_API_RETRIES,
+    max_turns: int | None = None,
+    max_budget_usd: float | None = None,
+    retry_after_s: float = 0.0,
+) -> ClaudeOutcome:
     """Classify a finished attempt from its stream summary and how the process ended.
 
     Pure: ``retry_after_s`` is the back-off to use if the failure is retryable (the caller
@@ -376,41 +425,59 @@ def decide_outcome(summary: StreamSummary, *, exit_code: int | None, timed_out: 
     if status in (401, 403) or auth_stop:
         final, kind = True, "authentication"
         what = "authentication failed" if status != 403 else "permission denied by the API"
-        errors.insert(0, f"{what} (HTTP {status}) — check ANTHROPIC_API_KEY (or "
-                         "CLAUDE_CODE_OAUTH_TOKEN) in the orchestrator's environment; "
-                         "not retried")
+        errors.insert(
+            0,
+            f"{what} (HTTP {status}) — check ANTHROPIC_API_KEY (or "
+            "CLAUDE_CODE_OAUTH_TOKEN) in the orchestrator's environment; "
+            "not retried",
+        )
     elif terminal == "api_error" or (is_error and status is not None):
         text = one_line(result.result or "", 200)
         if status is None or status in RETRYABLE_HTTP or status >= 500:
             retry_after, kind = retry_after_s, "api_transient"
             label = f"HTTP {status}" if status is not None else "connection error"
-            errors.insert(0, f"API error ({label}) after {api_retries} CLI retries: "
-                             f"{text}; retrying after {retry_after:.1f} s")
+            errors.insert(
+                0,
+                f"API error ({label}) after {api_retries} CLI retries: "
+                f"{text}; retrying after {retry_after:.1f} s",
+            )
         else:
             final, kind = True, "api_request"
-            errors.insert(0, f"API error (HTTP {status}): {text} — fix the request "
-                             "(model name, prompt size); not retried")
+            errors.insert(
+                0,
+                f"API error (HTTP {status}): {text} — fix the request "
+                "(model name, prompt size); not retried",
+            )
     elif terminal == "max_turns" or sub == "error_max_turns":
         final, kind = True, "max_turns"
-        errors.insert(0, f"stopped at max_turns ({max_turns}) — raise max_turns or "
-                         "split the task")
+        errors.insert(0, f"stopped at max_turns ({max_turns}) — raise max_turns or split the task")
     elif terminal == "budget_exhausted" or sub == "error_max_budget_usd":
         final, kind = True, "max_budget"
-        errors.insert(0, f"stopped at max_budget_usd ({max_budget_usd}) — raise "
-                         "max_budget_usd; not retried (it would spend again)")
+        errors.insert(
+            0,
+            f"stopped at max_budget_usd ({max_budget_usd}) — raise "
+            "max_budget_usd; not retried (it would spend again)",
+        )
     if summary.result is None and not timed_out and not cancelled:
         # No result line: the CLI failed before or while running (bad flag, crash).
         first = tail(stderr, 3, 400) or tail("\n".join(summary.other_lines), 3, 400)
         if first:
             errors.append("the CLI ended without a result: " + one_line(first, 400))
-    return ClaudeOutcome(exit_code=exit_code, is_error=is_error, final=final,
-                         retry_after_s=retry_after, kind=kind, api_error_status=status,
-                         stopped_by_specwave="authentication_failed" if auth_stop else None,
-                         errors=list(dict.fromkeys(errors)))
+    return ClaudeOutcome(
+        exit_code=exit_code,
+        is_error=is_error,
+        final=final,
+        retry_after_s=retry_after,
+        kind=kind,
+        api_error_status=status,
+        stopped_by_specwave="authentication_failed" if auth_stop else None,
+        errors=list(dict.fromkeys(errors)),
+    )
 
 
-def attempt_info(summary: StreamSummary, permission_mode: str,
-                 api_error_status: int | None) -> dict[str, Any]:
+def attempt_info(
+    summary: StreamSummary, permission_mode: str, api_error_status: int | None
+) -> dict[str, Any]:
     """What the attempt record's ``info`` keeps of the stream."""
     result = summary.result or ResultEvent()
     init = summary.init or InitEvent()
@@ -476,8 +543,14 @@ class ClaudeAgent:
     def __init__(self, config: ClaudeAgentConfig):
         self.config = config
 
-    def _env(self, request: AgentRequest, eff: _Effective, config_dir: Path,
-             tmpdir: Path, secrets: dict[str, str]) -> dict[str, str]:
+    def _env(
+        self,
+        request: AgentRequest,
+        eff: _Effective,
+        config_dir: Path,
+        tmpdir: Path,
+        secrets: dict[str, str],
+    ) -> dict[str, str]:
         provider: dict[str, str] = {}
         if self.config.pass_provider_env:
             for k, v in os.environ.items():
@@ -485,20 +558,30 @@ class ClaudeAgent:
                     provider[k] = v
         settings = self.config.model_copy(update={"env": {**QUIET_ENV, **provider, **eff.env}})
         env = base_env(settings, request, secrets)
-        env.update({
-            "CLAUDE_CONFIG_DIR": str(config_dir),
-            "TMPDIR": str(tmpdir),
-            "CLAUDE_CODE_MAX_RETRIES": str(eff.api_retries),
-        })
+        env.update(
+            {
+                "CLAUDE_CONFIG_DIR": str(config_dir),
+                "TMPDIR": str(tmpdir),
+                "CLAUDE_CODE_MAX_RETRIES": str(eff.api_retries),
+            }
+        )
         return env
 
-    async def run(self, request: AgentRequest, *, on_line: LineSink | None = None,
-                  on_start: StartSink | None = None,
-                  secrets: dict[str, str] | None = None) -> AgentRun:
+    async def run(
+        self,
+        request: AgentRequest,
+        *,
+        on_line: LineSink | None = None,
+        on_start: StartSink | None = None,
+        secrets: dict[str, str] | None = None,
+    ) -> AgentRun:
         if secrets is None:
             secrets = await aload_secrets(self.config)
-        spec = (load_spec_settings(request.spec_dir) if self.config.spec_settings
-                else ClaudeSpecSettings())
+        spec = (
+            load_spec_settings(request.spec_dir)
+            if self.config.spec_settings
+            else ClaudeSpecSettings()
+        )
         eff = effective_settings(self.config, spec)
         root = Path(tempfile.mkdtemp(prefix=f"specwave-claude-{_slug(request.task_id)}-"))
         try:
@@ -508,9 +591,15 @@ class ClaudeAgent:
             # raising), so nothing writes into the private dirs any more.
             shutil.rmtree(root, ignore_errors=True)
 
-    async def _run(self, request: AgentRequest, eff: _Effective, root: Path,
-                   on_line: LineSink | None, on_start: StartSink | None,
-                   secrets: dict[str, str]) -> AgentRun:
+    async def _run(
+        self,
+        request: AgentRequest,
+        eff: _Effective,
+        root: Path,
+        on_line: LineSink | None,
+        on_start: StartSink | None,
+        secrets: dict[str, str],
+    ) -> AgentRun:
         config_dir, tmpdir = root / "config", root / "tmp"
         config_dir.mkdir()
         tmpdir.mkdir()
@@ -519,14 +608,18 @@ class ClaudeAgent:
             raise AgentLaunchError(
                 "cannot start agent: permission mode bypassPermissions as root — the Claude "
                 "Code CLI refuses it unless IS_SANDBOX=1; only inside a sandbox (a container "
-                'or VM without secrets) add "env": {"IS_SANDBOX": "1"}, or use acceptEdits')
+                'or VM without secrets) add "env": {"IS_SANDBOX": "1"}, or use acceptEdits'
+            )
         executable = resolve_executable(self.config.executable, env.get("PATH"))
         argv = build_argv(executable, eff)
         hidden = secret_values(env)
         stream_path = _stream_path(request)
         # Plain blocking appends on purpose (as agents.process does for its log).
-        stream_fh = (open(stream_path, "a", encoding="utf-8")  # noqa: SIM115, ASYNC230
-                     if stream_path else None)
+        stream_fh = (
+            open(stream_path, "a", encoding="utf-8")  # noqa: SIM115, ASYNC230
+            if stream_path
+            else None
+        )
         stop = asyncio.Event()
         stopped: dict[str, Any] = {}
         summary = StreamSummary()
@@ -545,8 +638,11 @@ class ClaudeAgent:
                 if on_line is not None and text.strip():
                     on_line("stdout", one_line(text, 2000))
                 return
-            if (isinstance(event, ApiRetryEvent) and event.error == "authentication_failed"
-                    and not stop.is_set()):
+            if (
+                isinstance(event, ApiRetryEvent)
+                and event.error == "authentication_failed"
+                and not stop.is_set()
+            ):
                 # Retrying a rejected key only delays the failure: stop the CLI now.
                 stopped["reason"] = "authentication_failed"
                 stopped["status"] = event.error_status
@@ -562,9 +658,16 @@ class ClaudeAgent:
 
         try:
             res = await run_process_group(
-                argv, cwd=request.workdir, env=env, stdin_data=request.prompt.encode("utf-8"),
-                timeout=request.timeout_seconds, grace_seconds=self.config.grace_seconds,
-                on_line=line, on_start=started, cancel_event=stop)
+                argv,
+                cwd=request.workdir,
+                env=env,
+                stdin_data=request.prompt.encode("utf-8"),
+                timeout=request.timeout_seconds,
+                grace_seconds=self.config.grace_seconds,
+                on_line=line,
+                on_start=started,
+                cancel_event=stop,
+            )
         finally:
             rss.stop()
             if stream_fh is not None:
@@ -578,32 +681,55 @@ class ClaudeAgent:
             run.info["stream_log"] = str(stream_path)
         run.info = json.loads(redact(json.dumps(run.info, default=str), hidden))
         run.signals = AgentSignals.model_validate(
-            json.loads(redact(run.signals.model_dump_json(), hidden)))
+            json.loads(redact(run.signals.model_dump_json(), hidden))
+        )
         run.output = redact(run.output, hidden)
         run.stderr_tail = redact(run.stderr_tail, hidden)
         return run
 
-    def _outcome(self, request: AgentRequest, eff: _Effective, res: Any,
-                 summary: StreamSummary, stopped: dict[str, Any]) -> AgentRun:
+    def _outcome(
+        self,
+        request: AgentRequest,
+        eff: _Effective,
+        res: Any,
+        summary: StreamSummary,
+        stopped: dict[str, Any],
+    ) -> AgentRun:
         outcome = decide_outcome(
-            summary, exit_code=res.exit_code, timed_out=res.timed_out, cancelled=res.cancelled,
-            stderr=res.stderr, stopped_reason=stopped.get("reason"),
-            stopped_status=stopped.get("status"), api_retries=eff.api_retries,
-            max_turns=eff.max_turns, max_budget_usd=eff.max_budget_usd,
-            retry_after_s=self._backoff(request.attempt))
+            summary,
+            exit_code=res.exit_code,
+            timed_out=res.timed_out,
+            cancelled=res.cancelled,
+            stderr=res.stderr,
+            stopped_reason=stopped.get("reason"),
+            stopped_status=stopped.get("status"),
+            api_retries=eff.api_retries,
+            max_turns=eff.max_turns,
+            max_budget_usd=eff.max_budget_usd,
+            retry_after_s=self._backoff(request.attempt),
+        )
         info = attempt_info(summary, eff.permission_mode, outcome.api_error_status)
         if outcome.stopped_by_specwave:
             info["stopped_by_specwave"] = outcome.stopped_by_specwave
         # When we stopped the CLI ourselves it is not a leftover; its descendants still are.
         killed = [pid for pid in res.killed_pids if not (res.cancelled and pid == res.pid)]
-        signals = AgentSignals(is_error=outcome.is_error,
-                               permission_denials=info["permission_denials"],
-                               errors=outcome.errors)
-        return AgentRun(exit_code=outcome.exit_code, timed_out=res.timed_out,
-                        output=summary.output(), stderr_tail=tail(res.stderr, 20, 2000),
-                        duration_s=res.duration_s, signals=signals, info=info,
-                        killed_pids=killed, retry_after_s=outcome.retry_after_s,
-                        final=outcome.final)
+        signals = AgentSignals(
+            is_error=outcome.is_error,
+            permission_denials=info["permission_denials"],
+            errors=outcome.errors,
+        )
+        return AgentRun(
+            exit_code=outcome.exit_code,
+            timed_out=res.timed_out,
+            output=summary.output(),
+            stderr_tail=tail(res.stderr, 20, 2000),
+            duration_s=res.duration_s,
+            signals=signals,
+            info=info,
+            killed_pids=killed,
+            retry_after_s=outcome.retry_after_s,
+            final=outcome.final,
+        )
 
     def _backoff(self, attempt: int) -> float:
         base = self.config.retry_backoff_seconds * (2 ** max(0, attempt - 1))

@@ -134,8 +134,7 @@ class Message(_Lenient):
     """An assistant or user ``message``; its content blocks (objects only; a string content,
     such as a user prompt, has none)."""
 
-    content: Annotated[list[ContentBlock], BeforeValidator(_dicts)] = Field(
-        default_factory=list)
+    content: Annotated[list[ContentBlock], BeforeValidator(_dicts)] = Field(default_factory=list)
 
     def blocks(self, kind: str) -> list[ContentBlock]:
         return [b for b in self.content if b.type == kind]
@@ -211,8 +210,12 @@ class ApiRetryEvent(SystemEvent):
 
     def brief(self) -> dict[str, Any]:
         """What the attempt record keeps of it."""
-        return {"attempt": self.attempt, "error_status": self.error_status,
-                "error": self.error, "retry_delay_ms": self.retry_delay_ms}
+        return {
+            "attempt": self.attempt,
+            "error_status": self.error_status,
+            "error": self.error,
+            "retry_delay_ms": self.retry_delay_ms,
+        }
 
 
 class AssistantEvent(StreamEvent):
@@ -242,14 +245,18 @@ class ResultEvent(StreamEvent):
     num_turns: OptInt = None
     duration_api_ms: OptNumber = None
     usage: Annotated[Usage, BeforeValidator(_usage)] = Field(default_factory=Usage)
-    permission_denials: Annotated[list[dict[str, Any] | str], BeforeValidator(_denials)] = (
-        Field(default_factory=list))
+    permission_denials: Annotated[list[dict[str, Any] | str], BeforeValidator(_denials)] = Field(
+        default_factory=list
+    )
     errors: Annotated[list[str], BeforeValidator(_strings)] = Field(default_factory=list)
 
 
 _SYSTEM_EVENTS: dict[str, type[StreamEvent]] = {"init": InitEvent, "api_retry": ApiRetryEvent}
 _EVENTS: dict[str, type[StreamEvent]] = {
-    "assistant": AssistantEvent, "user": UserEvent, "result": ResultEvent}
+    "assistant": AssistantEvent,
+    "user": UserEvent,
+    "result": ResultEvent,
+}
 
 
 def _event_class(kind: Any, sub: Any) -> type[StreamEvent]:
@@ -291,8 +298,10 @@ def parse_line(text: str) -> StreamEvent | None:
 def _is_piece(text: str) -> bool:
     """Whether run_process_group cut this from a longer line (it passes a line over
     MAX_LINE_BYTES to on_line in pieces of exactly that many bytes)."""
-    return (len(text) * 4 >= MAX_LINE_BYTES
-            and len(text.encode("utf-8", "surrogatepass")) >= MAX_LINE_BYTES)
+    return (
+        len(text) * 4 >= MAX_LINE_BYTES
+        and len(text.encode("utf-8", "surrogatepass")) >= MAX_LINE_BYTES
+    )
 
 
 class StreamSummary(BaseModel):
@@ -356,8 +365,9 @@ class StreamSummary(BaseModel):
 
     @property
     def session_id(self) -> str | None:
-        return ((self.result.session_id if self.result else None)
-                or (self.init.session_id if self.init else None))
+        return (self.result.session_id if self.result else None) or (
+            self.init.session_id if self.init else None
+        )
 
     def output(self) -> str:
         """The text to parse: the final result text, else everything the assistant said."""
@@ -387,8 +397,7 @@ def _content_text(content: Any) -> str:
     if isinstance(content, str):
         return content
     if isinstance(content, list):
-        return " ".join(_content_text(c.get("text") if isinstance(c, dict) else c)
-                        for c in content)
+        return " ".join(_content_text(c.get("text") if isinstance(c, dict) else c) for c in content)
     return "" if content is None else str(content)
 
 
@@ -419,13 +428,21 @@ def _summarize_event(event: dict[str, Any]) -> list[str]:
     kind = event.get("type")
     sub = event.get("subtype")
     if kind == "system" and sub == "init":
-        return [(f"claude {event.get('claude_code_version', '?')} session "
-                 f"{event.get('session_id')} model {event.get('model')} permission "
-                 f"{event.get('permissionMode')} cwd {event.get('cwd')}")]
+        return [
+            (
+                f"claude {event.get('claude_code_version', '?')} session "
+                f"{event.get('session_id')} model {event.get('model')} permission "
+                f"{event.get('permissionMode')} cwd {event.get('cwd')}"
+            )
+        ]
     if kind == "system" and sub == "api_retry":
-        return [(f"API retry {event.get('attempt')}/{event.get('max_retries')} in "
-                 f"{event.get('retry_delay_ms')} ms: HTTP {event.get('error_status')} "
-                 f"{event.get('error')}")]
+        return [
+            (
+                f"API retry {event.get('attempt')}/{event.get('max_retries')} in "
+                f"{event.get('retry_delay_ms')} ms: HTTP {event.get('error_status')} "
+                f"{event.get('error')}"
+            )
+        ]
     if kind == "system":
         return [f"system {sub}"]
     if kind == "assistant":
@@ -435,8 +452,10 @@ def _summarize_event(event: dict[str, Any]) -> list[str]:
             if btype == "text" and str(block.get("text", "")).strip():
                 out.append("assistant: " + one_line(block["text"]))
             elif btype == "tool_use":
-                out.append(f"tool {block.get('name')}: "
-                           f"{_tool_brief(str(block.get('name')), block.get('input'))}")
+                out.append(
+                    f"tool {block.get('name')}: "
+                    f"{_tool_brief(str(block.get('name')), block.get('input'))}"
+                )
             elif btype == "thinking":
                 out.append("thinking…")
         return out
@@ -445,14 +464,18 @@ def _summarize_event(event: dict[str, Any]) -> list[str]:
         for block in _blocks(event):
             if block.get("type") == "tool_result":
                 flag = " (error)" if block.get("is_error") else ""
-                out.append(f"tool result{flag}: "
-                           f"{one_line(_content_text(block.get('content')), 200)}")
+                out.append(
+                    f"tool result{flag}: {one_line(_content_text(block.get('content')), 200)}"
+                )
         return out
     if kind == "result":
         cost = event.get("total_cost_usd")
-        parts = [f"result: {event.get('subtype')}", f"is_error={event.get('is_error')}",
-                 f"turns={event.get('num_turns')}",
-                 f"cost=${cost:.4f}" if isinstance(cost, (int, float)) else "cost=?"]
+        parts = [
+            f"result: {event.get('subtype')}",
+            f"is_error={event.get('is_error')}",
+            f"turns={event.get('num_turns')}",
+            f"cost=${cost:.4f}" if isinstance(cost, (int, float)) else "cost=?",
+        ]
         if event.get("api_error_status"):
             parts.append(f"api_error_status={event['api_error_status']}")
         if as_list(event.get("permission_denials")):

@@ -52,17 +52,34 @@ class CommandAgent:
     def __init__(self, config: CommandAgentConfig):
         self.config = config
 
-    async def run(self, request: AgentRequest, *, on_line: LineSink | None = None,
-                  on_start: StartSink | None = None,
-                  secrets: dict[str, str] | None = None) -> AgentRun:
+    async def run(
+        self,
+        request: AgentRequest,
+        *,
+        on_line: LineSink | None = None,
+        on_start: StartSink | None = None,
+        secrets: dict[str, str] | None = None,
+    ) -> AgentRun:
         argv = [substitute(a, request) for a in self.config.argv()]
         if secrets is None:
             secrets = await aload_secrets(self.config)
         env = base_env(self.config, request, secrets)
         res = await run_process_group(
-            argv, cwd=request.workdir, env=env, stdin_data=request.prompt.encode("utf-8"),
-            timeout=request.timeout_seconds, grace_seconds=self.config.grace_seconds,
-            on_line=on_line, log_path=None, on_start=on_start)
-        return AgentRun(exit_code=res.exit_code, timed_out=res.timed_out, output=res.stdout,
-                        stderr_tail=tail(res.stderr, 20, 2000), duration_s=res.duration_s,
-                        killed_pids=res.killed_pids)
+            argv,
+            cwd=request.workdir,
+            env=env,
+            stdin_data=request.prompt.encode("utf-8"),
+            timeout=request.timeout_seconds,
+            grace_seconds=self.config.grace_seconds,
+            on_line=on_line,
+            log_path=None,
+            on_start=on_start,
+        )
+        return AgentRun(
+            exit_code=res.exit_code,
+            timed_out=res.timed_out,
+            output=res.stdout,
+            stderr_tail=tail(res.stderr, 20, 2000),
+            duration_s=res.duration_s,
+            killed_pids=res.killed_pids,
+        )

@@ -69,15 +69,9 @@ def _launch_error(argv0: str, cwd: Path, env: dict[str, str], exc: OSError) -> A
             what = f"{argv0!r} not found (no such file) — install it or fix the path"
         else:
             path = env.get("PATH", os.defpath)
-            what = (
-                f"{argv0!r} not found (searched PATH={path}) — "
-                "install it or give its full path"
-            )
+            what = f"{argv0!r} not found (searched PATH={path}) — install it or give its full path"
     elif isinstance(exc, PermissionError):
-        what = (
-            f"{argv0!r} is not executable (permission denied) — "
-            "chmod +x it or check the path"
-        )
+        what = f"{argv0!r} is not executable (permission denied) — chmod +x it or check the path"
     else:
         what = f"{argv0!r}: {exc.strerror or exc} — check the agent command"
     return AgentLaunchError(f"cannot start agent: {what}")
@@ -244,10 +238,10 @@ async def run_process_group(
             )
         except OSError as exc:
             raise _launch_error(argv[0], cwd, child_env, exc) from exc
-        supervision = _Supervision(proc, argv[0], marker, started, spawn_ticks,
-                                   on_line, log_file)
-        return await supervision.run(stdin_data, on_start,
-                                     _Limits(timeout, grace_seconds, cancel_event))
+        supervision = _Supervision(proc, argv[0], marker, started, spawn_ticks, on_line, log_file)
+        return await supervision.run(
+            stdin_data, on_start, _Limits(timeout, grace_seconds, cancel_event)
+        )
     finally:
         if log_file is not None:
             log_file.close()
@@ -275,8 +269,9 @@ class _Supervision:
         # proctable.scan_proc). The bound is taken from the leader's own start (its stat)
         # when it can be read, else from the clock read before spawning; the smaller wins.
         leader_stat = proctable.proc_stat(proc.pid)
-        bounds = [b for b in (spawn_ticks, leader_stat[2] if leader_stat else None)
-                  if b is not None]
+        bounds = [
+            b for b in (spawn_ticks, leader_stat[2] if leader_stat else None) if b is not None
+        ]
         self.not_before = min(bounds) if bounds else 0
         self.info = ProcessInfo(
             pid=proc.pid,
@@ -386,7 +381,11 @@ class _Supervision:
         # ``tracked`` adds those seen earlier that have since been re-parented.
         roots = ([self.leader] if self.leader is not None else []) + list(self.tracked.values())
         killed = await asyncio.to_thread(
-            kill.terminate, roots, {self.info.pgid}, {self.marker}, grace_seconds,
+            kill.terminate,
+            roots,
+            {self.info.pgid},
+            {self.marker},
+            grace_seconds,
             self.not_before,
         )
         with contextlib.suppress(asyncio.TimeoutError, ProcessLookupError):

@@ -46,11 +46,20 @@ class Watchdog:
 
         env = {k: v for k, v in os.environ.items() if k != MARKER_ENV}
         self.proc = subprocess.Popen(
-            [sys.executable, "-S", str(Path(__file__).resolve()), self.marker,
-             str(self.grace_seconds), str(os.getpid())],
-            stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, env=env,
+            [
+                sys.executable,
+                "-S",
+                str(Path(__file__).resolve()),
+                self.marker,
+                str(self.grace_seconds),
+                str(os.getpid()),
+            ],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            env=env,
             start_new_session=True,  # a signal to the orchestrator's group does not reach it
-            close_fds=True)
+            close_fds=True,
+        )
 
     @property
     def pid(self) -> int | None:
@@ -85,7 +94,7 @@ def _watch(marker: str, grace_seconds: float, orchestrator: int) -> int:
             chunk = b""
         if not chunk:
             break
-        received = (received + chunk)[-len(_BYE):]
+        received = (received + chunk)[-len(_BYE) :]
     if received == _BYE:
         return 0
     # The orchestrator is gone: import the killer now (the root of the package on the path,
@@ -98,12 +107,15 @@ def _watch(marker: str, grace_seconds: float, orchestrator: int) -> int:
     from tasks_lib.agents.kill import reap
     from tasks_lib.agents.proctable import ProcessInfo
 
-    killed = reap([ProcessInfo(pid=0, pgid=0, create_time=-1.0, argv0="", marker=marker)],
-                  grace_seconds)
+    killed = reap(
+        [ProcessInfo(pid=0, pgid=0, create_time=-1.0, argv0="", marker=marker)], grace_seconds
+    )
     if killed:
         with contextlib.suppress(OSError):
-            sys.stderr.write(f"specwave: the orchestrator (pid {orchestrator}) died; its "
-                             f"watchdog killed {len(killed)} agent processes: {killed}\n")
+            sys.stderr.write(
+                f"specwave: the orchestrator (pid {orchestrator}) died; its "
+                f"watchdog killed {len(killed)} agent processes: {killed}\n"
+            )
     return 0
 
 

@@ -30,5 +30,15 @@ from tasks_lib.formats.registry import (
     load_spec,
 )
 
-__all__ = ["ALIASES", "FORMATS", "REGISTRY", "Format", "canonical_format", "detect_format",
-           "document_format", "json_kind", "load_spec", "md_kind"]
+__all__ = [
+    "ALIASES",
+    "FORMATS",
+    "REGISTRY",
+    "Format",
+    "canonical_format",
+    "detect_format",
+    "document_format",
+    "json_kind",
+    "load_spec",
+    "md_kind",
+]

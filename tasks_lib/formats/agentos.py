@@ -48,17 +48,25 @@ def parse_json(text: str, label: str) -> Any:
     try:
         doc = jsondoc.loads(text)
     except json.JSONDecodeError as exc:
-        raise SpecError.single(label, f"invalid JSON: {exc.msg}", where=f"{exc.lineno}:{exc.colno}",
-                               hint="fix the syntax at that position") from None
+        raise SpecError.single(
+            label,
+            f"invalid JSON: {exc.msg}",
+            where=f"{exc.lineno}:{exc.colno}",
+            hint="fix the syntax at that position",
+        ) from None
     except RecursionError:
-        raise SpecError.single(label, "invalid JSON: nested too deeply",
-                               hint="flatten the structure") from None
+        raise SpecError.single(
+            label, "invalid JSON: nested too deeply", hint="flatten the structure"
+        ) from None
     if _SURROGATE_ESCAPE.search(text):
         where = _lone_surrogate(doc, "")
         if where is not None:
-            raise SpecError.single(label, "contains a lone UTF-16 surrogate escape (such as "
-                                          "\\ud800), which is not text", where=where or None,
-                                   hint="remove the escape or complete the surrogate pair")
+            raise SpecError.single(
+                label,
+                "contains a lone UTF-16 surrogate escape (such as \\ud800), which is not text",
+                where=where or None,
+                hint="remove the escape or complete the surrogate pair",
+            )
     return doc
 
 
@@ -87,12 +95,14 @@ def _lone_surrogate(value: Any, path: str) -> str | None:
 
 def _union_member(part: Any) -> bool:
     """pydantic tags errors of a ``str | int`` field with the member tried ('str', 'int')."""
-    return isinstance(part, str) and (part in ("str", "int", "float", "bool", "none")
-                                      or "[" in part)
+    return isinstance(part, str) and (
+        part in ("str", "int", "float", "bool", "none") or "[" in part
+    )
 
 
-def validation_problems(exc: ValidationError, label: str, raw: Any,
-                        id_of: Any = None) -> list[Problem]:
+def validation_problems(
+    exc: ValidationError, label: str, raw: Any, id_of: Any = None
+) -> list[Problem]:
     """pydantic errors -> one Problem per wrong value, with the JSON path and the task id when
     known (the errors of every member of a union are folded into one line)."""
     grouped: dict[tuple, list[ErrorDetails]] = {}
@@ -109,11 +119,17 @@ def validation_problems(exc: ValidationError, label: str, raw: Any,
         if value is None and "input" in errs[0]:
             shown = "null"
         wants = list(dict.fromkeys(e["msg"].removeprefix("Input should be ") for e in errs))
-        msg = (errs[0]["msg"] if len(wants) == 1
-               else "Input should be " + " or ".join(wants))
+        msg = errs[0]["msg"] if len(wants) == 1 else "Input should be " + " or ".join(wants)
         msg += f" (got {shown})" if shown else ""
-        problems.append(Problem(label, msg, task_id=task_id, where=_json_path(loc),
-                                hint="fix the value to match the format"))
+        problems.append(
+            Problem(
+                label,
+                msg,
+                task_id=task_id,
+                where=_json_path(loc),
+                hint="fix the value to match the format",
+            )
+        )
     return problems
 
 
@@ -139,8 +155,11 @@ class AgentOsJson:
     def parse(self, text: str, label: str) -> Any:
         raw = parse_json(text, label)
         if not isinstance(raw, dict) or not isinstance(raw.get("tasks"), list):
-            raise SpecError.single(label, 'top level must be a JSON object with a "tasks" list',
-                                   hint="see the tasks.json format in docs/formats.md")
+            raise SpecError.single(
+                label,
+                'top level must be a JSON object with a "tasks" list',
+                hint="see the tasks.json format in docs/formats.md",
+            )
         return raw
 
     @classmethod
@@ -156,8 +175,9 @@ class AgentOsJson:
 
     def render(self, doc: Any, original: str) -> str:
         last = self._last
-        style = last[1] if last is not None and last[0] == original else \
-            jsondoc.detect_style(original)
+        style = (
+            last[1] if last is not None and last[0] == original else jsondoc.detect_style(original)
+        )
         text = jsondoc.dumps(doc, style)
         self._last = (text, style)
         return text
@@ -197,8 +217,11 @@ class AgentOsJson:
                 if sub is not None:
                     sub["status"] = update.subtasks_status
             for sub in doc.get("tasks", []):
-                if isinstance(sub, dict) and sub.get("parent") is not None \
-                        and id_str(sub.get("parent")) == update.task_id:
+                if (
+                    isinstance(sub, dict)
+                    and sub.get("parent") is not None
+                    and id_str(sub.get("parent")) == update.task_id
+                ):
                     sub["status"] = update.subtasks_status
 
     def apply_run_state(self, doc: Any, state: dict[str, Any]) -> None:
@@ -243,7 +266,8 @@ class AgentOsJson:
         if isinstance(waves, list) and waves:
             values["parallel_waves"] = len(waves)
             values["max_parallelism"] = max(
-                (len(w.get("tasks") or []) for w in waves if isinstance(w, dict)), default=0)
+                (len(w.get("tasks") or []) for w in waves if isinstance(w, dict)), default=0
+            )
         # v2/v3 summaries get the format's standard keys; other layouts (v4 has its own
         # counters) only have the keys they already hold refreshed.
         standard = not str(doc.get("version", "")).startswith("4")
@@ -252,16 +276,26 @@ class AgentOsJson:
                 summary[key] = value
 
 
-_STANDARD_SUMMARY_KEYS = ("total_tasks", "parent_tasks", "subtasks", "completed", "in_progress",
-                          "blocked", "pending", "overall_percent", "parallel_waves",
-                          "max_parallelism")
+_STANDARD_SUMMARY_KEYS = (
+    "total_tasks",
+    "parent_tasks",
+    "subtasks",
+    "completed",
+    "in_progress",
+    "blocked",
+    "pending",
+    "overall_percent",
+    "parallel_waves",
+    "max_parallelism",
+)
 
 
 # ------------------------------------------------------------------ reading into LoadedSpec
 
 
-def read_agent_os(folder: Path, tasks_path: Path | None = None, *,
-                  parallel: bool = False) -> LoadedSpec:
+def read_agent_os(
+    folder: Path, tasks_path: Path | None = None, *, parallel: bool = False
+) -> LoadedSpec:
     """Read and check an Agent OS spec folder. Raises SpecError with every problem found.
 
     ``parallel`` only earns a warning: the file's dependencies say what runs together.
@@ -306,8 +340,11 @@ def _read_agent_os(folder: Path, tasks_path: Path | None, parallel: bool) -> Loa
         ctx_text = read_text(ctx_path, root=folder, what="context-summary.json")
         ctx_raw = parse_json(ctx_text, ctx_label)
         if not isinstance(ctx_raw, dict):
-            raise SpecError.single(ctx_label, "top level must be a JSON object",
-                                   hint="see the context-summary.json format in docs/formats.md")
+            raise SpecError.single(
+                ctx_label,
+                "top level must be a JSON object",
+                hint="see the context-summary.json format in docs/formats.md",
+            )
         try:
             context = ContextSummary.model_validate(ctx_raw)
         except ValidationError as exc:
@@ -315,17 +352,31 @@ def _read_agent_os(folder: Path, tasks_path: Path | None, parallel: bool) -> Loa
 
     spec = _to_loaded(model, folder, tasks_path, label, context, ctx_label)
     if parallel:
-        spec.warnings.insert(0, Problem(label, "--parallel has no effect on an Agent OS "
-                                               "tasks.json: its dependencies say what runs "
-                                               "together", severity="warning",
-                                        hint="drop --parallel"))
-    read_documents(spec, [(name, folder / name) for name in DOCUMENTS],
-                   project=spec_project(folder))
+        spec.warnings.insert(
+            0,
+            Problem(
+                label,
+                "--parallel has no effect on an Agent OS "
+                "tasks.json: its dependencies say what runs "
+                "together",
+                severity="warning",
+                hint="drop --parallel",
+            ),
+        )
+    read_documents(
+        spec, [(name, folder / name) for name in DOCUMENTS], project=spec_project(folder)
+    )
     return spec
 
 
-def _to_loaded(model: TasksFile, folder: Path, tasks_path: Path, label: str,
-               context: ContextSummary | None, ctx_label: str) -> LoadedSpec:
+def _to_loaded(
+    model: TasksFile,
+    folder: Path,
+    tasks_path: Path,
+    label: str,
+    context: ContextSummary | None,
+    ctx_label: str,
+) -> LoadedSpec:
     errors: list[Problem] = []
     warnings: list[Problem] = []
     wave_problems: list[Problem] = []
@@ -334,15 +385,22 @@ def _to_loaded(model: TasksFile, folder: Path, tasks_path: Path, label: str,
     for t in model.tasks:
         tid = id_str(t.id)
         if tid in by_id:
-            errors.append(Problem(label, "duplicate task id", task_id=tid,
-                                  hint="give each task its own id"))
+            errors.append(
+                Problem(label, "duplicate task id", task_id=tid, hint="give each task its own id")
+            )
         by_id.setdefault(tid, t)
 
     def known(ref: Any, owner: str, field_name: str, file: str = label) -> str | None:
         rid = id_str(ref)
         if rid not in by_id:
-            errors.append(Problem(file, f'{field_name} names unknown task "{rid}"', task_id=owner,
-                                  hint="fix the id or remove it"))
+            errors.append(
+                Problem(
+                    file,
+                    f'{field_name} names unknown task "{rid}"',
+                    task_id=owner,
+                    hint="fix the id or remove it",
+                )
+            )
             return None
         return rid
 
@@ -357,13 +415,24 @@ def _to_loaded(model: TasksFile, folder: Path, tasks_path: Path, label: str,
             sid = known(s, tid, "subtasks")
             if sid is not None:
                 if sid in parent_of and parent_of[sid] != tid:
-                    errors.append(Problem(label, 'is listed as a subtask of both '
-                                                 f'"{parent_of[sid]}" and "{tid}"', task_id=sid,
-                                          hint="keep it under one parent"))
+                    errors.append(
+                        Problem(
+                            label,
+                            f'is listed as a subtask of both "{parent_of[sid]}" and "{tid}"',
+                            task_id=sid,
+                            hint="keep it under one parent",
+                        )
+                    )
                 parent_of.setdefault(sid, tid)
         if t.type == "subtask" and t.parent is None and tid not in parent_of:
-            errors.append(Problem(label, "is a subtask with no parent", task_id=tid,
-                                  hint='set "parent", or make it a parent task'))
+            errors.append(
+                Problem(
+                    label,
+                    "is a subtask with no parent",
+                    task_id=tid,
+                    hint='set "parent", or make it a parent task',
+                )
+            )
 
     # a parent chain that loops (a is the parent of b, b of a) would silently drop its tasks
     in_cycle: set[str] = set()
@@ -373,11 +442,16 @@ def _to_loaded(model: TasksFile, folder: Path, tasks_path: Path, label: str,
             cur = parent_of[cur]
             chain.append(cur)
         if cur in parent_of and not in_cycle.intersection(chain):
-            loop = chain[chain.index(parent_of[cur]):]
+            loop = chain[chain.index(parent_of[cur]) :]
             in_cycle.update(loop)
-            errors.append(Problem(label, "parent/subtask cycle " + " → ".join(
-                f'"{x}"' for x in loop + loop[:1]), task_id=loop[0],
-                hint="a subtask's parent must be a task that is not under it"))
+            errors.append(
+                Problem(
+                    label,
+                    "parent/subtask cycle " + " → ".join(f'"{x}"' for x in loop + loop[:1]),
+                    task_id=loop[0],
+                    hint="a subtask's parent must be a task that is not under it",
+                )
+            )
 
     def root(tid: str) -> str:
         seen = set()
@@ -386,18 +460,26 @@ def _to_loaded(model: TasksFile, folder: Path, tasks_path: Path, label: str,
             tid = parent_of[tid]
         return tid
 
-    unit_ids = [id_str(t.id) for t in model.tasks
-                if id_str(t.id) not in parent_of and by_id.get(id_str(t.id)) is t]
+    unit_ids = [
+        id_str(t.id)
+        for t in model.tasks
+        if id_str(t.id) not in parent_of and by_id.get(id_str(t.id)) is t
+    ]
     units: dict[str, SpecUnit] = {}
     ctx_tasks = context.tasks if context else {}
     for uid in unit_ids:
         t = by_id[uid]
         status = normalize_status(t.status)
         if status is None:
-            warnings.append(Problem(label, f'unknown status "{t.status}" is treated as pending',
-                                    task_id=uid, severity="warning",
-                                    hint="use pending, in_progress, pass, fail, blocked or "
-                                         "skipped"))
+            warnings.append(
+                Problem(
+                    label,
+                    f'unknown status "{t.status}" is treated as pending',
+                    task_id=uid,
+                    severity="warning",
+                    hint="use pending, in_progress, pass, fail, blocked or skipped",
+                )
+            )
             status = TaskStatus.PENDING
         est = t.estimated_minutes
         for k in ("estimated_duration_minutes", "estimate_minutes"):
@@ -405,10 +487,17 @@ def _to_loaded(model: TasksFile, folder: Path, tasks_path: Path, label: str,
             if est is None and isinstance(v, (int, float)) and v > 0:
                 est = float(v)
         units[uid] = SpecUnit(
-            id=uid, description=t.description, status=status, raw_status=t.status,
+            id=uid,
+            description=t.description,
+            status=status,
+            raw_status=t.status,
             declared_wave=t.parallelization.wave if t.parallelization else None,
-            estimate_minutes=est, task_type=t.task_type, config=t.config,
-            context=ctx_tasks.get(uid), attempts=t.attempts or 0)
+            estimate_minutes=est,
+            task_type=t.task_type,
+            config=t.config,
+            context=ctx_tasks.get(uid),
+            attempts=t.attempts or 0,
+        )
 
     blocked_by_pairs: set[tuple[str, str]] = set()
     blocks_pairs: set[tuple[str, str]] = set()
@@ -459,32 +548,59 @@ def _to_loaded(model: TasksFile, folder: Path, tasks_path: Path, label: str,
         if u.estimated_tokens is None:
             toks = [c.estimated_tokens for c in [ctx_tasks.get(u.id)] if c and c.estimated_tokens]
             if not toks:
-                toks = [c.estimated_tokens for c in (ctx_tasks.get(s.id) for s in u.subtasks)
-                        if c is not None and c.estimated_tokens]
+                toks = [
+                    c.estimated_tokens
+                    for c in (ctx_tasks.get(s.id) for s in u.subtasks)
+                    if c is not None and c.estimated_tokens
+                ]
             u.estimated_tokens = sum(toks) if toks else None
 
     for a, b in sorted(blocked_by_pairs - blocks_pairs):
         if a in units and b in units:
-            warnings.append(Problem(label, f'is blocked_by "{a}", but "{a}" does not list it in '
-                                           "blocks", task_id=b, severity="warning",
-                                    hint="make blocked_by and blocks agree"))
+            warnings.append(
+                Problem(
+                    label,
+                    f'is blocked_by "{a}", but "{a}" does not list it in blocks',
+                    task_id=b,
+                    severity="warning",
+                    hint="make blocked_by and blocks agree",
+                )
+            )
     for a, b in sorted(blocks_pairs - blocked_by_pairs):
         if a in units and b in units:
-            warnings.append(Problem(label, f'blocks "{b}", but "{b}" does not list it in '
-                                           "blocked_by", task_id=a, severity="warning",
-                                    hint="make blocked_by and blocks agree"))
+            warnings.append(
+                Problem(
+                    label,
+                    f'blocks "{b}", but "{b}" does not list it in blocked_by',
+                    task_id=a,
+                    severity="warning",
+                    hint="make blocked_by and blocks agree",
+                )
+            )
 
     if context is not None:
         for uid in units:
             if uid not in ctx_tasks:
-                warnings.append(Problem(ctx_label, "has no context for this task", task_id=uid,
-                                        severity="warning",
-                                        hint="regenerate context-summary.json"))
+                warnings.append(
+                    Problem(
+                        ctx_label,
+                        "has no context for this task",
+                        task_id=uid,
+                        severity="warning",
+                        hint="regenerate context-summary.json",
+                    )
+                )
         for cid in ctx_tasks:
             if cid not in by_id:
-                warnings.append(Problem(ctx_label, "has context for a task that is not in "
-                                                   "tasks.json", task_id=cid, severity="warning",
-                                        hint="regenerate context-summary.json"))
+                warnings.append(
+                    Problem(
+                        ctx_label,
+                        "has context for a task that is not in tasks.json",
+                        task_id=cid,
+                        severity="warning",
+                        hint="regenerate context-summary.json",
+                    )
+                )
 
     # declared waves (v2/v3); v4 waves are derived data
     declared: list[DeclaredWave] | None = None
@@ -497,64 +613,110 @@ def _to_loaded(model: TasksFile, folder: Path, tasks_path: Path, label: str,
             for ref in w.tasks:
                 rid = id_str(ref)
                 if rid not in by_id:
-                    errors.append(Problem(label, f'names unknown task "{rid}"',
-                                          where=f"execution_strategy.waves[wave {w.wave_id}]",
-                                          hint="fix the id or remove it from the wave"))
+                    errors.append(
+                        Problem(
+                            label,
+                            f'names unknown task "{rid}"',
+                            where=f"execution_strategy.waves[wave {w.wave_id}]",
+                            hint="fix the id or remove it from the wave",
+                        )
+                    )
                     continue
                 if rid in parent_of:
-                    wave_problems.append(Problem(
-                        label, f"is a subtask but is listed in wave {w.wave_id}", task_id=rid,
-                        hint=f'list its parent "{root(rid)}" instead; subtasks run inside '
-                             "their parent's worker"))
+                    wave_problems.append(
+                        Problem(
+                            label,
+                            f"is a subtask but is listed in wave {w.wave_id}",
+                            task_id=rid,
+                            hint=f'list its parent "{root(rid)}" instead; subtasks run inside '
+                            "their parent's worker",
+                        )
+                    )
                     continue
                 if rid in seen_in:
-                    wave_problems.append(Problem(
-                        label, f"is listed in two waves ({seen_in[rid]} and {w.wave_id})",
-                        task_id=rid, hint="keep it in one wave"))
+                    wave_problems.append(
+                        Problem(
+                            label,
+                            f"is listed in two waves ({seen_in[rid]} and {w.wave_id})",
+                            task_id=rid,
+                            hint="keep it in one wave",
+                        )
+                    )
                     continue
                 seen_in[rid] = w.wave_id
                 ids.append(rid)
-            declared.append(DeclaredWave(w.wave_id, ids, w.estimated_duration_minutes,
-                                         w.rationale))
+            declared.append(DeclaredWave(w.wave_id, ids, w.estimated_duration_minutes, w.rationale))
         for uid in units:
             if uid not in seen_in:
-                wave_problems.append(Problem(label, "is in no wave", task_id=uid,
-                                             hint="add it to a wave in execution_strategy"))
+                wave_problems.append(
+                    Problem(
+                        label,
+                        "is in no wave",
+                        task_id=uid,
+                        hint="add it to a wave in execution_strategy",
+                    )
+                )
             elif units[uid].declared_wave not in (None, seen_in[uid]):
-                warnings.append(Problem(label, f"parallelization.wave is "
-                                               f"{units[uid].declared_wave} but execution_strategy"
-                                               f" puts it in wave {seen_in[uid]}", task_id=uid,
-                                        severity="warning", hint="make them agree"))
+                warnings.append(
+                    Problem(
+                        label,
+                        f"parallelization.wave is "
+                        f"{units[uid].declared_wave} but execution_strategy"
+                        f" puts it in wave {seen_in[uid]}",
+                        task_id=uid,
+                        severity="warning",
+                        hint="make them agree",
+                    )
+                )
         wave_ids = [w.wave_id for w in strategy.waves]
         if len(set(wave_ids)) != len(wave_ids):
-            wave_problems.append(Problem(label, "two waves share one wave_id",
-                                         where="execution_strategy.waves",
-                                         hint="number the waves 1, 2, 3, ..."))
+            wave_problems.append(
+                Problem(
+                    label,
+                    "two waves share one wave_id",
+                    where="execution_strategy.waves",
+                    hint="number the waves 1, 2, 3, ...",
+                )
+            )
 
     if model.is_v4 and model.computed and model.computed.dependency_graph:
         for uid, unit in units.items():
-            stated = {root(id_str(d)) for d in model.computed.dependency_graph.get(uid, [])
-                      if id_str(d) in by_id}
+            stated = {
+                root(id_str(d))
+                for d in model.computed.dependency_graph.get(uid, [])
+                if id_str(d) in by_id
+            }
             if uid in model.computed.dependency_graph and stated != set(unit.deps):
-                warnings.append(Problem(label, "computed.dependency_graph disagrees with "
-                                               "depends_on (depends_on wins)", task_id=uid,
-                                        severity="warning", hint="regenerate the computed block"))
+                warnings.append(
+                    Problem(
+                        label,
+                        "computed.dependency_graph disagrees with depends_on (depends_on wins)",
+                        task_id=uid,
+                        severity="warning",
+                        hint="regenerate the computed block",
+                    )
+                )
 
     if errors:
         raise SpecError(errors, warnings)
 
     mcw = (strategy.max_concurrent_workers if strategy else None) or (
-        model.computed.max_concurrent_workers if model.computed else None)
+        model.computed.max_concurrent_workers if model.computed else None
+    )
     return LoadedSpec(
         name=model.spec or folder.resolve().name,
-        folder=folder, tasks_path=tasks_path, format=AgentOsJson.name,
+        folder=folder,
+        tasks_path=tasks_path,
+        format=AgentOsJson.name,
         units=[units[u] for u in unit_ids],
-        declared_waves=declared, declared_mode=strategy.mode if strategy else None,
+        declared_waves=declared,
+        declared_mode=strategy.mode if strategy else None,
         max_concurrent_workers=mcw,
-        estimated_parallel_speedup=(strategy.estimated_parallel_speedup if strategy else None) or (
-            model.computed.estimated_parallel_speedup if model.computed else None),
+        estimated_parallel_speedup=(strategy.estimated_parallel_speedup if strategy else None)
+        or (model.computed.estimated_parallel_speedup if model.computed else None),
         total_sequential_minutes=strategy.total_sequential_minutes if strategy else None,
         global_context=context.global_context if context else None,
         context_present=context is not None,
-        warnings=warnings, wave_problems=wave_problems,
+        warnings=warnings,
+        wave_problems=wave_problems,
     )

@@ -59,14 +59,18 @@ TASKS_MD = "tasks.md"
 
 _TASK_HEADING_RE = re.compile(
     r"^(?:\*\*|__)?Task(?:\s+Group)?\s+(?P<id>\d+)(?:\.0)?(?:\*\*|__)?"
-    r"(?:\s*[:.)—–-]\s*|\s+|$)(?P<title>.*)$", re.IGNORECASE)
+    r"(?:\s*[:.)—–-]\s*|\s+|$)(?P<title>.*)$",
+    re.IGNORECASE,
+)
 _PARENT_ID_RE = re.compile(
     r"^(?:\*\*|__)?(?:Task\s+)?(?P<id>\d+)(?:\.0)?(?:[.):])?(?:\*\*|__)?(?:\s+|$)(?P<title>.*)$",
-    re.IGNORECASE)
-_SUB_ID_RE = re.compile(r"^(?:\*\*|__)?(?P<id>\d+(?:\.\d+)+)(?:[.):])?(?:\*\*|__)?(?:\s+|$)"
-                        r"(?P<title>.*)$")
-_TASKS_SECTION_RE = re.compile(r"^(?:implementation\s+)?tasks?(?:\s+list)?\s*:?$",
-                               re.IGNORECASE)
+    re.IGNORECASE,
+)
+_SUB_ID_RE = re.compile(
+    r"^(?:\*\*|__)?(?P<id>\d+(?:\.\d+)+)(?:[.):])?(?:\*\*|__)?(?:\s+|$)"
+    r"(?P<title>.*)$"
+)
+_TASKS_SECTION_RE = re.compile(r"^(?:implementation\s+)?tasks?(?:\s+list)?\s*:?$", re.IGNORECASE)
 _SPEC_REF_RE = re.compile(r"@([\w./-]+\.md)\b")
 
 
@@ -128,9 +132,15 @@ def parse_tasks_md(lines: list[str], label: str) -> tuple[list[MdTask], list[Pro
     for t in tasks:
         assert t.id is not None  # numbered above
         if t.id in seen:
-            errors.append(Problem(label, f"two tasks have this number (lines {seen[t.id].line + 1}"
-                                         f" and {t.line + 1})", task_id=t.id,
-                                  where=str(t.line + 1), hint="renumber one of them"))
+            errors.append(
+                Problem(
+                    label,
+                    f"two tasks have this number (lines {seen[t.id].line + 1} and {t.line + 1})",
+                    task_id=t.id,
+                    where=str(t.line + 1),
+                    hint="renumber one of them",
+                )
+            )
         seen.setdefault(t.id, t)
     if errors:
         raise SpecError(errors)
@@ -156,9 +166,17 @@ def _parse_headings(visible) -> list[MdTask]:
             if m:
                 title, done = clean_title(m.group("title") or "")
                 _, note = split_note(h.group("text"))
-                current = MdTask(id=m.group("id"), title=title or f"Task {m.group('id')}",
-                                 line=ln.index, indent=0, has_box=False, checked=False,
-                                 mark=None, done_decoration=done, note=note)
+                current = MdTask(
+                    id=m.group("id"),
+                    title=title or f"Task {m.group('id')}",
+                    line=ln.index,
+                    indent=0,
+                    has_box=False,
+                    checked=False,
+                    mark=None,
+                    done_decoration=done,
+                    note=note,
+                )
                 level = len(h.group("hashes"))
                 tasks.append(current)
             elif current is not None and len(h.group("hashes")) <= level:
@@ -172,8 +190,9 @@ def _parse_headings(visible) -> list[MdTask]:
             sm = _SUB_ID_RE.match(text.strip())
             sid = sm.group("id") if sm else ""
             title, done = clean_title(sm.group("title") if sm else text)
-            current.subtasks.append(MdSub(sid, title, ln.index, ln.indent,
-                                          b.group("mark") != " " or done))
+            current.subtasks.append(
+                MdSub(sid, title, ln.index, ln.indent, b.group("mark") != " " or done)
+            )
         elif current.subtasks and ln.indent > current.subtasks[-1].indent:
             current.subtasks[-1].details.append(ln.text.strip())
         else:
@@ -183,15 +202,19 @@ def _parse_headings(visible) -> list[MdTask]:
 
 def _parse_checklist(visible, headings) -> list[MdTask]:
     # scope: the "## Tasks" sections when the file has them, else the whole file
-    sections = [(i, lvl) for i, lvl, text in headings
-                if _TASKS_SECTION_RE.match(clean_title(_heading_title(text))[0])]
+    sections = [
+        (i, lvl)
+        for i, lvl, text in headings
+        if _TASKS_SECTION_RE.match(clean_title(_heading_title(text))[0])
+    ]
     in_scope: set[int] | None = None
     if sections:
         in_scope = set()
         for start, lvl in sections:
             end = next((i for i, lv, _ in headings if i > start and lv <= lvl), None)
-            in_scope.update(ln.index for ln in visible
-                            if ln.index > start and (end is None or ln.index < end))
+            in_scope.update(
+                ln.index for ln in visible if ln.index > start and (end is None or ln.index < end)
+            )
     tasks: list[MdTask] = []
     parent_indent: int | None = None
     target: MdTask | MdSub | None = None  # where nested non-checkbox lines go
@@ -217,13 +240,16 @@ def _parse_checklist(visible, headings) -> list[MdTask]:
             parent_indent = ln.indent
         sm = _SUB_ID_RE.match(text)
         current = tasks[-1] if tasks else None
-        flat_sub = (sm is not None and current is not None and current.id is not None
-                    and sm.group("id").split(".")[0] == current.id
-                    and not sm.group("id").endswith(".0"))
+        flat_sub = (
+            sm is not None
+            and current is not None
+            and current.id is not None
+            and sm.group("id").split(".")[0] == current.id
+            and not sm.group("id").endswith(".0")
+        )
         if current is not None and (ln.indent > parent_indent or flat_sub):
             title, done = clean_title(sm.group("title") if sm else text)
-            sub = MdSub(sm.group("id") if sm else "", title, ln.index, ln.indent,
-                        checked or done)
+            sub = MdSub(sm.group("id") if sm else "", title, ln.index, ln.indent, checked or done)
             current.subtasks.append(sub)
             target = sub
             continue
@@ -235,8 +261,17 @@ def _parse_checklist(visible, headings) -> list[MdTask]:
         else:
             tid, raw_title = None, text
         title, done = clean_title(raw_title)
-        task = MdTask(id=tid, title=title, line=ln.index, indent=ln.indent, has_box=True,
-                      checked=checked, mark=b.group("mark"), done_decoration=done, note=note)
+        task = MdTask(
+            id=tid,
+            title=title,
+            line=ln.index,
+            indent=ln.indent,
+            has_box=True,
+            checked=checked,
+            mark=b.group("mark"),
+            done_decoration=done,
+            note=note,
+        )
         tasks.append(task)
         target = task
     return tasks
@@ -253,15 +288,19 @@ class AgentOsMarkdown(MarkdownChecklist):
 
     def index(self, lines: list[str], label: str) -> dict[str, Entry]:
         tasks, _ = parse_tasks_md(lines, label)
-        return {t.id: Entry(t.line, t.has_box, [s.line for s in t.subtasks]) for t in tasks
-                if t.id is not None}  # parse_tasks_md numbers every task
+        return {
+            t.id: Entry(t.line, t.has_box, [s.line for s in t.subtasks])
+            for t in tasks
+            if t.id is not None
+        }  # parse_tasks_md numbers every task
 
 
 # ------------------------------------------------------------------------------ reading
 
 
-def read_agent_os_md(folder: Path, tasks_path: Path | None = None, *,
-                     parallel: bool = False) -> LoadedSpec:
+def read_agent_os_md(
+    folder: Path, tasks_path: Path | None = None, *, parallel: bool = False
+) -> LoadedSpec:
     """Read an Agent OS tasks.md into a LoadedSpec. Raises SpecError for unusable input."""
     tasks_path = tasks_path or folder / TASKS_MD
     label = display_path(tasks_path)
@@ -269,37 +308,66 @@ def read_agent_os_md(folder: Path, tasks_path: Path | None = None, *,
     _, lines = split_lines(text)
     tasks, warnings = parse_tasks_md(lines, label)
     if not tasks:
-        raise SpecError.single(label, "has no tasks",
-                               hint='write them as "- [ ] 1. Title" with indented '
-                                    '"  - [ ] 1.1 Step" lines under a "## Tasks" heading')
+        raise SpecError.single(
+            label,
+            "has no tasks",
+            hint='write them as "- [ ] 1. Title" with indented '
+            '"  - [ ] 1.1 Step" lines under a "## Tasks" heading',
+        )
     units: list[SpecUnit] = []
     for t in tasks:
-        subs = [SubUnit(s.id, s.title, TaskStatus.PASS if s.checked else TaskStatus.PENDING,
-                        "\n".join(s.details) or None) for s in t.subtasks]
+        subs = [
+            SubUnit(
+                s.id,
+                s.title,
+                TaskStatus.PASS if s.checked else TaskStatus.PENDING,
+                "\n".join(s.details) or None,
+            )
+            for s in t.subtasks
+        ]
         open_subs = [s.id for s in subs if s.status != TaskStatus.PASS]
         if t.has_box and (t.checked or t.done_decoration):
             status = TaskStatus.PASS
             if not t.checked:
-                warnings.append(Problem(label, "says it is completed but its box is not ticked "
-                                               "— treated as done", task_id=t.id,
-                                        where=str(t.line + 1), severity="warning",
-                                        hint="tick the box, or remove the decoration to run it"))
+                warnings.append(
+                    Problem(
+                        label,
+                        "says it is completed but its box is not ticked — treated as done",
+                        task_id=t.id,
+                        where=str(t.line + 1),
+                        severity="warning",
+                        hint="tick the box, or remove the decoration to run it",
+                    )
+                )
         elif not t.has_box and (t.done_decoration or (subs and not open_subs)):
             status = TaskStatus.PASS
         else:
             status = note_status(t.note) or TaskStatus.PENDING
         if status == TaskStatus.PASS and open_subs:
             many = len(open_subs) > 1
-            warnings.append(Problem(label, f"is ticked but subtask{'s' if many else ''} "
-                                           f"{', '.join(open_subs)} {'are' if many else 'is'} "
-                                           "not — treated as done", task_id=t.id,
-                                    where=str(t.line + 1), severity="warning",
-                                    hint="untick the task to run it again"))
+            warnings.append(
+                Problem(
+                    label,
+                    f"is ticked but subtask{'s' if many else ''} "
+                    f"{', '.join(open_subs)} {'are' if many else 'is'} "
+                    "not — treated as done",
+                    task_id=t.id,
+                    where=str(t.line + 1),
+                    severity="warning",
+                    hint="untick the task to run it again",
+                )
+            )
         if not t.has_box and not subs:
-            warnings.append(Problem(label, "has no checkbox, so its progress cannot be written "
-                                           "back", task_id=t.id, where=str(t.line + 1),
-                                    severity="warning",
-                                    hint='add "- [ ] N.1 step" lines under the heading'))
+            warnings.append(
+                Problem(
+                    label,
+                    "has no checkbox, so its progress cannot be written back",
+                    task_id=t.id,
+                    where=str(t.line + 1),
+                    severity="warning",
+                    hint='add "- [ ] N.1 step" lines under the heading',
+                )
+            )
         files: list[str] = []
         for source in [t.title] + [s.title for s in t.subtasks]:
             files += [p for p in find_paths(source) if p not in files]
@@ -307,16 +375,30 @@ def read_agent_os_md(folder: Path, tasks_path: Path | None = None, *,
         if t.note:
             raw = (raw + " " if raw else "") + t.note[0]
         assert t.id is not None  # parse_tasks_md numbers every task
-        units.append(SpecUnit(id=t.id, description=t.title, status=status, raw_status=raw,
-                              files=files, subtasks=subs,
-                              details="\n".join(t.details) or None))
+        units.append(
+            SpecUnit(
+                id=t.id,
+                description=t.title,
+                status=status,
+                raw_status=raw,
+                files=files,
+                subtasks=subs,
+                details="\n".join(t.details) or None,
+            )
+        )
     if not parallel:
         for prev, unit in itertools.pairwise(units):
             unit.deps.append(prev.id)
         order_through_done(units)
-    spec = LoadedSpec(name=folder.resolve().name, folder=folder, tasks_path=tasks_path,
-                      format=FORMAT, units=units, warnings=warnings,
-                      unit_parallel_default=parallel)
+    spec = LoadedSpec(
+        name=folder.resolve().name,
+        folder=folder,
+        tasks_path=tasks_path,
+        format=FORMAT,
+        units=units,
+        warnings=warnings,
+        unit_parallel_default=parallel,
+    )
     read_documents(spec, spec_documents(folder, text), project=spec_project(folder))
     return spec
 

@@ -27,10 +27,30 @@ from tasks_lib.errors import SpecError
 from tasks_lib.formats.registry import REGISTRY, canonical_format
 from tasks_lib.store import MAX_PLAN_BYTES, display_path
 
-_AOS_TOP = frozenset({"version", "spec", "spec_path", "execution_strategy", "summary",
-                      "orchestrator_state", "computed", "future_tasks"})
-_AOS_TASK = frozenset({"type", "parallelization", "parent", "depends_on", "task_type",
-                       "shared_files", "isolation_score", "progress_percent"})
+_AOS_TOP = frozenset(
+    {
+        "version",
+        "spec",
+        "spec_path",
+        "execution_strategy",
+        "summary",
+        "orchestrator_state",
+        "computed",
+        "future_tasks",
+    }
+)
+_AOS_TASK = frozenset(
+    {
+        "type",
+        "parallelization",
+        "parent",
+        "depends_on",
+        "task_type",
+        "shared_files",
+        "isolation_score",
+        "progress_percent",
+    }
+)
 _TM_TASK = frozenset({"title", "testStrategy", "details", "priority"})
 
 
@@ -55,7 +75,7 @@ def _read_small(p: Path) -> str | None:
 
 
 def json_kind(p: Path) -> str:
-    """"taskmaster" or "agent-os" for a JSON plan (unreadable files: by location)."""
+    """ "taskmaster" or "agent-os" for a JSON plan (unreadable files: by location)."""
     from tasks_lib.formats.taskmaster import is_legacy, tags_of
 
     text = _read_small(p)
@@ -65,8 +85,9 @@ def json_kind(p: Path) -> str:
             raw = json.loads(text)
         except (ValueError, RecursionError):
             raw = None
-    in_tm_place = ".taskmaster" in p.parts or (p.parent.name == "tasks"
-                                               and _exists(p.parent.parent / ".taskmaster"))
+    in_tm_place = ".taskmaster" in p.parts or (
+        p.parent.name == "tasks" and _exists(p.parent.parent / ".taskmaster")
+    )
     if raw is None:
         return "taskmaster" if in_tm_place else "agent-os"
     if is_legacy(raw):
@@ -78,7 +99,8 @@ def json_kind(p: Path) -> str:
                 continue
             subs = t.get("subtasks")
             tm += bool(_TM_TASK & t.keys()) or bool(
-                isinstance(subs, list) and subs and isinstance(subs[0], dict))
+                isinstance(subs, list) and subs and isinstance(subs[0], dict)
+            )
             aos += bool(_AOS_TASK & t.keys())
         if tm != aos:
             return "taskmaster" if tm > aos else "agent-os"
@@ -89,7 +111,7 @@ def json_kind(p: Path) -> str:
 
 
 def md_kind(p: Path) -> str:
-    """"spec-kit" or "agent-os-md" for a tasks.md."""
+    """ "spec-kit" or "agent-os-md" for a tasks.md."""
     from tasks_lib.formats.markdown import split_lines
     from tasks_lib.formats.speckit import looks_like_speckit
 
@@ -132,14 +154,20 @@ def detect_format(path: Path, format: str | None = None) -> tuple[str, Path, Pat
             return json_kind(path), path.parent, path
         if path.name.endswith(".md"):
             return md_kind(path), path.parent, path
-        raise SpecError.single(label, "is not a plan specwave can read",
-                               hint="pass a tasks.json, a tasks.md or the folder that holds it")
+        raise SpecError.single(
+            label,
+            "is not a plan specwave can read",
+            hint="pass a tasks.json, a tasks.md or the folder that holds it",
+        )
 
     if forced:
         found = _plan_file(forced, path)
         if not _exists(found):
-            raise SpecError.single(label, f"has no {found.name} for format {forced}",
-                                   hint="point at the folder (or file) that holds the plan")
+            raise SpecError.single(
+                label,
+                f"has no {found.name} for format {forced}",
+                hint="point at the folder (or file) that holds the plan",
+            )
         return forced, found.parent, found
 
     if _exists(path / "tasks.json"):
@@ -152,17 +180,26 @@ def detect_format(path: Path, format: str | None = None) -> tuple[str, Path, Pat
     if tm is not None:
         return json_kind(tm), tm.parent, tm
     if _exists(path / ".taskmaster"):
-        raise SpecError.single(label, "has a .taskmaster folder but no "
-                                      ".taskmaster/tasks/tasks.json",
-                               hint="create the tasks first (task-master parse-prd)")
+        raise SpecError.single(
+            label,
+            "has a .taskmaster folder but no .taskmaster/tasks/tasks.json",
+            hint="create the tasks first (task-master parse-prd)",
+        )
     features = sorted(p.parent for p in path.glob("specs/*/tasks.md"))
     if len(features) == 1:
         return md_kind(features[0] / "tasks.md"), features[0], features[0] / "tasks.md"
     if features:
         names = ", ".join(display_path(f) for f in features[:5]) + (
-            ", ..." if len(features) > 5 else "")
-        raise SpecError.single(label, f"holds {len(features)} spec-kit features ({names})",
-                               hint="pass one feature folder")
-    raise SpecError.single(label, "has no tasks.json or tasks.md",
-                           hint="pass an Agent OS or spec-kit spec folder, or a Task Master "
-                                "project (.taskmaster/tasks/tasks.json)")
+            ", ..." if len(features) > 5 else ""
+        )
+        raise SpecError.single(
+            label,
+            f"holds {len(features)} spec-kit features ({names})",
+            hint="pass one feature folder",
+        )
+    raise SpecError.single(
+        label,
+        "has no tasks.json or tasks.md",
+        hint="pass an Agent OS or spec-kit spec folder, or a Task Master "
+        "project (.taskmaster/tasks/tasks.json)",
+    )

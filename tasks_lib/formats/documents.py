@@ -51,8 +51,7 @@ from tasks_lib.store import display_path
 MAX_DOCUMENT_BYTES = 1_000_000
 _LAYOUT_PARENTS = (".agent-os", "agent-os")
 
-__all__ = ["MAX_DOCUMENT_BYTES", "TEMPLATE_FILE", "read_document", "read_documents",
-           "spec_project"]
+__all__ = ["MAX_DOCUMENT_BYTES", "TEMPLATE_FILE", "read_document", "read_documents", "spec_project"]
 
 
 def spec_project(folder: Path) -> Path:
@@ -83,11 +82,14 @@ def read_document(path: Path, *, project: Path, warnings: list[Problem]) -> str 
     root = Path(project).resolve()
     if not real.is_relative_to(root):
         how = "is a symlink" if path.is_symlink() else "goes through a symlink"
-        warnings.append(Problem(label, f"{how} to {real}, outside the project "
-                                       f"({display_path(root)}), so it is not read",
-                                severity="warning",
-                                hint="copy the file into the project, or link to a file inside "
-                                     "it"))
+        warnings.append(
+            Problem(
+                label,
+                f"{how} to {real}, outside the project ({display_path(root)}), so it is not read",
+                severity="warning",
+                hint="copy the file into the project, or link to a file inside it",
+            )
+        )
         return None
     try:
         # the resolved path, not following a link swapped in since (O_NOFOLLOW), never blocking
@@ -98,27 +100,44 @@ def read_document(path: Path, *, project: Path, warnings: list[Problem]) -> str 
                 return None
             data = fh.read(MAX_DOCUMENT_BYTES + 1)
     except OSError as exc:
-        warnings.append(Problem(label, f"cannot be read ({exc.strerror or exc}), so it is not "
-                                       "read", severity="warning",
-                                hint="check the file's permissions"))
+        warnings.append(
+            Problem(
+                label,
+                f"cannot be read ({exc.strerror or exc}), so it is not read",
+                severity="warning",
+                hint="check the file's permissions",
+            )
+        )
         return None
     if len(data) > MAX_DOCUMENT_BYTES:
-        warnings.append(Problem(label, f"is larger than the {MAX_DOCUMENT_BYTES:,} bytes a spec "
-                                       "document may be, so it is not read", severity="warning",
-                                hint="shorten it or split it into smaller documents"))
+        warnings.append(
+            Problem(
+                label,
+                f"is larger than the {MAX_DOCUMENT_BYTES:,} bytes a spec "
+                "document may be, so it is not read",
+                severity="warning",
+                hint="shorten it or split it into smaller documents",
+            )
+        )
         return None
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as exc:
         line = data[: exc.start].count(b"\n") + 1
-        warnings.append(Problem(label, f"is not UTF-8 text (byte {exc.start}, line {line}), so "
-                                       "it is not read", severity="warning",
-                                hint="save the file as UTF-8"))
+        warnings.append(
+            Problem(
+                label,
+                f"is not UTF-8 text (byte {exc.start}, line {line}), so it is not read",
+                severity="warning",
+                hint="save the file as UTF-8",
+            )
+        )
         return None
 
 
-def read_documents(spec: LoadedSpec, documents: Iterable[tuple[str, Path]], *,
-                   project: Path) -> None:
+def read_documents(
+    spec: LoadedSpec, documents: Iterable[tuple[str, Path]], *, project: Path
+) -> None:
     """Fill ``spec.documents`` and ``spec.prompt_template`` under the one rule.
 
     Args:
@@ -133,5 +152,6 @@ def read_documents(spec: LoadedSpec, documents: Iterable[tuple[str, Path]], *,
         text = read_document(path, project=project, warnings=spec.warnings)
         if text is not None:
             spec.documents[name] = text
-    spec.prompt_template = read_document(spec.folder / TEMPLATE_FILE, project=project,
-                                         warnings=spec.warnings)
+    spec.prompt_template = read_document(
+        spec.folder / TEMPLATE_FILE, project=project, warnings=spec.warnings
+    )

@@ -27,13 +27,13 @@ BOM = "\ufeff"
 
 CHECKBOX_RE = re.compile(
     r"^(?P<indent>[ \t]*)(?P<bullet>[-*+]|\d{1,9}[.)])[ \t]+\[(?P<mark>[ xX])\]"
-    r"(?:[ \t]+(?P<text>.*?))?[ \t]*$")
+    r"(?:[ \t]+(?P<text>.*?))?[ \t]*$"
+)
 HEADING_RE = re.compile(r"^ {0,3}(?P<hashes>#{1,6})[ \t]+(?P<text>.*?)[ \t#]*$")
 _FENCE_RE = re.compile(r"^ {0,3}(?P<fence>`{3,}|~{3,})")
 
 NOTE_PREFIX = " — specwave: "
-NOTE_RE = re.compile(
-    r" — specwave: (?P<kind>failed|blocked)(?:: (?P<reason>.*?))?(?P<ws>[ \t]*)$")
+NOTE_RE = re.compile(r" — specwave: (?P<kind>failed|blocked)(?:: (?P<reason>.*?))?(?P<ws>[ \t]*)$")
 NOTE_MAX = 120
 
 
@@ -52,7 +52,7 @@ def content_of(line: str) -> str:
 
 
 def eol_of(line: str) -> str:
-    return line[len(line.rstrip("\r\n")):]
+    return line[len(line.rstrip("\r\n")) :]
 
 
 @dataclass
@@ -82,8 +82,12 @@ def visible_lines(lines: list[str]) -> Iterator[Line]:
         text = content_of(raw)
         if fence is not None:
             m = _FENCE_RE.match(text)
-            if m and m.group("fence")[0] == fence[0] and len(m.group("fence")) >= len(fence) \
-                    and not text.strip()[len(m.group("fence")):].strip():
+            if (
+                m
+                and m.group("fence")[0] == fence[0]
+                and len(m.group("fence")) >= len(fence)
+                and not text.strip()[len(m.group("fence")) :].strip()
+            ):
                 fence = None
             continue
         if in_comment:
@@ -114,7 +118,8 @@ def visible_lines(lines: list[str]) -> Iterator[Line]:
 _BOLD_RE = re.compile(r"(\*\*|__)(.+?)\1")
 _DONE_TAIL_RE = re.compile(
     r"(?:\s*[-–—:|])?\s*(?:(?:✅|✔️?|☑️?)\s*(?:\*\*|__)?(?:COMPLETED?|DONE)?(?:\*\*|__)?"
-    r"|(?<!\w)[(\[]?(?:\*\*|__)?(?:COMPLETED|DONE)(?:\*\*|__)?[)\]]?)\s*$")
+    r"|(?<!\w)[(\[]?(?:\*\*|__)?(?:COMPLETED|DONE)(?:\*\*|__)?[)\]]?)\s*$"
+)
 _DONE_HEAD_RE = re.compile(r"^(?:✅|✔️?|☑️?)\s*")
 
 
@@ -125,9 +130,9 @@ def clean_title(text: str) -> tuple[str, bool]:
     done = False
     while True:
         m = _DONE_TAIL_RE.search(t)
-        if not m or not t[:m.start()].strip():
+        if not m or not t[: m.start()].strip():
             break
-        t = t[:m.start()].rstrip()
+        t = t[: m.start()].rstrip()
         done = True
     if _DONE_HEAD_RE.match(t) and _DONE_HEAD_RE.sub("", t).strip():
         t = _DONE_HEAD_RE.sub("", t)
@@ -144,7 +149,7 @@ def split_note(text: str) -> tuple[str, tuple[str, str | None] | None]:
     m = NOTE_RE.search(text)
     if not m:
         return text, None
-    return text[:m.start()] + m.group("ws"), (m.group("kind"), m.group("reason") or None)
+    return text[: m.start()] + m.group("ws"), (m.group("kind"), m.group("reason") or None)
 
 
 def note_status(note: tuple[str, str | None] | None) -> TaskStatus | None:
@@ -160,7 +165,7 @@ def short_reason(reason: str | None) -> str | None:
     # a reason must not look like a note, a checkbox or a line break to the next reader
     r = r.replace(NOTE_PREFIX.strip(), "specwave")
     if len(r) > NOTE_MAX:
-        r = r[:NOTE_MAX - 1].rstrip() + "…"
+        r = r[: NOTE_MAX - 1].rstrip() + "…"
     return r or None
 
 
@@ -189,8 +194,13 @@ def find_paths(text: str) -> list[str]:
     for tok, is_quoted in [(q, True) for q in quoted] + [(b, False) for b in bare]:
         tok = tok.strip().strip("'\"()<>,;:*").rstrip(".")
         tok = tok.removeprefix("./")
-        if not tok or any(c.isspace() for c in tok) or "://" in tok \
-                or tok.startswith(("@", "~", "/", "-")) or _BAD_PATH_CHARS & set(tok):
+        if (
+            not tok
+            or any(c.isspace() for c in tok)
+            or "://" in tok
+            or tok.startswith(("@", "~", "/", "-"))
+            or _BAD_PATH_CHARS & set(tok)
+        ):
             continue
         last = tok.rstrip("/").rsplit("/", 1)[-1]
         stem, dot, ext = last.rpartition(".")
@@ -290,7 +300,7 @@ class MarkdownChecklist:
         want = doc.tick if checked else " "
         if (text[col] != " ") == checked:
             return  # already in that state (keep the user's x / X)
-        doc.lines[i] = text[:col] + want + text[col + 1:] + eol_of(raw)
+        doc.lines[i] = text[:col] + want + text[col + 1 :] + eol_of(raw)
 
     def _set_note(self, doc: MdDoc, i: int, kind: str | None, reason: str | None) -> None:
         raw = doc.lines[i]

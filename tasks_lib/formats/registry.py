@@ -54,8 +54,9 @@ class Format:
     def _attr(self, attr: str) -> Any:
         return getattr(importlib.import_module(self.module), attr)
 
-    def read(self, folder: Path, plan_file: Path, *, tag: str | None = None,
-             parallel: bool = False) -> LoadedSpec:
+    def read(
+        self, folder: Path, plan_file: Path, *, tag: str | None = None, parallel: bool = False
+    ) -> LoadedSpec:
         """Read a spec in this format. Raises SpecError (one line per problem)."""
         options: dict[str, Any] = {"parallel": parallel}
         if self.takes_tag:
@@ -69,17 +70,45 @@ class Format:
         return fmt
 
 
-REGISTRY: dict[str, Format] = {f.name: f for f in (
-    Format("agent-os", ("agentos", "agent-os-json"), "tasks_lib.formats.agentos",
-           "read_agent_os", "AgentOsJson", ("tasks.json",), keeps_attempts=True),
-    Format("agent-os-md", ("agentos-md", "agent-os-markdown"), "tasks_lib.formats.agentos_md",
-           "read_agent_os_md", "AgentOsMarkdown", ("tasks.md",)),
-    Format("taskmaster", ("task-master",), "tasks_lib.formats.taskmaster",
-           "read_taskmaster", "TaskMasterJson",
-           (".taskmaster/tasks/tasks.json", "tasks/tasks.json", "tasks.json"), takes_tag=True),
-    Format("spec-kit", ("speckit",), "tasks_lib.formats.speckit",
-           "read_speckit", "SpecKitMarkdown", ("tasks.md",)),
-)}
+REGISTRY: dict[str, Format] = {
+    f.name: f
+    for f in (
+        Format(
+            "agent-os",
+            ("agentos", "agent-os-json"),
+            "tasks_lib.formats.agentos",
+            "read_agent_os",
+            "AgentOsJson",
+            ("tasks.json",),
+            keeps_attempts=True,
+        ),
+        Format(
+            "agent-os-md",
+            ("agentos-md", "agent-os-markdown"),
+            "tasks_lib.formats.agentos_md",
+            "read_agent_os_md",
+            "AgentOsMarkdown",
+            ("tasks.md",),
+        ),
+        Format(
+            "taskmaster",
+            ("task-master",),
+            "tasks_lib.formats.taskmaster",
+            "read_taskmaster",
+            "TaskMasterJson",
+            (".taskmaster/tasks/tasks.json", "tasks/tasks.json", "tasks.json"),
+            takes_tag=True,
+        ),
+        Format(
+            "spec-kit",
+            ("speckit",),
+            "tasks_lib.formats.speckit",
+            "read_speckit",
+            "SpecKitMarkdown",
+            ("tasks.md",),
+        ),
+    )
+}
 
 FORMATS = tuple(REGISTRY)
 ALIASES = {alias: f.name for f in REGISTRY.values() for alias in f.aliases}
@@ -92,13 +121,15 @@ def canonical_format(name: str | None, label: str = "--format") -> str | None:
     key = name.strip().lower()
     key = ALIASES.get(key, key)
     if key not in REGISTRY:
-        raise SpecError.single(label, f'unknown format "{name}"',
-                               hint=f"use one of: {', '.join(FORMATS)}")
+        raise SpecError.single(
+            label, f'unknown format "{name}"', hint=f"use one of: {', '.join(FORMATS)}"
+        )
     return key
 
 
-def load_spec(path: Path, *, format: str | None = None, tag: str | None = None,
-              parallel: bool = False) -> LoadedSpec:
+def load_spec(
+    path: Path, *, format: str | None = None, tag: str | None = None, parallel: bool = False
+) -> LoadedSpec:
     """Read any supported plan. Raises SpecError (one line per problem) for bad input.
 
     Args:
@@ -120,8 +151,14 @@ def load_spec(path: Path, *, format: str | None = None, tag: str | None = None,
     fmt = REGISTRY[name]
     extra: list[Problem] = []
     if tag is not None and not fmt.takes_tag:
-        extra.append(Problem(display_path(plan_file), f"--tag has no effect on format {name}",
-                             severity="warning", hint="drop --tag"))
+        extra.append(
+            Problem(
+                display_path(plan_file),
+                f"--tag has no effect on format {name}",
+                severity="warning",
+                hint="drop --tag",
+            )
+        )
     spec = fmt.read(folder, plan_file, tag=tag, parallel=parallel)
     spec.warnings[:0] = extra
     if not fmt.keeps_attempts:

@@ -123,23 +123,38 @@ def parse_tasks_md(lines: list[str], label: str) -> list[KitTask]:
                 story = marker
             else:
                 labels.append(marker)
-            rest = rest[mm.end():]
+            rest = rest[mm.end() :]
         description, done = clean_title(rest)
-        task = KitTask(id=m.group("id"), description=description or m.group("id"),
-                       line=ln.index, indent=ln.indent, checked=b.group("mark") != " ",
-                       mark=b.group("mark"), parallel=parallel, story=story, labels=labels,
-                       phase=[t for lv, t in stack if lv > 1] or [t for _, t in stack],
-                       group=section, note=note,
-                       done_decoration=done)
+        task = KitTask(
+            id=m.group("id"),
+            description=description or m.group("id"),
+            line=ln.index,
+            indent=ln.indent,
+            checked=b.group("mark") != " ",
+            mark=b.group("mark"),
+            parallel=parallel,
+            story=story,
+            labels=labels,
+            phase=[t for lv, t in stack if lv > 1] or [t for _, t in stack],
+            group=section,
+            note=note,
+            done_decoration=done,
+        )
         tasks.append(task)
         target = task
     seen: dict[str, KitTask] = {}
     errors = []
     for t in tasks:
         if t.id in seen:
-            errors.append(Problem(label, f"two tasks have this id (lines {seen[t.id].line + 1} "
-                                         f"and {t.line + 1})", task_id=t.id,
-                                  where=str(t.line + 1), hint="renumber one of them"))
+            errors.append(
+                Problem(
+                    label,
+                    f"two tasks have this id (lines {seen[t.id].line + 1} and {t.line + 1})",
+                    task_id=t.id,
+                    where=str(t.line + 1),
+                    hint="renumber one of them",
+                )
+            )
         seen.setdefault(t.id, t)
     if errors:
         raise SpecError(errors)
@@ -151,8 +166,7 @@ def order_dependencies(tasks: list[KitTask]) -> dict[str, list[str]]:
     groups: list[list[KitTask]] = []
     prev_group = None
     for t in tasks:
-        same_run = (groups and t.parallel and groups[-1][-1].parallel
-                    and t.group == prev_group)
+        same_run = groups and t.parallel and groups[-1][-1].parallel and t.group == prev_group
         if same_run:
             groups[-1].append(t)
         else:
@@ -176,8 +190,9 @@ class SpecKitMarkdown(MarkdownChecklist):
         return {t.id: Entry(t.line, True) for t in parse_tasks_md(lines, label)}
 
 
-def read_speckit(folder: Path, tasks_path: Path | None = None, *,
-                 parallel: bool = False) -> LoadedSpec:
+def read_speckit(
+    folder: Path, tasks_path: Path | None = None, *, parallel: bool = False
+) -> LoadedSpec:
     """Read a spec-kit feature folder. Raises SpecError for unusable input."""
     tasks_path = tasks_path or folder / TASKS_MD
     label = display_path(tasks_path)
@@ -185,24 +200,38 @@ def read_speckit(folder: Path, tasks_path: Path | None = None, *,
     _, lines = split_lines(text)
     tasks = parse_tasks_md(lines, label)
     if not tasks:
-        raise SpecError.single(label, "has no tasks",
-                               hint='write them as "- [ ] T001 [P] [US1] Description in '
-                                    'path/to/file.py"')
+        raise SpecError.single(
+            label,
+            "has no tasks",
+            hint='write them as "- [ ] T001 [P] [US1] Description in path/to/file.py"',
+        )
     warnings: list[Problem] = []
     if parallel:
-        warnings.append(Problem(label, "--parallel has no effect on a spec-kit tasks.md: its "
-                                       "phases and [P] markers say what runs together",
-                                severity="warning", hint="drop --parallel"))
+        warnings.append(
+            Problem(
+                label,
+                "--parallel has no effect on a spec-kit tasks.md: its "
+                "phases and [P] markers say what runs together",
+                severity="warning",
+                hint="drop --parallel",
+            )
+        )
     deps = order_dependencies(tasks)
     units = []
     for t in tasks:
         if t.checked or t.done_decoration:
             status = TaskStatus.PASS
             if not t.checked:
-                warnings.append(Problem(label, "says it is completed but its box is not ticked "
-                                               "— treated as done", task_id=t.id,
-                                        where=str(t.line + 1), severity="warning",
-                                        hint="tick the box, or remove the decoration to run it"))
+                warnings.append(
+                    Problem(
+                        label,
+                        "says it is completed but its box is not ticked — treated as done",
+                        task_id=t.id,
+                        where=str(t.line + 1),
+                        severity="warning",
+                        hint="tick the box, or remove the decoration to run it",
+                    )
+                )
         else:
             status = note_status(t.note) or TaskStatus.PENDING
         details = []
@@ -212,16 +241,34 @@ def read_speckit(folder: Path, tasks_path: Path | None = None, *,
             details.append(f"User story: {t.story} (see spec.md)")
         if t.labels:
             details.append(f"Labels: {', '.join(t.labels)}")
-        details.append("May run in parallel with the other [P] tasks of its phase" if t.parallel
-                       else "Runs in order within its phase")
+        details.append(
+            "May run in parallel with the other [P] tasks of its phase"
+            if t.parallel
+            else "Runs in order within its phase"
+        )
         details += t.details
         raw = f"[{t.mark}]" + (f" {t.note[0]}" if t.note else "")
-        units.append(SpecUnit(id=t.id, description=t.description, status=status,
-                              raw_status=raw, deps=deps[t.id], files=find_paths(t.description),
-                              details="\n".join(details)))
+        units.append(
+            SpecUnit(
+                id=t.id,
+                description=t.description,
+                status=status,
+                raw_status=raw,
+                deps=deps[t.id],
+                files=find_paths(t.description),
+                details="\n".join(details),
+            )
+        )
     order_through_done(units)
-    spec = LoadedSpec(name=folder.resolve().name, folder=folder, tasks_path=tasks_path,
-                      format=FORMAT, units=units, warnings=warnings)
-    read_documents(spec, [(name, folder / name) for name in DOCUMENTS],
-                   project=spec_project(folder))
+    spec = LoadedSpec(
+        name=folder.resolve().name,
+        folder=folder,
+        tasks_path=tasks_path,
+        format=FORMAT,
+        units=units,
+        warnings=warnings,
+    )
+    read_documents(
+        spec, [(name, folder / name) for name in DOCUMENTS], project=spec_project(folder)
+    )
     return spec

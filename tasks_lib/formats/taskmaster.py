@@ -126,37 +126,37 @@ def scan_json(text: str, pos: int = 0) -> JNode:
 
 def _scan(text: str, pos: int) -> tuple[JNode, int]:
     node = JNode(pos)
-    ch = text[pos:pos + 1]
+    ch = text[pos : pos + 1]
     if ch == "{":
         node.members, node.value = [], {}
         pos = _ws(text, pos + 1).end()
-        if text[pos:pos + 1] == "}":
+        if text[pos : pos + 1] == "}":
             pos += 1
         else:
             while True:
-                if text[pos:pos + 1] != '"':
+                if text[pos : pos + 1] != '"':
                     raise ValueError(f"expected a key at {pos}")
                 key, kend = scanstring(text, pos + 1)
                 kstart = pos
                 pos = _ws(text, kend).end()
-                if text[pos:pos + 1] != ":":
+                if text[pos : pos + 1] != ":":
                     raise ValueError(f"expected ':' at {pos}")
                 pos = _ws(text, pos + 1).end()
                 child, pos = _scan(text, pos)
                 node.members.append((key, kstart, kend, child))
                 node.value[key] = child.value
                 pos = _ws(text, pos).end()
-                if text[pos:pos + 1] == ",":
+                if text[pos : pos + 1] == ",":
                     pos = _ws(text, pos + 1).end()
                     continue
-                if text[pos:pos + 1] != "}":
+                if text[pos : pos + 1] != "}":
                     raise ValueError(f"expected ',' or '}}' at {pos}")
                 pos += 1
                 break
     elif ch == "[":
         node.items, node.value = [], []
         pos = _ws(text, pos + 1).end()
-        if text[pos:pos + 1] == "]":
+        if text[pos : pos + 1] == "]":
             pos += 1
         else:
             while True:
@@ -164,10 +164,10 @@ def _scan(text: str, pos: int) -> tuple[JNode, int]:
                 node.items.append(child)
                 node.value.append(child.value)
                 pos = _ws(text, pos).end()
-                if text[pos:pos + 1] == ",":
+                if text[pos : pos + 1] == ",":
                     pos = _ws(text, pos + 1).end()
                     continue
-                if text[pos:pos + 1] != "]":
+                if text[pos : pos + 1] != "]":
                     raise ValueError(f"expected ',' or ']' at {pos}")
                 pos += 1
                 break
@@ -220,21 +220,26 @@ def current_tag(tasks_path: Path) -> str | None:
     return None
 
 
-def select_tag(raw: Any, tag: str | None, label: str, *,
-               default: str | None = None) -> tuple[str | None, list]:
+def select_tag(
+    raw: Any, tag: str | None, label: str, *, default: str | None = None
+) -> tuple[str | None, list]:
     """(resolved tag or None for the legacy layout, the tasks list). Raises SpecError."""
     tags = tags_of(raw)
     if is_legacy(raw):
         if tag not in (None, DEFAULT_TAG):
-            raise SpecError.single(label, f'has no tag "{tag}": it uses the legacy layout '
-                                          '{"tasks": [...]} with no tags',
-                                   hint="drop --tag (or let task-master migrate the file)")
+            raise SpecError.single(
+                label,
+                f'has no tag "{tag}": it uses the legacy layout {{"tasks": [...]}} with no tags',
+                hint="drop --tag (or let task-master migrate the file)",
+            )
         return None, raw["tasks"]
     if not tags:
-        raise SpecError.single(label, 'is not a Task Master tasks.json: expected {"master": '
-                                      '{"tasks": [...]}} or {"tasks": [...]}',
-                               hint="check the file, or pass --format to read it as another "
-                                    "format")
+        raise SpecError.single(
+            label,
+            'is not a Task Master tasks.json: expected {"master": '
+            '{"tasks": [...]}} or {"tasks": [...]}',
+            hint="check the file, or pass --format to read it as another format",
+        )
     if tag is None:
         if default in tags:
             tag = default
@@ -243,11 +248,13 @@ def select_tag(raw: Any, tag: str | None, label: str, *,
         elif len(tags) == 1:
             tag = tags[0]
         else:
-            raise SpecError.single(label, f"has several tags ({', '.join(tags)}) and none is "
-                                          f'"{DEFAULT_TAG}"', hint="pick one with --tag")
+            raise SpecError.single(
+                label,
+                f'has several tags ({", ".join(tags)}) and none is "{DEFAULT_TAG}"',
+                hint="pick one with --tag",
+            )
     if tag not in tags:
-        raise SpecError.single(label, f'has no tag "{tag}"',
-                               hint=f"use one of: {', '.join(tags)}")
+        raise SpecError.single(label, f'has no tag "{tag}"', hint=f"use one of: {', '.join(tags)}")
     return tag, raw[tag]["tasks"]
 
 
@@ -281,8 +288,9 @@ class TaskMasterJson:
         try:
             root = scan_json(text, 1 if text.startswith("\ufeff") else 0)
         except (ValueError, RecursionError) as exc:
-            raise SpecError.single(label, f"could not read the JSON structure: {exc}",
-                                   hint="check the file") from None
+            raise SpecError.single(
+                label, f"could not read the JSON structure: {exc}", hint="check the file"
+            ) from None
         holder = root if tag is None else root.member(tag)
         tasks = holder.member("tasks") if holder is not None else None
         assert tasks is not None  # select_tag found the tag and its tasks list
@@ -317,7 +325,7 @@ class TaskMasterJson:
         node = obj.member("status")
         if node is not None:
             span = (node.start, node.end)
-            if doc.text[node.start:node.end] == new:
+            if doc.text[node.start : node.end] == new:
                 doc.edits.pop(span, None)
             else:
                 doc.edits[span] = new
@@ -329,7 +337,7 @@ class TaskMasterJson:
         _, kstart, kend, last = members[-1]
         before_start = members[-2][3].end if len(members) > 1 else obj.start + 1
         gap = doc.text[before_start:kstart].lstrip(",")  # "\n      ", " " or ""
-        sep = doc.text[kend:last.start]
+        sep = doc.text[kend : last.start]
         doc.edits[(last.end, last.end)] = f',{gap}"status"{sep}{new}'
 
     def apply(self, doc: TmDoc, update: TaskUpdate) -> None:
@@ -371,8 +379,9 @@ def _ref(value: Any) -> str | None:
     return s or None
 
 
-def read_taskmaster(folder: Path, tasks_path: Path | None = None, *, tag: str | None = None,
-                    parallel: bool = False) -> TaskMasterSpec:
+def read_taskmaster(
+    folder: Path, tasks_path: Path | None = None, *, tag: str | None = None, parallel: bool = False
+) -> TaskMasterSpec:
     """Read a Task Master tasks.json into a LoadedSpec. Raises SpecError for unusable input.
 
     ``folder`` is the spec folder (the file's folder, ``.taskmaster/tasks``): the run records
@@ -387,39 +396,69 @@ def read_taskmaster(folder: Path, tasks_path: Path | None = None, *, tag: str | 
     errors: list[Problem] = []
     warnings: list[Problem] = []
     if parallel:
-        warnings.append(Problem(label, "--parallel has no effect on Task Master: its "
-                                       "dependencies say what runs together", severity="warning",
-                                hint="drop --parallel"))
+        warnings.append(
+            Problem(
+                label,
+                "--parallel has no effect on Task Master: its dependencies say what runs together",
+                severity="warning",
+                hint="drop --parallel",
+            )
+        )
     if not tasks:
-        raise SpecError.single(label, f"has no tasks{f' in tag {resolved!r}' if resolved else ''}",
-                               hint="add tasks (task-master parse-prd / add-task)")
+        raise SpecError.single(
+            label,
+            f"has no tasks{f' in tag {resolved!r}' if resolved else ''}",
+            hint="add tasks (task-master parse-prd / add-task)",
+        )
 
     by_id: dict[str, dict] = {}
     order: list[str] = []
     for k, t in enumerate(tasks):
         if not isinstance(t, dict):
-            errors.append(Problem(label, "is not an object", where=f"{where}[{k}]",
-                                  hint="each task must be a JSON object"))
+            errors.append(
+                Problem(
+                    label,
+                    "is not an object",
+                    where=f"{where}[{k}]",
+                    hint="each task must be a JSON object",
+                )
+            )
             continue
         tid = _ref(t.get("id"))
         if tid is None:
-            errors.append(Problem(label, "has no usable id", where=f"{where}[{k}]",
-                                  hint='give it a number, e.g. "id": 1'))
+            errors.append(
+                Problem(
+                    label,
+                    "has no usable id",
+                    where=f"{where}[{k}]",
+                    hint='give it a number, e.g. "id": 1',
+                )
+            )
             continue
         if tid in by_id:
-            errors.append(Problem(label, "duplicate task id", task_id=tid,
-                                  hint="give each task its own id (task-master "
-                                       "validate-dependencies helps)"))
+            errors.append(
+                Problem(
+                    label,
+                    "duplicate task id",
+                    task_id=tid,
+                    hint="give each task its own id (task-master validate-dependencies helps)",
+                )
+            )
             continue
         by_id[tid] = t
         order.append(tid)
         if not isinstance(t.get("title"), str) and not isinstance(t.get("description"), str):
-            errors.append(Problem(label, 'has no "title"', task_id=tid,
-                                  hint="give it a title"))
+            errors.append(Problem(label, 'has no "title"', task_id=tid, hint="give it a title"))
         for key in ("dependencies", "subtasks"):
             if t.get(key) is not None and not isinstance(t.get(key), list):
-                errors.append(Problem(label, f'"{key}" must be a list', task_id=tid,
-                                      hint=f'write "{key}": [] when there are none'))
+                errors.append(
+                    Problem(
+                        label,
+                        f'"{key}" must be a list',
+                        task_id=tid,
+                        hint=f'write "{key}": [] when there are none',
+                    )
+                )
     if errors:
         raise SpecError(errors, warnings)
 
@@ -432,10 +471,15 @@ def read_taskmaster(folder: Path, tasks_path: Path | None = None, *, tag: str | 
             return str(word), None
         status = STATUS_IN.get(key)
         if status is None:
-            warnings.append(Problem(label, f'unknown status "{word}" is treated as pending',
-                                    task_id=tid, severity="warning",
-                                    hint="use pending, in-progress, done, review, deferred, "
-                                         "cancelled or blocked"))
+            warnings.append(
+                Problem(
+                    label,
+                    f'unknown status "{word}" is treated as pending',
+                    task_id=tid,
+                    severity="warning",
+                    hint="use pending, in-progress, done, review, deferred, cancelled or blocked",
+                )
+            )
             status = TaskStatus.PENDING
         return str(word), status
 
@@ -449,32 +493,58 @@ def read_taskmaster(folder: Path, tasks_path: Path | None = None, *, tag: str | 
             status = TaskStatus.PENDING
         title = t.get("title") if isinstance(t.get("title"), str) else t.get("description")
         desc = t.get("description") if isinstance(t.get("description"), str) else None
-        details = [x.strip() for x in (desc if desc != title else None, t.get("details"))
-                   if isinstance(x, str) and x.strip()]
+        details = [
+            x.strip()
+            for x in (desc if desc != title else None, t.get("details"))
+            if isinstance(x, str) and x.strip()
+        ]
         strategy = t.get("testStrategy")
-        unit = SpecUnit(id=tid, description=" ".join(str(title).split()), status=status,
-                        raw_status=raw_status, details="\n\n".join(details) or None,
-                        test_strategy=strategy.strip() if isinstance(strategy, str)
-                        and strategy.strip() else None)
+        unit = SpecUnit(
+            id=tid,
+            description=" ".join(str(title).split()),
+            status=status,
+            raw_status=raw_status,
+            details="\n\n".join(details) or None,
+            test_strategy=strategy.strip()
+            if isinstance(strategy, str) and strategy.strip()
+            else None,
+        )
         for d in t.get("dependencies") or []:
             ref = _ref(d)
             if ref is None:
-                errors.append(Problem(label, f"dependency {json.dumps(d)} is not a task id",
-                                      task_id=tid, hint="use a task id such as 3 or \"3.1\""))
+                errors.append(
+                    Problem(
+                        label,
+                        f"dependency {json.dumps(d)} is not a task id",
+                        task_id=tid,
+                        hint='use a task id such as 3 or "3.1"',
+                    )
+                )
                 continue
             owner = ref.split(".")[0]
             if owner not in by_id:
-                errors.append(Problem(label, f'depends on unknown task "{ref}"', task_id=tid,
-                                      hint="fix the id or remove it (task-master "
-                                           "fix-dependencies)"))
+                errors.append(
+                    Problem(
+                        label,
+                        f'depends on unknown task "{ref}"',
+                        task_id=tid,
+                        hint="fix the id or remove it (task-master fix-dependencies)",
+                    )
+                )
             elif owner != tid:
                 unit.deps.append(owner)
         subs = t.get("subtasks") or []
         sib_ids = {_ref(s.get("id")) for s in subs if isinstance(s, dict)}
         for k, s in enumerate(subs):
             if not isinstance(s, dict) or _ref(s.get("id")) is None:
-                errors.append(Problem(label, f"subtask {k + 1} has no usable id", task_id=tid,
-                                      hint="give each subtask an id"))
+                errors.append(
+                    Problem(
+                        label,
+                        f"subtask {k + 1} has no usable id",
+                        task_id=tid,
+                        hint="give each subtask an id",
+                    )
+                )
                 continue
             sid = _ref(s.get("id"))
             full = f"{tid}.{sid}"
@@ -485,12 +555,14 @@ def read_taskmaster(folder: Path, tasks_path: Path | None = None, *, tag: str | 
             s_status = STATUS_IN.get(s_key, TaskStatus.PENDING)
             stitle = s.get("title") if isinstance(s.get("title"), str) else s.get("description")
             sdesc = s.get("description") if isinstance(s.get("description"), str) else None
-            sdetails = [x.strip() for x in (sdesc if sdesc != stitle else None, s.get("details"))
-                        if isinstance(x, str) and x.strip()]
+            sdetails = [
+                x.strip()
+                for x in (sdesc if sdesc != stitle else None, s.get("details"))
+                if isinstance(x, str) and x.strip()
+            ]
             if isinstance(s.get("testStrategy"), str) and s["testStrategy"].strip():
                 sdetails.append(f"Test strategy: {s['testStrategy'].strip()}")
-            for d in s.get("dependencies") or [] if isinstance(s.get("dependencies"), list) \
-                    else []:
+            for d in s.get("dependencies") or [] if isinstance(s.get("dependencies"), list) else []:
                 ref = _ref(d)
                 if ref is None:
                     continue
@@ -499,18 +571,33 @@ def read_taskmaster(folder: Path, tasks_path: Path | None = None, *, tag: str | 
                     if owner != tid and owner in by_id:
                         unit.deps.append(owner)
                     elif owner not in by_id:
-                        warnings.append(Problem(label, f'subtask {full} depends on unknown '
-                                                       f'task "{ref}" (ignored)', task_id=tid,
-                                                severity="warning", hint="fix the id"))
+                        warnings.append(
+                            Problem(
+                                label,
+                                f'subtask {full} depends on unknown task "{ref}" (ignored)',
+                                task_id=tid,
+                                severity="warning",
+                                hint="fix the id",
+                            )
+                        )
                 elif ref not in sib_ids:
                     if ref in by_id and ref != tid:
                         unit.deps.append(ref)  # a top-level id written where a sibling goes
                     else:
-                        warnings.append(Problem(label, f'subtask {full} depends on unknown '
-                                                       f'subtask "{ref}" (ignored)', task_id=tid,
-                                                severity="warning", hint="fix the id"))
-            unit.subtasks.append(SubUnit(full, " ".join(str(stitle or "").split()), s_status,
-                                         "\n".join(sdetails) or None))
+                        warnings.append(
+                            Problem(
+                                label,
+                                f'subtask {full} depends on unknown subtask "{ref}" (ignored)',
+                                task_id=tid,
+                                severity="warning",
+                                hint="fix the id",
+                            )
+                        )
+            unit.subtasks.append(
+                SubUnit(
+                    full, " ".join(str(stitle or "").split()), s_status, "\n".join(sdetails) or None
+                )
+            )
         unit.deps = list(dict.fromkeys(unit.deps))
         units[tid] = unit
     if errors:
@@ -522,34 +609,62 @@ def read_taskmaster(folder: Path, tasks_path: Path | None = None, *, tag: str | 
     while changed:
         changed = False
         for tid, u in units.items():
-            if tid not in excluded and u.status not in (TaskStatus.PASS, TaskStatus.SKIPPED) \
-                    and any(d in excluded for d in u.deps):
+            if (
+                tid not in excluded
+                and u.status not in (TaskStatus.PASS, TaskStatus.SKIPPED)
+                and any(d in excluded for d in u.deps)
+            ):
                 excluded.add(tid)
                 changed = True
     for tid in order:
         if tid in deferred:
-            warnings.append(Problem(label, "is deferred: not run", task_id=tid,
-                                    severity="warning",
-                                    hint="set its status to pending to run it"))
+            warnings.append(
+                Problem(
+                    label,
+                    "is deferred: not run",
+                    task_id=tid,
+                    severity="warning",
+                    hint="set its status to pending to run it",
+                )
+            )
         elif tid in excluded:
             waits = [d for d in units[tid].deps if d in excluded]
-            warnings.append(Problem(label, f"waits for deferred task {', '.join(waits)}: not run",
-                                    task_id=tid, severity="warning",
-                                    hint="run the deferred task first, or drop the dependency"))
+            warnings.append(
+                Problem(
+                    label,
+                    f"waits for deferred task {', '.join(waits)}: not run",
+                    task_id=tid,
+                    severity="warning",
+                    hint="run the deferred task first, or drop the dependency",
+                )
+            )
     kept = [units[t] for t in order if t not in excluded]
     for u in kept:
         u.deps = [d for d in u.deps if d not in excluded]
     if not kept:
-        raise SpecError([Problem(label, "has no task to run: every task is deferred or waits "
-                                        "for one", hint="set a deferred task to pending")],
-                        warnings)
+        raise SpecError(
+            [
+                Problem(
+                    label,
+                    "has no task to run: every task is deferred or waits for one",
+                    hint="set a deferred task to pending",
+                )
+            ],
+            warnings,
+        )
 
     root = project_root(tasks_path)
     name = root.resolve().name + (f":{resolved}" if resolved not in (None, DEFAULT_TAG) else "")
-    spec = TaskMasterSpec(name=name, folder=folder, tasks_path=tasks_path, format=FORMAT,
-                          units=kept, warnings=warnings, tag=resolved)
+    spec = TaskMasterSpec(
+        name=name,
+        folder=folder,
+        tasks_path=tasks_path,
+        format=FORMAT,
+        units=kept,
+        warnings=warnings,
+        tag=resolved,
+    )
     # the project's PRD: the first of PRD_FILES that exists, named relative to the spec folder
     prd = next((root / rel for rel in PRD_FILES if (root / rel).is_file()), None)
-    read_documents(spec, [] if prd is None else [(os.path.relpath(prd, folder), prd)],
-                   project=root)
+    read_documents(spec, [] if prd is None else [(os.path.relpath(prd, folder), prd)], project=root)
     return spec

@@ -132,8 +132,9 @@ def conversation_facts(body: dict[str, Any]) -> dict[str, Any]:
     m = _SCENARIO_RE.search(prompt)
     scenario = m.group(1) if m else None
     turn = sum(
-        1 for msg in body.get("messages") or [] if isinstance(msg, dict)
-        and msg.get("role") == "assistant"
+        1
+        for msg in body.get("messages") or []
+        if isinstance(msg, dict) and msg.get("role") == "assistant"
     )
     task_id = _first(_TASK_ID_RES, prompt)
     cwd = _first(_CWD_RES, prompt, system)
@@ -169,6 +170,7 @@ def conversation_facts(body: dict[str, Any]) -> dict[str, Any]:
 def _fill(value: Any, facts: dict[str, Any]) -> Any:
     """Replace the known ``{placeholders}`` in every string of ``value`` (recursively)."""
     if isinstance(value, str):
+
         def sub(m: re.Match[str]) -> str:
             v = facts.get(m.group(1))
             if v is None:
@@ -199,12 +201,14 @@ def render_blocks(content: list[dict[str, Any]], facts: dict[str, Any]) -> list[
             ).strip()
             blocks.append({"type": "text", "text": text})
         elif kind == "tool_use":
-            blocks.append({
-                "type": "tool_use",
-                "id": "toolu_" + uuid.uuid4().hex[:24],
-                "name": block["name"],
-                "input": block.get("input", {}),
-            })
+            blocks.append(
+                {
+                    "type": "tool_use",
+                    "id": "toolu_" + uuid.uuid4().hex[:24],
+                    "name": block["name"],
+                    "input": block.get("input", {}),
+                }
+            )
     return blocks
 
 
@@ -260,8 +264,9 @@ class _HTTPServer(ThreadingHTTPServer):
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         # A client that went away mid-stream is normal (timeouts, killed CLIs): log, no trace.
-        logger.debug("connection from %s ended with an error: %s", client_address,
-                     sys.exc_info()[1])
+        logger.debug(
+            "connection from %s ended with an error: %s", client_address, sys.exc_info()[1]
+        )
 
 
 class _ClientGone(Exception):
@@ -476,7 +481,9 @@ class ScriptedModelServer:
                 return
             facts = conversation_facts(body)
             rec.update(
-                scenario=facts["scenario"], turn=facts["turn"], task_id=facts["task_id"],
+                scenario=facts["scenario"],
+                turn=facts["turn"],
+                task_id=facts["task_id"],
                 cwd=facts["cwd"],
             )
             if rec["session_id"] is None:
@@ -494,8 +501,11 @@ class ScriptedModelServer:
             return
         rec["outcome"] = "unknown-path"
         self._send_error(
-            h, 404, "not_found_error",
-            f"scripted model: no such endpoint {method} {path or '/'}", rec,
+            h,
+            404,
+            "not_found_error",
+            f"scripted model: no such endpoint {method} {path or '/'}",
+            rec,
         )
 
     def _introspect(self, h: _Handler, method: str) -> None:
@@ -593,7 +603,11 @@ class ScriptedModelServer:
         }
 
     def _reply(
-        self, h: _Handler, body: dict[str, Any], blocks: list[dict[str, Any]], stop: str,
+        self,
+        h: _Handler,
+        body: dict[str, Any],
+        blocks: list[dict[str, Any]],
+        stop: str,
         rec: dict[str, Any],
     ) -> None:
         rec["tool_uses"] = [b["name"] for b in blocks if b["type"] == "tool_use"]
@@ -601,38 +615,72 @@ class ScriptedModelServer:
             self._send_json(h, 200, self._message_shell(body, blocks, stop), rec)
             return
         self._start_stream(h, rec)
-        self._event(h, "message_start", {
-            "type": "message_start", "message": self._message_shell(body, [], None),
-        })
+        self._event(
+            h,
+            "message_start",
+            {
+                "type": "message_start",
+                "message": self._message_shell(body, [], None),
+            },
+        )
         self._event(h, "ping", {"type": "ping"})
         for i, block in enumerate(blocks):
             if block["type"] == "text":
-                self._event(h, "content_block_start", {
-                    "type": "content_block_start", "index": i,
-                    "content_block": {"type": "text", "text": ""},
-                })
-                self._event(h, "content_block_delta", {
-                    "type": "content_block_delta", "index": i,
-                    "delta": {"type": "text_delta", "text": block["text"]},
-                })
-            else:
-                self._event(h, "content_block_start", {
-                    "type": "content_block_start", "index": i,
-                    "content_block": {
-                        "type": "tool_use", "id": block["id"], "name": block["name"], "input": {},
+                self._event(
+                    h,
+                    "content_block_start",
+                    {
+                        "type": "content_block_start",
+                        "index": i,
+                        "content_block": {"type": "text", "text": ""},
                     },
-                })
-                self._event(h, "content_block_delta", {
-                    "type": "content_block_delta", "index": i,
-                    "delta": {"type": "input_json_delta",
-                              "partial_json": json.dumps(block["input"])},
-                })
+                )
+                self._event(
+                    h,
+                    "content_block_delta",
+                    {
+                        "type": "content_block_delta",
+                        "index": i,
+                        "delta": {"type": "text_delta", "text": block["text"]},
+                    },
+                )
+            else:
+                self._event(
+                    h,
+                    "content_block_start",
+                    {
+                        "type": "content_block_start",
+                        "index": i,
+                        "content_block": {
+                            "type": "tool_use",
+                            "id": block["id"],
+                            "name": block["name"],
+                            "input": {},
+                        },
+                    },
+                )
+                self._event(
+                    h,
+                    "content_block_delta",
+                    {
+                        "type": "content_block_delta",
+                        "index": i,
+                        "delta": {
+                            "type": "input_json_delta",
+                            "partial_json": json.dumps(block["input"]),
+                        },
+                    },
+                )
             self._event(h, "content_block_stop", {"type": "content_block_stop", "index": i})
-        self._event(h, "message_delta", {
-            "type": "message_delta",
-            "delta": {"stop_reason": stop, "stop_sequence": None},
-            "usage": {"output_tokens": 20},
-        })
+        self._event(
+            h,
+            "message_delta",
+            {
+                "type": "message_delta",
+                "delta": {"stop_reason": stop, "stop_sequence": None},
+                "usage": {"output_tokens": 20},
+            },
+        )
         self._event(h, "message_stop", {"type": "message_stop"})
         self._end_stream(h)
 
@@ -647,9 +695,14 @@ class ScriptedModelServer:
             h.wfile.flush()
         else:
             self._start_stream(h, rec)
-            self._event(h, "message_start", {
-                "type": "message_start", "message": self._message_shell(body, [], None),
-            })
+            self._event(
+                h,
+                "message_start",
+                {
+                    "type": "message_start",
+                    "message": self._message_shell(body, [], None),
+                },
+            )
         sock = h.connection
         while not self._stop.is_set():
             readable, _, _ = select.select([sock], [], [], 0.2)
@@ -680,8 +733,14 @@ class ScriptedModelServer:
         h.wfile.write(b"0\r\n\r\n")
         h.wfile.flush()
 
-    def _send_json(self, h: _Handler, status: int, obj: Any, rec: dict[str, Any],
-                   headers: dict[str, str] | None = None) -> None:
+    def _send_json(
+        self,
+        h: _Handler,
+        status: int,
+        obj: Any,
+        rec: dict[str, Any],
+        headers: dict[str, str] | None = None,
+    ) -> None:
         data = json.dumps(obj).encode()
         h.send_response(status)
         h.send_header("content-type", "application/json")
@@ -695,8 +754,9 @@ class ScriptedModelServer:
             h.wfile.write(data)
         h.wfile.flush()
 
-    def _send_error(self, h: _Handler, status: int, kind: str, message: str,
-                    rec: dict[str, Any]) -> None:
+    def _send_error(
+        self, h: _Handler, status: int, kind: str, message: str, rec: dict[str, Any]
+    ) -> None:
         body = {"type": "error", "error": {"type": kind, "message": message}}
         self._send_json(h, status, body, rec)
 

@@ -164,8 +164,15 @@ async def test_on_line_order_per_stream(tag, tmp_path):
 async def test_on_line_is_called_while_the_agent_runs(tag, tmp_path):
     first_line_at: list[float] = []
     start = time.monotonic()
-    res = await run(tag, "lines", "1", "sleep", "2", tmp=tmp_path,
-                    on_line=lambda s, l: first_line_at.append(time.monotonic() - start))
+    res = await run(
+        tag,
+        "lines",
+        "1",
+        "sleep",
+        "2",
+        tmp=tmp_path,
+        on_line=lambda s, l: first_line_at.append(time.monotonic() - start),
+    )
     assert res.duration_s >= 2
     assert first_line_at and first_line_at[0] < res.duration_s - 1.0
 
@@ -185,9 +192,21 @@ async def test_log_path_gets_combined_output_appended(tag, tmp_path):
 
 async def test_log_is_written_while_the_agent_runs(tag, tmp_path):
     log = tmp_path / "agent.log"
-    task = asyncio.ensure_future(run(tag, "lines", "2", "sleep", "30", tmp=tmp_path,
-                                     log_path=log, timeout=60, grace_seconds=1))
+    task = asyncio.ensure_future(
+        run(
+            tag,
+            "lines",
+            "2",
+            "sleep",
+            "30",
+            tmp=tmp_path,
+            log_path=log,
+            timeout=60,
+            grace_seconds=1,
+        )
+    )
     try:
+
         def lines_now() -> int:
             return log.read_bytes().count(b"\n") if log.exists() else 0
 
@@ -210,8 +229,17 @@ async def test_several_megabytes_on_both_streams_do_not_deadlock(tag, tmp_path):
     def on_line(stream: str, line: str) -> None:
         count[stream] += 1
 
-    res = await run(tag, "big-stderr", "5", "big-stdout", "5", tmp=tmp_path,
-                    on_line=on_line, log_path=tmp_path / "big.log", timeout=120)
+    res = await run(
+        tag,
+        "big-stderr",
+        "5",
+        "big-stdout",
+        "5",
+        tmp=tmp_path,
+        on_line=on_line,
+        log_path=tmp_path / "big.log",
+        timeout=120,
+    )
     n = 5 * 1024 * 1024 // 100
     assert res.exit_code == 0 and not res.timed_out
     assert len(res.stdout) == len(res.stderr) == n * 100
@@ -222,8 +250,14 @@ async def test_several_megabytes_on_both_streams_do_not_deadlock(tag, tmp_path):
 async def test_long_line_without_newline_arrives_in_pieces(tag, tmp_path):
     size = 3 * MAX_LINE_BYTES + 123
     got: list[str] = []
-    res = await run(tag, "long-line", str(size), tmp=tmp_path,
-                    on_line=lambda s, l: got.append(l), log_path=tmp_path / "l.log")
+    res = await run(
+        tag,
+        "long-line",
+        str(size),
+        tmp=tmp_path,
+        on_line=lambda s, l: got.append(l),
+        log_path=tmp_path / "l.log",
+    )
     assert res.stdout == "x" * size
     assert [len(x) for x in got] == [MAX_LINE_BYTES] * 3 + [123]
     assert (tmp_path / "l.log").read_bytes().replace(b"\n", b"") == b"x" * size
@@ -234,8 +268,10 @@ async def test_invalid_utf8_is_replaced_not_raised(tag, tmp_path):
     res = await run(tag, "garbage", tmp=tmp_path, on_line=lambda s, l: got.append((s, l)))
     assert res.stdout == "ok \ufffd\ufffd bad \ufffd(\n"
     assert res.stderr == "\ufffd\ufffd\n"
-    assert got == [("stdout", "ok \ufffd\ufffd bad \ufffd("), ("stderr", "\ufffd\ufffd")] or \
-        got == [("stderr", "\ufffd\ufffd"), ("stdout", "ok \ufffd\ufffd bad \ufffd(")]
+    assert got == [
+        ("stdout", "ok \ufffd\ufffd bad \ufffd("),
+        ("stderr", "\ufffd\ufffd"),
+    ] or got == [("stderr", "\ufffd\ufffd"), ("stdout", "ok \ufffd\ufffd bad \ufffd(")]
 
 
 async def test_stdin_is_fed_then_closed(tag, tmp_path):
@@ -258,8 +294,9 @@ async def test_agent_that_does_not_read_stdin_does_not_break_the_run(tag, tmp_pa
 
 
 async def test_timeout_kills_group_and_escaped_grandchild(tag, tmp_path):
-    res = await run(tag, "child", "setsid-child", "sleep", "120", tmp=tmp_path,
-                    timeout=2, grace_seconds=5)
+    res = await run(
+        tag, "child", "setsid-child", "sleep", "120", tmp=tmp_path, timeout=2, grace_seconds=5
+    )
     pids = pids_announced(res.stdout)
     assert set(pids) == {"child", "setsid-child"}
     assert res.timed_out and res.exit_code is None and not res.cancelled
@@ -270,8 +307,16 @@ async def test_timeout_kills_group_and_escaped_grandchild(tag, tmp_path):
 
 async def test_sigterm_ignored_escalates_to_sigkill_after_grace(tag, tmp_path):
     # The leader and an escaped grandchild both ignore SIGTERM.
-    res = await run(tag, "ignore-term", "setsid-child", "sleep", "120", tmp=tmp_path,
-                    timeout=1, grace_seconds=0.5)
+    res = await run(
+        tag,
+        "ignore-term",
+        "setsid-child",
+        "sleep",
+        "120",
+        tmp=tmp_path,
+        timeout=1,
+        grace_seconds=0.5,
+    )
     pids = pids_announced(res.stdout)
     assert res.timed_out and res.exit_code is None
     assert {res.pid, pids["setsid-child"]} <= set(res.killed_pids)
@@ -289,8 +334,19 @@ async def test_sigterm_is_sent_first(tag, tmp_path):
 
 
 async def test_normal_exit_kills_background_daemon_and_group_leftovers(tag, tmp_path):
-    res = await run(tag, "child", "setsid-child", "daemon", "sleep", "1.5", "exit", "0",
-                    tmp=tmp_path, grace_seconds=2, timeout=60)
+    res = await run(
+        tag,
+        "child",
+        "setsid-child",
+        "daemon",
+        "sleep",
+        "1.5",
+        "exit",
+        "0",
+        tmp=tmp_path,
+        grace_seconds=2,
+        timeout=60,
+    )
     pids = pids_announced(res.stdout)
     assert set(pids) == {"child", "setsid-child", "daemon"}
     assert res.exit_code == 0 and not res.timed_out
@@ -327,8 +383,18 @@ async def test_task_cancel_kills_tree_and_reraises(tag, tmp_path):
         if len([l for l in lines if l.startswith("PID ")]) == 2:
             started.set()
 
-    task = asyncio.ensure_future(run(tag, "child", "setsid-child", "sleep", "120",
-                                     tmp=tmp_path, on_line=on_line, grace_seconds=5))
+    task = asyncio.ensure_future(
+        run(
+            tag,
+            "child",
+            "setsid-child",
+            "sleep",
+            "120",
+            tmp=tmp_path,
+            on_line=on_line,
+            grace_seconds=5,
+        )
+    )
     await asyncio.wait_for(started.wait(), 30)
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
@@ -338,9 +404,18 @@ async def test_task_cancel_kills_tree_and_reraises(tag, tmp_path):
 
 async def test_cleanup_finishes_even_when_cancelled_twice(tag, tmp_path):
     seen = asyncio.Event()
-    task = asyncio.ensure_future(run(tag, "ignore-term", "setsid-child", "sleep", "120",
-                                     tmp=tmp_path, grace_seconds=1,
-                                     on_line=lambda s, l: seen.set()))
+    task = asyncio.ensure_future(
+        run(
+            tag,
+            "ignore-term",
+            "setsid-child",
+            "sleep",
+            "120",
+            tmp=tmp_path,
+            grace_seconds=1,
+            on_line=lambda s, l: seen.set(),
+        )
+    )
     await asyncio.wait_for(seen.wait(), 30)
     task.cancel()
     await asyncio.sleep(0.2)  # now inside the (1 s) grace period
@@ -364,8 +439,19 @@ async def test_cancel_event_stops_and_returns_result(tag, tmp_path):
         if line.startswith("PID"):
             stop.set()
 
-    res_task = asyncio.ensure_future(run(tag, "lines", "1", "child", "sleep", "120",
-                                         tmp=tmp_path, cancel_event=stop, on_line=on_line))
+    res_task = asyncio.ensure_future(
+        run(
+            tag,
+            "lines",
+            "1",
+            "child",
+            "sleep",
+            "120",
+            tmp=tmp_path,
+            cancel_event=stop,
+            on_line=on_line,
+        )
+    )
     res = await asyncio.wait_for(res_task, 60)
     assert res.cancelled and not res.timed_out and res.exit_code is None
     assert res.pid in res.killed_pids
@@ -444,11 +530,19 @@ def test_reap_kills_agents_of_a_kill9ed_orchestrator(tag, tmp_path):
     info_path, log_path = tmp_path / "procs.json", tmp_path / "agent.log"
     launcher = subprocess.Popen(
         [sys.executable, str(SCRIPTS / "orphan_launcher.py"), str(info_path), str(log_path), tag],
-        env={**env_for(tag), "PYTHONPATH": str(REPO)}, cwd=REPO,
+        env={**env_for(tag), "PYTHONPATH": str(REPO)},
+        cwd=REPO,
     )
     try:
-        wait_for(lambda: info_path.exists() and log_path.exists()
-                 and len(pids_announced(log_path.read_text())) == 3, 60, "agent tree")
+        wait_for(
+            lambda: (
+                info_path.exists()
+                and log_path.exists()
+                and len(pids_announced(log_path.read_text())) == 3
+            ),
+            60,
+            "agent tree",
+        )
     finally:
         launcher.kill()  # SIGKILL: the launcher's own cleanup never runs
         launcher.wait()
@@ -484,14 +578,21 @@ def test_reap_finds_daemons_by_marker_after_their_leader_exited(tag):
     marker = uuid.uuid4().hex
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
-    daemon = subprocess.Popen(agent(tag, "sleep", "120"), start_new_session=True,
-                              env={**env_for(tag), MARKER_ENV: f"outer,{marker}"})
-    bystander = subprocess.Popen(agent(tag, "sleep", "120"), start_new_session=True,
-                                 env={**env_for(tag), MARKER_ENV: uuid.uuid4().hex})
+    daemon = subprocess.Popen(
+        agent(tag, "sleep", "120"),
+        start_new_session=True,
+        env={**env_for(tag), MARKER_ENV: f"outer,{marker}"},
+    )
+    bystander = subprocess.Popen(
+        agent(tag, "sleep", "120"),
+        start_new_session=True,
+        env={**env_for(tag), MARKER_ENV: uuid.uuid4().hex},
+    )
     try:
         wait_for(lambda: MARKER_ENV in psutil.Process(daemon.pid).environ(), 30, "daemon exec")
-        info = ProcessInfo(pid=dead.pid, pgid=dead.pid, create_time=0.0, argv0="claude",
-                           marker=marker)
+        info = ProcessInfo(
+            pid=dead.pid, pgid=dead.pid, create_time=0.0, argv0="claude", marker=marker
+        )
         assert reap([info], grace_seconds=2) == [daemon.pid]
         assert daemon.wait(timeout=10) == -signal.SIGTERM
         assert bystander.poll() is None
@@ -509,8 +610,12 @@ def test_reap_of_dead_pid_without_marker_is_a_no_op():
 
 
 def test_kill_tree_kills_group_and_escaped_descendants(tag):
-    leader = subprocess.Popen(agent(tag, "ignore-term", "child", "setsid-child", "sleep", "120"),
-                              start_new_session=True, stdout=subprocess.PIPE, text=True)
+    leader = subprocess.Popen(
+        agent(tag, "ignore-term", "child", "setsid-child", "sleep", "120"),
+        start_new_session=True,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         pids = {}
         while len(pids) < 2:
@@ -529,10 +634,19 @@ def test_kill_tree_kills_group_and_escaped_descendants(tag):
 
 def test_kill_tree_never_signals_the_caller_or_its_group():
     # A damaged record naming the orchestrator itself must not make it kill itself.
-    code = ("import os; from tasks_lib.agents.process import kill_tree; "
-            "print(kill_tree(os.getpid(), os.getpgrp(), grace_seconds=0.1))")
-    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True,
-                         text=True, timeout=60, start_new_session=True, check=False)
+    code = (
+        "import os; from tasks_lib.agents.process import kill_tree; "
+        "print(kill_tree(os.getpid(), os.getpgrp(), grace_seconds=0.1))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        start_new_session=True,
+        check=False,
+    )
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
 
@@ -595,12 +709,15 @@ async def test_exit_code_without_a_usable_pidfd(tag, tmp_path, monkeypatch, pidf
     if pidfd_open_error is None:
         monkeypatch.setattr(proctable, "HAVE_PIDFD", False)
     else:
+
         def refuse(pid: int) -> int:
             raise pidfd_open_error(f"pidfd_open({pid}) refused by the test")
+
         monkeypatch.setattr(proctable, "HAVE_PIDFD", True)
         monkeypatch.setattr(proctable.os, "pidfd_open", refuse, raising=False)
-    res = await run(tag, "daemon", "sleep", "0.2", "exit", "4", tmp=tmp_path, grace_seconds=2,
-                    timeout=60)
+    res = await run(
+        tag, "daemon", "sleep", "0.2", "exit", "4", tmp=tmp_path, grace_seconds=2, timeout=60
+    )
     pids = pids_announced(res.stdout)
     assert res.exit_code == 4 and not res.timed_out
     assert res.killed_pids == [pids["daemon"]]
@@ -621,8 +738,12 @@ def test_kill_waits_for_exits_as_events(tag, monkeypatch):
     # Group member, setsid'd grandchild (not our child) and the leader (our child, left a
     # zombie until reaped) all die on SIGTERM; a 60 s fallback poll would show.
     monkeypatch.setattr(proctable, "POLL_S", 60.0)
-    leader = subprocess.Popen(agent(tag, "child", "setsid-child", "sleep", "120"),
-                              start_new_session=True, stdout=subprocess.PIPE, text=True)
+    leader = subprocess.Popen(
+        agent(tag, "child", "setsid-child", "sleep", "120"),
+        start_new_session=True,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         pids = {}
         while len(pids) < 2:
@@ -642,10 +763,16 @@ def test_kill_waits_for_exits_as_events(tag, monkeypatch):
 def test_proc_scan_finds_group_members_and_marked_processes(tag):
     marker = uuid.uuid4().hex
     before = proctable.boot_ticks()
-    marked = subprocess.Popen(agent(tag, "sleep", "120"), start_new_session=True,
-                              env={**env_for(tag), MARKER_ENV: f"outer,{marker}"})
-    other = subprocess.Popen(agent(tag, "sleep", "120"), start_new_session=True,
-                             env={**env_for(tag), MARKER_ENV: uuid.uuid4().hex})
+    marked = subprocess.Popen(
+        agent(tag, "sleep", "120"),
+        start_new_session=True,
+        env={**env_for(tag), MARKER_ENV: f"outer,{marker}"},
+    )
+    other = subprocess.Popen(
+        agent(tag, "sleep", "120"),
+        start_new_session=True,
+        env={**env_for(tag), MARKER_ENV: uuid.uuid4().hex},
+    )
     try:
         wait_for(lambda: MARKER_ENV in psutil.Process(marked.pid).environ(), 30, "exec")
         wait_for(lambda: MARKER_ENV in psutil.Process(other.pid).environ(), 30, "exec")
@@ -665,8 +792,7 @@ def test_proc_scan_finds_group_members_and_marked_processes(tag):
         assert sorted(fast) == sorted(slow) == sorted([marked.pid, other.pid])
         # A zombie counts as gone.
         marked.kill()
-        wait_for(lambda: psutil.Process(marked.pid).status() == psutil.STATUS_ZOMBIE, 30,
-                 "zombie")
+        wait_for(lambda: psutil.Process(marked.pid).status() == psutil.STATUS_ZOMBIE, 30, "zombie")
         assert scan(set(), {marker}, set(), 0) == []
     finally:
         for p in (marked, other):

@@ -12,14 +12,18 @@ import psutil
 
 from tasks_lib.agents.process import MARKER_ENV
 from tasks_lib.agents.watchdog import Watchdog
-from tests.agents.test_process import agent, env_for, pids_announced, survivors, tag  # noqa: F401
+from tests.agents.test_process import agent, env_for, pids_announced, survivors
 
 
 def _marked(tag: str, marker: str, *actions: str) -> subprocess.Popen:
     """An 'agent' of the run: carries the run's marker (plus its own), in its own session."""
-    return subprocess.Popen(agent(tag, *actions), start_new_session=True,
-                            stdout=subprocess.PIPE, text=True,
-                            env={**env_for(tag), MARKER_ENV: f"{marker},{uuid.uuid4().hex}"})
+    return subprocess.Popen(
+        agent(tag, *actions),
+        start_new_session=True,
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**env_for(tag), MARKER_ENV: f"{marker},{uuid.uuid4().hex}"},
+    )
 
 
 def _wait_marked(pid: int) -> None:
@@ -48,8 +52,10 @@ def test_eof_without_goodbye_kills_every_marked_process_and_only_those(tag):
         took = time.monotonic() - start
         assert ours.wait(10) < 0  # killed by a signal
         for kind in ("daemon", "setsid-child"):
-            assert not psutil.pid_exists(pids[kind]) or psutil.Process(
-                pids[kind]).status() == psutil.STATUS_ZOMBIE, kind
+            assert (
+                not psutil.pid_exists(pids[kind])
+                or psutil.Process(pids[kind]).status() == psutil.STATUS_ZOMBIE
+            ), kind
         assert stranger.poll() is None, "a process of another run was killed"
         assert took < 20, took
     finally:

@@ -76,8 +76,10 @@ def wait_no_survivors(tag: str, timeout: float = 10.0) -> list[psutil.Process]:
 def claude_cli() -> Path:
     path = bundled_cli()
     if path is None:
-        pytest.fail("the Claude Code CLI bundled in claude-agent-sdk is missing: "
-                    "pip install -e '.[dev]' (it comes from pip, never from the machine)")
+        pytest.fail(
+            "the Claude Code CLI bundled in claude-agent-sdk is missing: "
+            "pip install -e '.[dev]' (it comes from pip, never from the machine)"
+        )
     return path
 
 
@@ -88,10 +90,20 @@ EXTRA_SCENARIOS: dict[str, Any] = {
     "bash-hang": {
         "description": "Bash: start a setsid'd background sleeper, then block.",
         "turns": [
-            {"content": [{"type": "tool_use", "name": "Bash", "input": {
-                "command": "(setsid sleep 3600 >/dev/null 2>&1 &) ; sleep 3600",
-                "description": "long test run", "timeout": 600000}}],
-             "stop_reason": "tool_use"},
+            {
+                "content": [
+                    {
+                        "type": "tool_use",
+                        "name": "Bash",
+                        "input": {
+                            "command": "(setsid sleep 3600 >/dev/null 2>&1 &) ; sleep 3600",
+                            "description": "long test run",
+                            "timeout": 600000,
+                        },
+                    }
+                ],
+                "stop_reason": "tool_use",
+            },
             {"content": [{"type": "text", "text": "never reached"}], "stop_reason": "end_turn"},
         ],
     },
@@ -104,8 +116,14 @@ def model_server():
         yield srv
 
 
-def write_spec(folder: Path, tasks: list[dict[str, Any]], *, waves: list[list[str]] | None = None,
-               name: str = "claude-scenarios", max_workers: int = 4) -> Path:
+def write_spec(
+    folder: Path,
+    tasks: list[dict[str, Any]],
+    *,
+    waves: list[list[str]] | None = None,
+    name: str = "claude-scenarios",
+    max_workers: int = 4,
+) -> Path:
     """An Agent OS 3.0 spec folder. ``tasks``: ``{"id", "description", "blocked_by"?}``; the
     description carries the scenario markers (the prompt includes it)."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -115,26 +133,42 @@ def write_spec(folder: Path, tasks: list[dict[str, Any]], *, waves: list[list[st
     doc_tasks = []
     for t in tasks:
         deps = t.get("blocked_by", [])
-        doc_tasks.append({
-            "id": t["id"], "type": "parent", "subtasks": [],
-            "description": t["description"], "status": "pending", "attempts": 0,
-            "started_at": None, "completed_at": None, "duration_minutes": None,
-            "notes": None, "blocker": None,
-            "parallelization": {
-                "wave": wave_of[t["id"]],
-                "can_parallel_with": [o for o in waves[wave_of[t["id"]] - 1] if o != t["id"]],
-                "blocked_by": deps,
-                "blocks": [o["id"] for o in tasks if t["id"] in o.get("blocked_by", [])],
-                "shared_files": [], "isolation_score": 1.0},
-        })
+        doc_tasks.append(
+            {
+                "id": t["id"],
+                "type": "parent",
+                "subtasks": [],
+                "description": t["description"],
+                "status": "pending",
+                "attempts": 0,
+                "started_at": None,
+                "completed_at": None,
+                "duration_minutes": None,
+                "notes": None,
+                "blocker": None,
+                "parallelization": {
+                    "wave": wave_of[t["id"]],
+                    "can_parallel_with": [o for o in waves[wave_of[t["id"]] - 1] if o != t["id"]],
+                    "blocked_by": deps,
+                    "blocks": [o["id"] for o in tasks if t["id"] in o.get("blocked_by", [])],
+                    "shared_files": [],
+                    "isolation_score": 1.0,
+                },
+            }
+        )
     doc = {
-        "version": "3.0", "spec": name, "spec_path": f".agent-os/specs/{name}/",
-        "created": "2026-01-01T00:00:00Z", "updated": "2026-01-01T00:00:00Z",
+        "version": "3.0",
+        "spec": name,
+        "spec_path": f".agent-os/specs/{name}/",
+        "created": "2026-01-01T00:00:00Z",
+        "updated": "2026-01-01T00:00:00Z",
         "execution_strategy": {
             "mode": "parallel_waves",
-            "waves": [{"wave_id": i + 1, "tasks": w, "rationale": "test"}
-                      for i, w in enumerate(waves)],
-            "max_concurrent_workers": max_workers},
+            "waves": [
+                {"wave_id": i + 1, "tasks": w, "rationale": "test"} for i, w in enumerate(waves)
+            ],
+            "max_concurrent_workers": max_workers,
+        },
         "tasks": doc_tasks,
     }
     (folder / "tasks.json").write_text(json.dumps(doc, indent=2) + "\n")
@@ -166,31 +200,53 @@ class SpecwaveRun:
         self.repo.mkdir()
         subprocess.run(["git", "init", "-q", str(self.repo)], check=True)
         self.server = server
-        env = {k: v for k, v in os.environ.items()
-               if not k.startswith(("PREFECT_", "ANTHROPIC_"))}
-        env.update({
-            "PREFECT_API_URL": PREFECT_API_URL.value(),
-            "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DO_NOT_TRACK": "1",
-            "PREFECT_HOME": str(tmp_path / "prefect-home"),
-            "PYTHONPATH": str(ROOT), "COLUMNS": "200",
-            "ANTHROPIC_BASE_URL": server.base_url,
-            "ANTHROPIC_API_KEY": self.api_key,
-        })
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "ANTHROPIC_"))}
+        env.update(
+            {
+                "PREFECT_API_URL": PREFECT_API_URL.value(),
+                "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+                "DO_NOT_TRACK": "1",
+                "PREFECT_HOME": str(tmp_path / "prefect-home"),
+                "PYTHONPATH": str(ROOT),
+                "COLUMNS": "200",
+                "ANTHROPIC_BASE_URL": server.base_url,
+                "ANTHROPIC_API_KEY": self.api_key,
+            }
+        )
         self.env = env
 
-    def __call__(self, spec: Path, *args: str, timeout: float = RUN_TIMEOUT
-                 ) -> tuple[int, dict[str, Any] | None, str]:
-        argv = [*specwave_argv(), "run", str(spec), "--agent", "claude", "--repo",
-                str(self.repo), "--json", "--agent-env", f"{TAG_ENV}={self.tag}", *args]
-        proc = subprocess.Popen(argv, env=self.env, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True, start_new_session=True)
+    def __call__(
+        self, spec: Path, *args: str, timeout: float = RUN_TIMEOUT
+    ) -> tuple[int, dict[str, Any] | None, str]:
+        argv = [
+            *specwave_argv(),
+            "run",
+            str(spec),
+            "--agent",
+            "claude",
+            "--repo",
+            str(self.repo),
+            "--json",
+            "--agent-env",
+            f"{TAG_ENV}={self.tag}",
+            *args,
+        ]
+        proc = subprocess.Popen(
+            argv,
+            env=self.env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            start_new_session=True,
+        )
         try:
             out, err = proc.communicate(timeout=timeout)
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             out, err = proc.communicate()
             raise AssertionError(
-                f"specwave run did not finish in {timeout}s:\n{err[-3000:]}") from None
+                f"specwave run did not finish in {timeout}s:\n{err[-3000:]}"
+            ) from None
         try:
             result = json.loads(out)
         except json.JSONDecodeError:

@@ -38,15 +38,23 @@ from tests.agents_claude.conftest import TAG_ENV, tagged_names, wait_no_survivor
 FAKE = Path(__file__).with_name("fake_claude.py")
 
 
-def request(tmp_path: Path, prompt: str = "- **ID**: 1\ndo it", *, timeout: float = 60,
-            attempt: int = 1) -> AgentRequest:
+def request(
+    tmp_path: Path, prompt: str = "- **ID**: 1\ndo it", *, timeout: float = 60, attempt: int = 1
+) -> AgentRequest:
     repo = tmp_path / "repo"
     spec = tmp_path / "spec"
     repo.mkdir(exist_ok=True)
     spec.mkdir(exist_ok=True)
-    return AgentRequest(task_id="1", prompt=prompt, prompt_file=str(spec / "prompt.md"),
-                        workdir=str(repo), spec_dir=str(spec), timeout_seconds=timeout,
-                        attempt=attempt, log_path=str(tmp_path / "run" / "attempt-1.log"))
+    return AgentRequest(
+        task_id="1",
+        prompt=prompt,
+        prompt_file=str(spec / "prompt.md"),
+        workdir=str(repo),
+        spec_dir=str(spec),
+        timeout_seconds=timeout,
+        attempt=attempt,
+        log_path=str(tmp_path / "run" / "attempt-1.log"),
+    )
 
 
 @pytest.fixture
@@ -95,9 +103,15 @@ def test_default_argv_accepts_edits_allows_no_write_and_keeps_the_prompt_off_arg
 
 
 def test_run_config_wins_over_the_spec_file_which_wins_over_defaults():
-    spec = ClaudeSpecSettings(model="opus", max_turns=30, max_budget_usd=4, api_retries=5,
-                              extra_args=["--effort", "high"], env={"A": "spec", "B": "spec"},
-                              allowed_tools=["Read"])
+    spec = ClaudeSpecSettings(
+        model="opus",
+        max_turns=30,
+        max_budget_usd=4,
+        api_retries=5,
+        extra_args=["--effort", "high"],
+        env={"A": "spec", "B": "spec"},
+        allowed_tools=["Read"],
+    )
     cfg = ClaudeAgentConfig(model="sonnet", env={"B": "run"}, extra_args=["--verbose"])
     eff = effective_settings(cfg, spec)
     assert eff.model == "sonnet" and eff.max_turns == 30 and eff.max_budget_usd == 4
@@ -115,7 +129,8 @@ def test_run_config_wins_over_the_spec_file_which_wins_over_defaults():
 
 
 async def test_fake_cli_gets_private_dirs_bounded_retries_stdin_prompt_and_no_stray_env(
-        tmp_path, fake_cli, monkeypatch):
+    tmp_path, fake_cli, monkeypatch
+):
     monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-ant-unit-" + uuid.uuid4().hex)
     monkeypatch.setenv("ANTHROPIC_BASE_URL", "http://127.0.0.1:9")
     monkeypatch.setenv("SOME_ORCHESTRATOR_SETTING", "private")
@@ -124,7 +139,8 @@ async def test_fake_cli_gets_private_dirs_bounded_retries_stdin_prompt_and_no_st
     req = request(tmp_path, "- **ID**: 1\nthe prompt")
     lines: list[tuple[str, str]] = []
     run = await make_agent(fake_cli.config(model="haiku", max_turns=3)).run(
-        req, on_line=lambda s, line: lines.append((s, line)))
+        req, on_line=lambda s, line: lines.append((s, line))
+    )
     got = fake_cli.dumped()
     env = got["env"]
     assert got["stdin"] == "- **ID**: 1\nthe prompt"
@@ -145,25 +161,34 @@ async def test_fake_cli_gets_private_dirs_bounded_retries_stdin_prompt_and_no_st
     assert env["SPECWAVE_TASK_ID"] == "1"
     # the parsed run
     assert run.exit_code == 0 and run.info["total_cost_usd"] == 0.01
-    assert run.info["num_turns"] == 1 and run.info["usage"] == {"input_tokens": 5,
-                                                                "output_tokens": 7}
-    assert parse_worker_output(run.output, exit_code=run.exit_code,
-                               signals=run.signals).outcome == Outcome.PASS
+    assert run.info["num_turns"] == 1 and run.info["usage"] == {
+        "input_tokens": 5,
+        "output_tokens": 7,
+    }
+    assert (
+        parse_worker_output(run.output, exit_code=run.exit_code, signals=run.signals).outcome
+        == Outcome.PASS
+    )
     assert ("stdout", "assistant: echo:") in lines
     assert ("stdout", "a line that is not JSON") in lines
-    assert any(line.startswith("result: success is_error=False turns=1 cost=$0.0100")
-               for _, line in lines)
+    assert any(
+        line.startswith("result: success is_error=False turns=1 cost=$0.0100") for _, line in lines
+    )
 
 
-async def test_secrets_are_redacted_from_the_stream_file_and_the_record(tmp_path, fake_cli,
-                                                                        monkeypatch):
+async def test_secrets_are_redacted_from_the_stream_file_and_the_record(
+    tmp_path, fake_cli, monkeypatch
+):
     key = "sk-ant-leak-" + uuid.uuid4().hex
     monkeypatch.setenv("ANTHROPIC_API_KEY", key)
     token = "tok-" + uuid.uuid4().hex
     monkeypatch.setenv("CLAUDE_CODE_OAUTH_TOKEN", token)
     req = request(tmp_path)
-    run = await make_agent(fake_cli.config(env={"FAKE_CLAUDE_ECHO": f"{key} {token}",
-                                                "FAKE_CLAUDE_RESULT": f"I saw {key}"})).run(req)
+    run = await make_agent(
+        fake_cli.config(
+            env={"FAKE_CLAUDE_ECHO": f"{key} {token}", "FAKE_CLAUDE_RESULT": f"I saw {key}"}
+        )
+    ).run(req)
     stream = Path(run.info["stream_log"])
     assert stream.name == "attempt-1.stream.jsonl" and stream.is_file()
     text = stream.read_text()
@@ -171,8 +196,7 @@ async def test_secrets_are_redacted_from_the_stream_file_and_the_record(tmp_path
     assert key not in run.model_dump_json() and token not in run.model_dump_json()
 
 
-async def test_spec_settings_file_is_read_and_a_bad_one_is_a_clear_launch_error(tmp_path,
-                                                                               fake_cli):
+async def test_spec_settings_file_is_read_and_a_bad_one_is_a_clear_launch_error(tmp_path, fake_cli):
     req = request(tmp_path)
     path = Path(req.spec_dir) / SPEC_SETTINGS_FILE
     path.write_text(json.dumps({"model": "opus", "max_budget_usd": 1.5, "env": {"X": "1"}}))
@@ -195,19 +219,23 @@ async def test_spec_settings_file_is_read_and_a_bad_one_is_a_clear_launch_error(
 async def test_missing_executable_is_a_clear_launch_error(tmp_path):
     with pytest.raises(AgentLaunchError, match="not found on PATH"):
         await make_agent({"kind": "claude", "executable": "no-such-claude-xyz"}).run(
-            request(tmp_path))
+            request(tmp_path)
+        )
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="the CLI refuses bypass only for root")
 async def test_bypass_as_root_needs_is_sandbox(tmp_path, fake_cli):
     with pytest.raises(AgentLaunchError, match="IS_SANDBOX=1"):
         await make_agent(fake_cli.config(permission_mode="bypassPermissions")).run(
-            request(tmp_path))
+            request(tmp_path)
+        )
     with pytest.raises(AgentLaunchError, match="IS_SANDBOX=1"):
         await make_agent(fake_cli.config(extra_args=["--dangerously-skip-permissions"])).run(
-            request(tmp_path))
-    run = await make_agent(fake_cli.config(permission_mode="bypassPermissions",
-                                           env={"IS_SANDBOX": "1"})).run(request(tmp_path))
+            request(tmp_path)
+        )
+    run = await make_agent(
+        fake_cli.config(permission_mode="bypassPermissions", env={"IS_SANDBOX": "1"})
+    ).run(request(tmp_path))
     assert run.exit_code == 0
     argv = fake_cli.dumped()["argv"]
     assert argv[argv.index("--permission-mode") + 1] == "bypassPermissions"
@@ -217,31 +245,77 @@ async def test_bypass_as_root_needs_is_sandbox(tmp_path, fake_cli):
 
 
 def test_summaries_are_one_compact_line_per_piece():
-    assert summarize_event({"type": "assistant", "message": {"content": [
-        {"type": "text", "text": "a\n  b"},
-        {"type": "tool_use", "name": "Bash", "input": {"command": "pytest -q", "x": 1}},
-        {"type": "tool_use", "name": "Write", "input": {"file_path": "/r/a.py", "content": "x"}},
-    ]}}) == ["assistant: a b", "tool Bash: pytest -q", "tool Write: /r/a.py"]
-    assert summarize_event({"type": "user", "message": {"content": [
-        {"type": "tool_result", "is_error": True,
-         "content": [{"type": "text", "text": "denied"}]}]}}) == ["tool result (error): denied"]
-    assert summarize_event({"type": "result", "subtype": "success", "is_error": True,
-                            "num_turns": 1, "total_cost_usd": 0, "api_error_status": 529,
-                            "terminal_reason": "api_error"}) == [
-        ("result: success is_error=True turns=1 cost=$0.0000 api_error_status=529 "
-         "terminal_reason=api_error")]
+    assert summarize_event(
+        {
+            "type": "assistant",
+            "message": {
+                "content": [
+                    {"type": "text", "text": "a\n  b"},
+                    {"type": "tool_use", "name": "Bash", "input": {"command": "pytest -q", "x": 1}},
+                    {
+                        "type": "tool_use",
+                        "name": "Write",
+                        "input": {"file_path": "/r/a.py", "content": "x"},
+                    },
+                ]
+            },
+        }
+    ) == ["assistant: a b", "tool Bash: pytest -q", "tool Write: /r/a.py"]
+    assert summarize_event(
+        {
+            "type": "user",
+            "message": {
+                "content": [
+                    {
+                        "type": "tool_result",
+                        "is_error": True,
+                        "content": [{"type": "text", "text": "denied"}],
+                    }
+                ]
+            },
+        }
+    ) == ["tool result (error): denied"]
+    assert summarize_event(
+        {
+            "type": "result",
+            "subtype": "success",
+            "is_error": True,
+            "num_turns": 1,
+            "total_cost_usd": 0,
+            "api_error_status": 529,
+            "terminal_reason": "api_error",
+        }
+    ) == [
+        (
+            "result: success is_error=True turns=1 cost=$0.0000 api_error_status=529 "
+            "terminal_reason=api_error"
+        )
+    ]
     assert summarize_event({"type": "stream_event", "event": {}}) == []
-    long = summarize_event({"type": "assistant", "message": {"content": [
-        {"type": "text", "text": "x" * 5000}]}})[0]
+    long = summarize_event(
+        {"type": "assistant", "message": {"content": [{"type": "text", "text": "x" * 5000}]}}
+    )[0]
     assert len(long) < 400
 
 
 def test_stream_summary_prefers_the_result_text_and_falls_back_to_assistant_text():
-    lines = [json.dumps({"type": "system", "subtype": "init", "session_id": "s"}),
-             json.dumps({"type": "system", "subtype": "api_retry", "error_status": 529}),
-             json.dumps({"type": "assistant", "message": {"content": [
-                 {"type": "text", "text": "part one"}, {"type": "tool_use", "name": "Bash"}]}}),
-             "not json", "[1, 2]"]
+    lines = [
+        json.dumps({"type": "system", "subtype": "init", "session_id": "s"}),
+        json.dumps({"type": "system", "subtype": "api_retry", "error_status": 529}),
+        json.dumps(
+            {
+                "type": "assistant",
+                "message": {
+                    "content": [
+                        {"type": "text", "text": "part one"},
+                        {"type": "tool_use", "name": "Bash"},
+                    ]
+                },
+            }
+        ),
+        "not json",
+        "[1, 2]",
+    ]
     s = StreamSummary.parse("\n".join(lines))
     assert s.result is None and s.output() == "part one" and s.tool_uses == 1
     assert s.other_lines == ["not json", "[1, 2]"] and len(s.api_retries) == 1
@@ -249,26 +323,56 @@ def test_stream_summary_prefers_the_result_text_and_falls_back_to_assistant_text
     assert s.output() == "R"
 
 
-def outcome_of(result: dict[str, Any] | None, *, exit_code: int = 1, attempt: int = 1,
-               backoff: float = 10.0, stopped: dict[str, Any] | None = None):
-    agent = ClaudeAgent(ClaudeAgentConfig(retry_backoff_seconds=backoff, max_turns=3,
-                                          max_budget_usd=0.5))
+def outcome_of(
+    result: dict[str, Any] | None,
+    *,
+    exit_code: int = 1,
+    attempt: int = 1,
+    backoff: float = 10.0,
+    stopped: dict[str, Any] | None = None,
+):
+    agent = ClaudeAgent(
+        ClaudeAgentConfig(retry_backoff_seconds=backoff, max_turns=3, max_budget_usd=0.5)
+    )
     eff = effective_settings(agent.config, ClaudeSpecSettings())
-    res = SimpleNamespace(exit_code=exit_code, timed_out=False, cancelled=bool(stopped),
-                          stdout="", stderr="", duration_s=1.0, killed_pids=[], pid=1)
+    res = SimpleNamespace(
+        exit_code=exit_code,
+        timed_out=False,
+        cancelled=bool(stopped),
+        stdout="",
+        stderr="",
+        duration_s=1.0,
+        killed_pids=[],
+        pid=1,
+    )
     summary = StreamSummary(result=result)
-    req = AgentRequest(task_id="1", prompt="p", prompt_file="p", workdir=".", spec_dir=".",
-                       timeout_seconds=1, attempt=attempt)
+    req = AgentRequest(
+        task_id="1",
+        prompt="p",
+        prompt_file="p",
+        workdir=".",
+        spec_dir=".",
+        timeout_seconds=1,
+        attempt=attempt,
+    )
     run = agent._outcome(req, eff, res, summary, stopped or {})
-    parsed = parse_worker_output(run.output, exit_code=run.exit_code, timed_out=run.timed_out,
-                                 signals=run.signals)
+    parsed = parse_worker_output(
+        run.output, exit_code=run.exit_code, timed_out=run.timed_out, signals=run.signals
+    )
     return run, parsed
 
 
 def api_error(status: int | None, text: str = "API Error") -> dict[str, Any]:
-    return {"type": "result", "subtype": "success", "is_error": True, "num_turns": 1,
-            "api_error_status": status, "terminal_reason": "api_error", "result": text,
-            "total_cost_usd": 0}
+    return {
+        "type": "result",
+        "subtype": "success",
+        "is_error": True,
+        "num_turns": 1,
+        "api_error_status": status,
+        "terminal_reason": "api_error",
+        "result": text,
+        "total_cost_usd": 0,
+    }
 
 
 @pytest.mark.parametrize("status", [429, 529, 500, None])
@@ -295,21 +399,39 @@ def test_authentication_errors_are_final_with_a_message_naming_the_key(status):
 
 
 def test_authentication_stop_on_first_retry_event_is_final_and_not_a_kill():
-    run, parsed = outcome_of(None, exit_code=None,
-                             stopped={"reason": "authentication_failed", "status": 401})
+    run, parsed = outcome_of(
+        None, exit_code=None, stopped={"reason": "authentication_failed", "status": 401}
+    )
     assert run.final and run.exit_code == 1 and run.info["api_error_status"] == 401
     assert "authentication failed (HTTP 401)" in parsed.reason
     assert "killed" not in parsed.reason
 
 
-@pytest.mark.parametrize("result, words", [
-    (api_error(404, "model not found"), "HTTP 404"),
-    ({"type": "result", "subtype": "error_max_turns", "is_error": True,
-      "terminal_reason": "max_turns", "errors": ["Reached maximum number of turns (3)"]},
-     "max_turns (3)"),
-    ({"type": "result", "subtype": "error_max_budget_usd", "is_error": True,
-      "terminal_reason": "budget_exhausted"}, "max_budget_usd (0.5)"),
-])
+@pytest.mark.parametrize(
+    "result, words",
+    [
+        (api_error(404, "model not found"), "HTTP 404"),
+        (
+            {
+                "type": "result",
+                "subtype": "error_max_turns",
+                "is_error": True,
+                "terminal_reason": "max_turns",
+                "errors": ["Reached maximum number of turns (3)"],
+            },
+            "max_turns (3)",
+        ),
+        (
+            {
+                "type": "result",
+                "subtype": "error_max_budget_usd",
+                "is_error": True,
+                "terminal_reason": "budget_exhausted",
+            },
+            "max_budget_usd (0.5)",
+        ),
+    ],
+)
 def test_request_errors_turn_and_budget_limits_are_final(result, words):
     run, parsed = outcome_of(result)
     assert run.final and run.retry_after_s is None
@@ -327,9 +449,9 @@ def test_is_error_not_subtype_decides():
 # --------------------------------------------------------------------------- real CLI
 
 
-async def test_cancelling_the_agent_kills_the_cli_and_its_bash_children(tmp_path, claude_cli,
-                                                                        model_server,
-                                                                        monkeypatch):
+async def test_cancelling_the_agent_kills_the_cli_and_its_bash_children(
+    tmp_path, claude_cli, model_server, monkeypatch
+):
     monkeypatch.setenv("ANTHROPIC_BASE_URL", model_server.base_url)
     monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-ant-cancel-" + uuid.uuid4().hex)
     (tmp_path / "otmp").mkdir()
@@ -355,22 +477,24 @@ async def test_cancelling_the_agent_kills_the_cli_and_its_bash_children(tmp_path
     assert [p for p in (tmp_path / "otmp").iterdir()] == []  # private dirs removed
 
 
-async def test_real_cli_with_is_sandbox_and_bypass_runs_as_root(tmp_path, claude_cli,
-                                                                model_server, monkeypatch):
+async def test_real_cli_with_is_sandbox_and_bypass_runs_as_root(
+    tmp_path, claude_cli, model_server, monkeypatch
+):
     if os.geteuid() != 0:
         pytest.skip("the IS_SANDBOX rule applies to root")
     monkeypatch.setenv("ANTHROPIC_BASE_URL", model_server.base_url)
     monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-ant-sbx-" + uuid.uuid4().hex)
-    run = await make_agent({"kind": "claude", "permission_mode": "bypassPermissions",
-                            "env": {"IS_SANDBOX": "1"}}).run(
-        request(tmp_path, "- **ID**: b1\nspecwave-scenario: write-and-pass"))
+    run = await make_agent(
+        {"kind": "claude", "permission_mode": "bypassPermissions", "env": {"IS_SANDBOX": "1"}}
+    ).run(request(tmp_path, "- **ID**: b1\nspecwave-scenario: write-and-pass"))
     assert run.exit_code == 0, run.stderr_tail
     assert run.info["permission_mode"] == "bypassPermissions"
     assert (tmp_path / "repo" / "specwave_demo_b1.txt").is_file()
 
 
 async def test_overload_after_cli_retries_is_retried_by_the_worker_after_the_backoff(
-        tmp_path, claude_cli, model_server, monkeypatch):
+    tmp_path, claude_cli, model_server, monkeypatch
+):
     """With the CLI's own retries off, a 529 ends the attempt: the worker waits the jittered
     back-off, then retries (each new CLI conversation meets the 529 again, so: 2 crashes)."""
     from flows.execute_spec import execute_spec
@@ -381,11 +505,19 @@ async def test_overload_after_cli_retries_is_retried_by_the_worker_after_the_bac
     spec = write_spec(tmp_path / "spec", [task("o", "overloaded-then-pass")])
     (tmp_path / "repo").mkdir()
     tag = uuid.uuid4().hex
-    state = await execute_spec(str(spec), agent={"kind": "claude", "api_retries": 0,
-                                                 "retry_backoff_seconds": 2,
-                                                 "env": {TAG_ENV: tag}},
-                               repo=str(tmp_path / "repo"), timeout_seconds=60, retries=1,
-                               return_state=True)
+    state = await execute_spec(
+        str(spec),
+        agent={
+            "kind": "claude",
+            "api_retries": 0,
+            "retry_backoff_seconds": 2,
+            "env": {TAG_ENV: tag},
+        },
+        repo=str(tmp_path / "repo"),
+        timeout_seconds=60,
+        retries=1,
+        return_state=True,
+    )
     result = await state.result(raise_on_failure=False)
     assert result["tasks"]["o"]["outcome"] == "crashed"
     recs = attempts(spec, result["run_id"], "o")

@@ -23,9 +23,16 @@ def demo_env(tmp_path: Path) -> dict[str, str]:
     from prefect.settings import PREFECT_API_URL
 
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "ANTHROPIC_"))}
-    env.update({"PREFECT_API_URL": PREFECT_API_URL.value(), "PREFECT_HOME": str(tmp_path / "ph"),
-                "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DO_NOT_TRACK": "1",
-                "PYTHONPATH": str(ROOT), "COLUMNS": "200"})
+    env.update(
+        {
+            "PREFECT_API_URL": PREFECT_API_URL.value(),
+            "PREFECT_HOME": str(tmp_path / "ph"),
+            "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+            "DO_NOT_TRACK": "1",
+            "PYTHONPATH": str(ROOT),
+            "COLUMNS": "200",
+        }
+    )
     return env
 
 
@@ -34,8 +41,14 @@ def test_demo_runs_the_spec_with_claude_code_and_the_scripted_model(tmp_path):
     real_key = "sk-ant-real-looking-" + os.urandom(8).hex()
     env["ANTHROPIC_API_KEY"] = real_key  # must never be used (nor written) by the demo
     work = tmp_path / "demo"
-    proc = subprocess.run([*specwave_argv(), "demo", "--workdir", str(work), "--seconds", "0.1"],
-                          env=env, capture_output=True, text=True, timeout=600, check=False)
+    proc = subprocess.run(
+        [*specwave_argv(), "demo", "--workdir", str(work), "--seconds", "0.1"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
     out = proc.stdout
     assert proc.returncode == 0, proc.stderr[-3000:] + out[-3000:]
     assert "SCRIPTED" in out and "not a model" in out
@@ -47,13 +60,21 @@ def test_demo_runs_the_spec_with_claude_code_and_the_scripted_model(tmp_path):
     repo = work / "repo"
     doc = json.loads((repo / DEMO_SPEC / "tasks.json").read_text())
     parents = {t["id"]: t for t in doc["tasks"] if t["type"] == "parent"}
-    assert {tid: t["status"] for tid, t in parents.items()} == {str(i): "pass"
-                                                                for i in range(1, 6)}
-    assert parents["4"]["artifacts"]["exports_added"] == ["slugify", "word_count", "top_words",
-                                                          "truncate"]
+    assert {tid: t["status"] for tid, t in parents.items()} == {str(i): "pass" for i in range(1, 6)}
+    assert parents["4"]["artifacts"]["exports_added"] == [
+        "slugify",
+        "word_count",
+        "top_words",
+        "truncate",
+    ]
     # The scripted model's code is really there and really works.
-    run = subprocess.run([sys.executable, "-m", "textkit", "slug", "Hello Demo"], cwd=repo,
-                         capture_output=True, text=True, check=True)
+    run = subprocess.run(
+        [sys.executable, "-m", "textkit", "slug", "Hello Demo"],
+        cwd=repo,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     assert run.stdout.strip() == "hello-demo"
     # The demo's own scripts never reach the user's repository.
     assert not (repo / "scripted-model.json").exists()
@@ -70,9 +91,14 @@ def test_real_model_without_credentials_is_refused(tmp_path):
     env = demo_env(tmp_path)
     for k in ("CLAUDE_CODE_OAUTH_TOKEN", "CLAUDE_CODE_USE_BEDROCK", "CLAUDE_CODE_USE_VERTEX"):
         env.pop(k, None)
-    proc = subprocess.run([*specwave_argv(), "demo", "--real-model", "--workdir",
-                           str(tmp_path / "d")], env=env, capture_output=True, text=True,
-                          timeout=120, check=False)
+    proc = subprocess.run(
+        [*specwave_argv(), "demo", "--real-model", "--workdir", str(tmp_path / "d")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     assert proc.returncode == 2
     assert "export ANTHROPIC_API_KEY" in proc.stderr
     assert not (tmp_path / "d").exists()
@@ -80,8 +106,23 @@ def test_real_model_without_credentials_is_refused(tmp_path):
 
 def test_simulated_demo_still_runs(tmp_path):
     env = demo_env(tmp_path)
-    proc = subprocess.run([*specwave_argv(), "demo", "--simulated", "--example", "small-feature",
-                           "--seconds", "0.1", "--workdir", str(tmp_path / "s")], env=env,
-                          capture_output=True, text=True, timeout=600, check=False)
+    proc = subprocess.run(
+        [
+            *specwave_argv(),
+            "demo",
+            "--simulated",
+            "--example",
+            "small-feature",
+            "--seconds",
+            "0.1",
+            "--workdir",
+            str(tmp_path / "s"),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "simulated agent" in proc.stdout and "small-feature: success" in proc.stdout

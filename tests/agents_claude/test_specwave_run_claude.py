@@ -41,13 +41,16 @@ async def flow_logs(flow_run_id: str) -> list[str]:
     async with get_client() as client:
         logs = await client.read_logs(
             log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[UUID(flow_run_id)])),
-            limit=200)
+            limit=200,
+        )
         out = [entry.message for entry in logs]
         offset = len(logs)
         while len(logs) == 200:
             logs = await client.read_logs(
                 log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[UUID(flow_run_id)])),
-                limit=200, offset=offset)
+                limit=200,
+                offset=offset,
+            )
             out += [entry.message for entry in logs]
             offset += len(logs)
         return out
@@ -62,8 +65,10 @@ async def flow_artifacts(flow_run_id: str) -> dict[str, Any]:
     async with get_client() as client:
         arts = await client.read_artifacts(
             artifact_filter=ArtifactFilter(
-                flow_run_id=ArtifactFilterFlowRunId(any_=[UUID(flow_run_id)])),
-            sort=ArtifactSort.CREATED_DESC)
+                flow_run_id=ArtifactFilterFlowRunId(any_=[UUID(flow_run_id)])
+            ),
+            sort=ArtifactSort.CREATED_DESC,
+        )
     out: dict[str, Any] = {}
     for a in arts:
         out.setdefault(a.key, a)
@@ -81,8 +86,11 @@ def every_file_text(*roots: Path) -> dict[Path, bytes]:
 
 MIXED = [
     task("1", "write-and-pass", write="src/made_by_claude.py"),
-    task("2", "bash-test-pass",
-         test_command="python -c \"open('bash_ran.txt','w').write('ok'); print('3 passed')\""),
+    task(
+        "2",
+        "bash-test-pass",
+        test_command="python -c \"open('bash_ran.txt','w').write('ok'); print('3 passed')\"",
+    ),
     task("3", "report-fail"),
     task("4", "no-json"),
     task("5", "denied-pass"),
@@ -98,8 +106,9 @@ async def test_scenarios_through_specwave_run(tmp_path, specwave_run):
     tmpdir = tmp_path / "orchestrator-tmp"
     tmpdir.mkdir()
     specwave_run.env.update({"HOME": str(home), "TMPDIR": str(tmpdir)})
-    code, result, err = specwave_run(spec, "--timeout", "120", "-j", "4",
-                                     "--max-turns", "6", "--max-budget-usd", "5")
+    code, result, err = specwave_run(
+        spec, "--timeout", "120", "-j", "4", "--max-turns", "6", "--max-budget-usd", "5"
+    )
     assert result is not None, err[-3000:]
     assert code == 1, err[-3000:]
     run_id = result["run_id"]
@@ -107,11 +116,11 @@ async def test_scenarios_through_specwave_run(tmp_path, specwave_run):
     assert {t: (v["status"], v["outcome"], v["attempts"]) for t, v in tasks.items()} == {
         "1": ("pass", "pass", 1),
         "2": ("pass", "pass", 1),
-        "3": ("fail", "fail", 1),          # the worker's own verdict: final
-        "4": ("fail", "parse_error", 2),   # no json block: retried once
-        "5": ("fail", "fail", 1),          # claimed pass + permission denial
-        "6": ("pass", "pass", 1),          # 529 retried by the CLI, then pass
-        "7": ("fail", "crashed", 1),       # authentication: final, not retried
+        "3": ("fail", "fail", 1),  # the worker's own verdict: final
+        "4": ("fail", "parse_error", 2),  # no json block: retried once
+        "5": ("fail", "fail", 1),  # claimed pass + permission denial
+        "6": ("pass", "pass", 1),  # 529 retried by the CLI, then pass
+        "7": ("fail", "crashed", 1),  # authentication: final, not retried
     }
     assert tasks["3"]["blocker"] == "scripted failure: the required API does not exist"
     assert tasks["5"]["blocker"] == "claimed pass but permission denied for Write"
@@ -121,8 +130,11 @@ async def test_scenarios_through_specwave_run(tmp_path, specwave_run):
 
     # The work really happened in the repository (and the denied write did not).
     repo = specwave_run.repo
-    assert (repo / "src" / "made_by_claude.py").read_text().startswith(
-        "specwave demo output for task 1")
+    assert (
+        (repo / "src" / "made_by_claude.py")
+        .read_text()
+        .startswith("specwave demo output for task 1")
+    )
     assert (repo / "bash_ran.txt").read_text() == "ok"
     assert not (repo / ".git" / "specwave_denied_5").exists()
 
@@ -141,7 +153,8 @@ async def test_scenarios_through_specwave_run(tmp_path, specwave_run):
         assert info["peak_rss_mb"] and info["peak_rss_mb"] > 1
         assert Path(info["stream_log"]).is_file()
     assert [(r["error_status"], r["error"]) for r in recs["6"][0]["info"]["api_retries"]] == [
-        (529, "overloaded")]
+        (529, "overloaded")
+    ]
     assert recs["2"][0]["result"]["test_results"] == {"ran": 1, "passed": 1, "failed": 0}
     assert "3 passed" in recs["2"][0]["result"]["notes"]
     denial = recs["5"][0]["info"]["permission_denials"]
@@ -169,8 +182,11 @@ async def test_scenarios_through_specwave_run(tmp_path, specwave_run):
     assert rows["1"]["cost_usd"] > 0 and rows["1"]["turns"] == 2
     assert rows["6"]["cost_usd"] > 0 and rows["6"]["turns"] == 2
     summary = arts[next(k for k in arts if k.endswith("-summary"))].data
-    total = sum((r[0]["info"].get("total_cost_usd") or 0) + sum(
-        (a["info"].get("total_cost_usd") or 0) for a in r[1:]) for r in recs.values())
+    total = sum(
+        (r[0]["info"].get("total_cost_usd") or 0)
+        + sum((a["info"].get("total_cost_usd") or 0) for a in r[1:])
+        for r in recs.values()
+    )
     assert f"| total_cost_usd | {total:.4f} |" in summary
 
     # The API key: nowhere we write, nowhere in Prefect.
@@ -189,12 +205,14 @@ async def test_scenarios_through_specwave_run(tmp_path, specwave_run):
 
 
 @pytest.mark.parametrize("scenario", ["hang", "bash-hang"])
-async def test_hang_is_killed_retried_with_double_timeout_then_timeout(tmp_path, specwave_run,
-                                                                       scenario):
+async def test_hang_is_killed_retried_with_double_timeout_then_timeout(
+    tmp_path, specwave_run, scenario
+):
     spec = write_spec(tmp_path / "spec", [task("h", scenario)])
     started = time.monotonic()
-    code, result, err = specwave_run(spec, "--timeout", "6", "--agent-json",
-                                     json.dumps({"kind": "claude", "grace_seconds": 2}))
+    code, result, err = specwave_run(
+        spec, "--timeout", "6", "--agent-json", json.dumps({"kind": "claude", "grace_seconds": 2})
+    )
     wall = time.monotonic() - started
     assert result is not None, err[-3000:]
     assert code == 1
@@ -215,8 +233,9 @@ async def test_hang_is_killed_retried_with_double_timeout_then_timeout(tmp_path,
 
 async def test_four_workers_of_one_wave_run_at_once(tmp_path, specwave_run, model_server):
     sleep = 4.0
-    spec = write_spec(tmp_path / "spec", [task(f"w{i}", "slow-pass", sleep=str(sleep))
-                                          for i in range(4)])
+    spec = write_spec(
+        tmp_path / "spec", [task(f"w{i}", "slow-pass", sleep=str(sleep)) for i in range(4)]
+    )
     code, result, err = specwave_run(spec, "-j", "4", "--timeout", "120")
     assert result is not None, err[-3000:]
     assert code == 0, err[-3000:]
@@ -228,9 +247,14 @@ async def test_four_workers_of_one_wave_run_at_once(tmp_path, specwave_run, mode
     earliest_end = min(r["ended"] for r in recs)
     assert latest_start < earliest_end, "the four workers did not overlap"
     assert m["wall_seconds"] < 4 * sleep
-    firsts = [r for r in model_server.requests if r["scenario"] == "slow-pass"
-              and r["turn"] == 0 and r["status"] == 200
-              and r["task_id"] in {"w0", "w1", "w2", "w3"}]
+    firsts = [
+        r
+        for r in model_server.requests
+        if r["scenario"] == "slow-pass"
+        and r["turn"] == 0
+        and r["status"] == 200
+        and r["task_id"] in {"w0", "w1", "w2", "w3"}
+    ]
     assert len(firsts) >= 4
     for i in range(4):
         assert (specwave_run.repo / f"specwave_demo_w{i}.txt").is_file()

@@ -15,8 +15,9 @@ ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "examples"
 
 
-def fake_agent(trace: Path, *, sleep: float = 0.0, plan: dict[str, str] | None = None,
-               default: str = "pass") -> dict[str, Any]:
+def fake_agent(
+    trace: Path, *, sleep: float = 0.0, plan: dict[str, str] | None = None, default: str = "pass"
+) -> dict[str, Any]:
     """A command-agent config running tests/fixtures/agents/fake_agent.py."""
     return fake_config(trace, plan, default, sleep)
 

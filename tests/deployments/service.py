@@ -22,9 +22,16 @@ from pathlib import Path
 import psutil
 
 #: Settings of the test's shell that must not leak into the server or its clients.
-DROP = ("PREFECT_API_URL", "PREFECT_API_KEY", "PREFECT_PROFILE", "PREFECT_UI_API_URL",
-        "PREFECT_SERVER_API_PORT", "PREFECT_HOME", "PREFECT_API_DATABASE_CONNECTION_URL",
-        "PREFECT_SERVER_DATABASE_CONNECTION_URL")
+DROP = (
+    "PREFECT_API_URL",
+    "PREFECT_API_KEY",
+    "PREFECT_PROFILE",
+    "PREFECT_UI_API_URL",
+    "PREFECT_SERVER_API_PORT",
+    "PREFECT_HOME",
+    "PREFECT_API_DATABASE_CONNECTION_URL",
+    "PREFECT_SERVER_DATABASE_CONNECTION_URL",
+)
 
 
 def free_port() -> int:
@@ -36,14 +43,26 @@ def free_port() -> int:
 class PrefectProcess:
     """One started CLI process (own session), its log, and a pid-based stop."""
 
-    def __init__(self, argv: list[str], env: dict[str, str], log: Path, cwd: Path | None = None,
-                 terms: int = 1):
+    def __init__(
+        self,
+        argv: list[str],
+        env: dict[str, str],
+        log: Path,
+        cwd: Path | None = None,
+        terms: int = 1,
+    ):
         self.argv = argv
         self.log_path = log
         self.terms = terms
         self._log = open(log, "wb")  # noqa: SIM115 - open for the process's lifetime
-        self.proc = subprocess.Popen(argv, env=env, cwd=cwd, stdout=self._log,
-                                     stderr=subprocess.STDOUT, start_new_session=True)
+        self.proc = subprocess.Popen(
+            argv,
+            env=env,
+            cwd=cwd,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         self.pid = self.proc.pid
 
     def log(self, lines: int = 40) -> str:
@@ -89,28 +108,42 @@ class PrefectServer(PrefectProcess):
         self.url = f"http://127.0.0.1:{self.port}"
         self.api_url = f"{self.url}/api"
         env = {k: v for k, v in os.environ.items() if k not in DROP}
-        env.update({
-            "PREFECT_HOME": str(home),
-            "PREFECT_API_URL": self.api_url,
-            "PREFECT_UI_API_URL": self.api_url,
-            "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-            "DO_NOT_TRACK": "1",
-            "PREFECT_WORKER_QUERY_SECONDS": "1",
-            "PREFECT_LOGGING_LEVEL": "INFO",
-        })
+        env.update(
+            {
+                "PREFECT_HOME": str(home),
+                "PREFECT_API_URL": self.api_url,
+                "PREFECT_UI_API_URL": self.api_url,
+                "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+                "DO_NOT_TRACK": "1",
+                "PREFECT_WORKER_QUERY_SECONDS": "1",
+                "PREFECT_LOGGING_LEVEL": "INFO",
+            }
+        )
         env.update(extra_env or {})
         self.env = env
         self.started = time.monotonic()
-        super().__init__([sys.executable, "-m", "prefect", "server", "start", "--host",
-                          "127.0.0.1", "--port", str(self.port)], env, home / "server.log")
+        super().__init__(
+            [
+                sys.executable,
+                "-m",
+                "prefect",
+                "server",
+                "start",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+            ],
+            env,
+            home / "server.log",
+        )
         self.startup_seconds: float | None = None
 
     def wait_healthy(self, timeout: float = 120.0) -> float:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if not self.alive():
-                raise RuntimeError(f"prefect server exited ({self.proc.returncode}):\n"
-                                   f"{self.log()}")
+                raise RuntimeError(f"prefect server exited ({self.proc.returncode}):\n{self.log()}")
             try:
                 with urllib.request.urlopen(f"{self.api_url}/health", timeout=2) as r:
                     if r.status == 200:
@@ -123,11 +156,27 @@ class PrefectServer(PrefectProcess):
 
     def worker(self, pool: str, name: str, log: Path) -> PrefectProcess:
         """``prefect worker start --pool POOL`` (polls every second; stops on 2 SIGTERMs)."""
-        return PrefectProcess([sys.executable, "-m", "prefect", "worker", "start", "--pool",
-                               pool, "--name", name], self.env, log, terms=2)
+        return PrefectProcess(
+            [sys.executable, "-m", "prefect", "worker", "start", "--pool", pool, "--name", name],
+            self.env,
+            log,
+            terms=2,
+        )
 
-    def cli(self, *argv: str, cwd: Path | None = None, timeout: float = 180,
-            env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    def cli(
+        self,
+        *argv: str,
+        cwd: Path | None = None,
+        timeout: float = 180,
+        env: dict[str, str] | None = None,
+    ) -> subprocess.CompletedProcess:
         """Run a command against this server (its env), capturing output."""
-        return subprocess.run(list(argv), cwd=cwd, env={**self.env, **(env or {})},
-                              capture_output=True, text=True, timeout=timeout, check=False)
+        return subprocess.run(
+            list(argv),
+            cwd=cwd,
+            env={**self.env, **(env or {})},
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )

@@ -34,8 +34,11 @@ async def _wait_paused(spec: Path, flow_task: asyncio.Task, timeout: float = 120
     async with get_client() as client:
         while time.monotonic() < deadline:
             assert not flow_task.done(), "the flow ended instead of pausing"
-            runs = await client.read_flow_runs(flow_run_filter=FlowRunFilter(
-                state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.PAUSED]))))
+            runs = await client.read_flow_runs(
+                flow_run_filter=FlowRunFilter(
+                    state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.PAUSED]))
+                )
+            )
             for fr in runs:
                 if fr.parameters.get("spec_folder") == str(spec):
                     return fr
@@ -45,9 +48,12 @@ async def _wait_paused(spec: Path, flow_task: asyncio.Task, timeout: float = 120
 
 async def _table(flow_run_id: UUID, key: str) -> list[dict]:
     async with get_client() as client:
-        arts = await client.read_artifacts(artifact_filter=ArtifactFilter(
-            flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id]),
-            key=ArtifactFilterKey(any_=[key])))
+        arts = await client.read_artifacts(
+            artifact_filter=ArtifactFilter(
+                flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id]),
+                key=ArtifactFilterKey(any_=[key]),
+            )
+        )
     latest = max(arts, key=lambda a: a.created)
     data = latest.data if isinstance(latest.data, list) else json.loads(latest.data)
     return data
@@ -55,11 +61,19 @@ async def _table(flow_run_id: UUID, key: str) -> list[dict]:
 
 async def _specwave(*argv: str) -> subprocess.CompletedProcess:
     """The specwave CLI in a subprocess, talking to this session's Prefect API."""
-    env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value(),
-           "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    env = {
+        **os.environ,
+        "PREFECT_API_URL": PREFECT_API_URL.value(),
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    }
     return await asyncio.to_thread(
-        subprocess.run, [sys.executable, "-c", "from flows.cli import main; main()", *argv],
-        env=env, capture_output=True, text=True, timeout=120)
+        subprocess.run,
+        [sys.executable, "-c", "from flows.cli import main; main()", *argv],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def _statuses(spec: Path) -> dict[str, str]:
@@ -76,9 +90,15 @@ async def _resume(flow_run_id: UUID, answer: dict) -> None:
 async def test_pause_after_each_wave_then_continue(spec_copy, tmp_path):
     spec = spec_copy("small-feature")
     trace = tmp_path / "trace.jsonl"
-    flow = asyncio.create_task(execute_spec(
-        spec_folder=str(spec), agent=fake_agent(trace), repo=str(tmp_path),
-        approve_waves=True, return_state=True))
+    flow = asyncio.create_task(
+        execute_spec(
+            spec_folder=str(spec),
+            agent=fake_agent(trace),
+            repo=str(tmp_path),
+            approve_waves=True,
+            return_state=True,
+        )
+    )
     paused = await _wait_paused(spec, flow)
 
     # Wave 1 (tasks 1 and 2) is done, wave 2 (task 3) has not started.
@@ -106,13 +126,18 @@ async def test_pause_after_each_wave_then_continue(spec_copy, tmp_path):
 async def test_stop_leaves_the_rest_pending(spec_copy, tmp_path):
     spec = spec_copy("small-feature")
     trace = tmp_path / "trace.jsonl"
-    flow = asyncio.create_task(execute_spec(
-        spec_folder=str(spec), agent=fake_agent(trace), repo=str(tmp_path),
-        approve_waves=True, return_state=True))
+    flow = asyncio.create_task(
+        execute_spec(
+            spec_folder=str(spec),
+            agent=fake_agent(trace),
+            repo=str(tmp_path),
+            approve_waves=True,
+            return_state=True,
+        )
+    )
     paused = await _wait_paused(spec, flow)
     # `specwave approve ID --stop --note ...` answers the form like the UI does.
-    proc = await _specwave("approve", str(paused.id), "--stop", "--note",
-                           "task 2 needs a rework")
+    proc = await _specwave("approve", str(paused.id), "--stop", "--note", "task 2 needs a rework")
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == f"{paused.id}: stop (task 2 needs a rework)"
     final = await asyncio.wait_for(flow, 120)
@@ -126,9 +151,12 @@ async def test_stop_leaves_the_rest_pending(spec_copy, tmp_path):
 
 
 async def test_approve_refuses_a_run_that_is_not_paused(spec_copy, tmp_path):
-    state = await execute_spec(spec_folder=str(spec_copy("small-feature")),
-                               agent=fake_agent(tmp_path / "t.jsonl"), repo=str(tmp_path),
-                               return_state=True)
+    state = await execute_spec(
+        spec_folder=str(spec_copy("small-feature")),
+        agent=fake_agent(tmp_path / "t.jsonl"),
+        repo=str(tmp_path),
+        return_state=True,
+    )
     assert state.is_completed()
     proc = await _specwave("approve", str(state.state_details.flow_run_id))
     assert proc.returncode == 2

@@ -19,8 +19,9 @@ async def test_env_secrets_reach_the_agent_and_never_the_disk(spec_copy, tmp_pat
     spec = spec_copy("small-feature")
     agent = fake_agent(tmp_path / "trace.jsonl", default="secret")
     agent["env_secrets"] = {"ANTHROPIC_API_KEY": block}
-    state = await execute_spec(spec_folder=str(spec), agent=agent, repo=str(tmp_path),
-                               return_state=True)
+    state = await execute_spec(
+        spec_folder=str(spec), agent=agent, repo=str(tmp_path), return_state=True
+    )
     assert state.is_completed(), state.message
     written = "\n".join(p.read_text(errors="replace") for p in spec.rglob("*") if p.is_file())
     assert "key: ***" in written  # the agent got the key (and it was redacted)

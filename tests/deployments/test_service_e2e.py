@@ -51,8 +51,10 @@ def server(tmp_path_factory):
     # The scheduler service looks for schedules to fill every 60 s by default; every 2 s here,
     # so a schedule switched on gets its runs within the test's patience.
     for attempt in range(3):  # the free port may be taken before the server binds it
-        srv = PrefectServer(tmp_path_factory.mktemp("prefect-home"),
-                            extra_env={"PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS": "2"})
+        srv = PrefectServer(
+            tmp_path_factory.mktemp("prefect-home"),
+            extra_env={"PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS": "2"},
+        )
         try:
             seconds = srv.wait_healthy()
             break
@@ -80,8 +82,17 @@ def repo(tmp_path_factory) -> Path:
 def deployed(server, repo) -> dict:
     """``specwave deploy --docker --no-build --agent-slots 2 --json`` (from the repository)."""
     started = time.monotonic()
-    proc = server.cli(*SPECWAVE, "deploy", "--docker", "--no-build",
-                      "--agent-slots", "2", "--json", cwd=repo, timeout=300)
+    proc = server.cli(
+        *SPECWAVE,
+        "deploy",
+        "--docker",
+        "--no-build",
+        "--agent-slots",
+        "2",
+        "--json",
+        cwd=repo,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     report = json.loads(proc.stdout)
     print(f"specwave deploy took {time.monotonic() - started:.1f} s")
@@ -120,9 +131,11 @@ async def wait_final(server, flow_run_id, timeout: float = 150.0, worker=None):
             if worker is not None and not worker.alive():
                 raise AssertionError(f"the worker died:\n{worker.log()}")
             await asyncio.sleep(0.5)
-    raise AssertionError(f"flow run {flow_run_id} not final after {timeout:.0f} s "
-                         f"(state {fr.state.type if fr.state else None}); worker log:\n"
-                         + (worker.log() if worker else ""))
+    raise AssertionError(
+        f"flow run {flow_run_id} not final after {timeout:.0f} s "
+        f"(state {fr.state.type if fr.state else None}); worker log:\n"
+        + (worker.log() if worker else "")
+    )
 
 
 # --------------------------------------------------------------------------- deploy
@@ -130,10 +143,16 @@ async def wait_final(server, flow_run_id, timeout: float = 150.0, worker=None):
 
 def test_deploy_created_pools_limit_and_deployments(deployed, repo):
     assert deployed["pools"] == {"specwave-process": "created", "specwave-docker": "created"}
-    assert deployed["concurrency_limit"] == {"name": "specwave-agents", "slots": 2,
-                                             "action": "created"}
-    assert deployed["deployments"] == ["execute-spec/specwave", "execute-spec/specwave-nightly",
-                                       "execute-spec/specwave-docker"]
+    assert deployed["concurrency_limit"] == {
+        "name": "specwave-agents",
+        "slots": 2,
+        "action": "created",
+    }
+    assert deployed["deployments"] == [
+        "execute-spec/specwave",
+        "execute-spec/specwave-nightly",
+        "execute-spec/specwave-docker",
+    ]
     assert deployed["repo"] == str(repo.resolve())
 
 
@@ -144,14 +163,21 @@ async def test_process_deployment_from_prefect_yaml(server, deployed, repo):
     assert pool.type == "process"
     assert dep.work_pool_name == "specwave-process"
     assert dep.entrypoint == "flows/execute_spec.py:execute_spec"
-    assert dep.pull_steps == [{"prefect.deployments.steps.set_working_directory":
-                               {"directory": str(ROOT)}}]
+    assert dep.pull_steps == [
+        {"prefect.deployments.steps.set_working_directory": {"directory": str(ROOT)}}
+    ]
     assert dep.enforce_parameter_schema is True
     assert dep.parameters["repo"] == str(repo.resolve())
     assert dep.parameters["agent"] == {"kind": "claude"}  # the key: the worker's env
     props = dep.parameter_openapi_schema["properties"]
-    assert {"spec_folder", "agent", "repo", "max_concurrency", "approve_waves",
-            "concurrency_limit"} <= set(props)
+    assert {
+        "spec_folder",
+        "agent",
+        "repo",
+        "max_concurrency",
+        "approve_waves",
+        "concurrency_limit",
+    } <= set(props)
     assert dep.parameter_openapi_schema["required"] == ["spec_folder"]
 
 
@@ -160,7 +186,8 @@ async def test_parameters_are_validated_against_the_flow_signature(server, deplo
         dep = await c.read_deployment_by_name("execute-spec/specwave")
         with pytest.raises(httpx.HTTPStatusError) as err:
             await c.create_flow_run_from_deployment(
-                dep.id, parameters={"spec_folder": "x", "max_concurrency": "many"})
+                dep.id, parameters={"spec_folder": "x", "max_concurrency": "many"}
+            )
     assert err.value.response.status_code == 409
     assert "max_concurrency" in err.value.response.text
 
@@ -176,11 +203,18 @@ async def test_worker_runs_the_deployment_end_to_end(server, deployed, worker, r
     started = time.monotonic()
     async with client(server) as c:
         dep = await c.read_deployment_by_name("execute-spec/specwave")
-        fr = await c.create_flow_run_from_deployment(dep.id, parameters={
-            "spec_folder": str(spec), "agent": agent, "concurrency_limit": "specwave-agents"})
+        fr = await c.create_flow_run_from_deployment(
+            dep.id,
+            parameters={
+                "spec_folder": str(spec),
+                "agent": agent,
+                "concurrency_limit": "specwave-agents",
+            },
+        )
     fr = await wait_final(server, fr.id, worker=worker)
-    print(f"deployment run: {time.monotonic() - started:.1f} s from creation to "
-          f"{fr.state.type.value}")
+    print(
+        f"deployment run: {time.monotonic() - started:.1f} s from creation to {fr.state.type.value}"
+    )
     assert fr.state.is_completed(), f"{fr.state.type}: {fr.state.message}\n{worker.log()}"
     assert fr.name == SPEC
     assert fr.work_pool_name == "specwave-process"
@@ -188,9 +222,11 @@ async def test_worker_runs_the_deployment_end_to_end(server, deployed, worker, r
 
     async with client(server) as c:
         task_runs = await c.read_task_runs(
-            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[fr.id])))
-        artifacts = await c.read_artifacts(artifact_filter=ArtifactFilter(
-            flow_run_id=ArtifactFilterFlowRunId(any_=[fr.id])))
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[fr.id]))
+        )
+        artifacts = await c.read_artifacts(
+            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[fr.id]))
+        )
         limit = await c.read_global_concurrency_limit_by_name("specwave-agents")
 
     # One task run per spec task (named "<id>: <description>"), plus load and plan.
@@ -219,7 +255,10 @@ async def test_worker_runs_the_deployment_end_to_end(server, deployed, worker, r
     rows = table.data if isinstance(table.data, list) else json.loads(table.data)
     assert table.type == "table"
     assert {r["id"]: (r["status"], r["attempts"]) for r in rows} == {
-        "1": ("pass", 1), "2": ("pass", 2), "3": ("pass", 1)}
+        "1": ("pass", 1),
+        "2": ("pass", 2),
+        "3": ("pass", 1),
+    }
     (summary,) = kinds[f"{SPEC}-summary"]
     assert summary.type == "markdown"
     assert "all 3 tasks passed" in summary.data
@@ -227,8 +266,7 @@ async def test_worker_runs_the_deployment_end_to_end(server, deployed, worker, r
     # The plan file on disk, and the shared limit given back.
     doc = json.loads((spec / "tasks.json").read_text())
     parents = {t["id"]: t for t in doc["tasks"] if t.get("type") != "subtask"}
-    assert {k: v["status"] for k, v in parents.items()} == {"1": "pass", "2": "pass",
-                                                             "3": "pass"}
+    assert {k: v["status"] for k, v in parents.items()} == {"1": "pass", "2": "pass", "3": "pass"}
     assert parents["2"]["attempts"] == 2
     assert limit.active_slots == 0
     assert sorted({r["task"] for r in read_trace(trace)}) == ["1", "2", "3"]
@@ -256,8 +294,7 @@ async def test_activating_the_schedule_creates_scheduled_runs(server, deployed):
             await activate_schedules("execute-spec/specwave-nightly", active=False)
     assert runs, "no scheduled run within 60 s of activating the schedule"
     assert all(r.state.is_scheduled() for r in runs)
-    assert all(r.expected_start_time.hour == 2 and r.expected_start_time.minute == 0
-               for r in runs)
+    assert all(r.expected_start_time.hour == 2 and r.expected_start_time.minute == 0 for r in runs)
 
 
 # --------------------------------------------------------------------------- docker, offline
@@ -274,11 +311,15 @@ async def test_docker_deployment_renders_offline_without_plain_secrets(server, d
         pool = await c.read_work_pool("specwave-docker")
         dep = await c.read_deployment_by_name("execute-spec/specwave-docker")
         with on(server):  # like a worker of this server (its settings go into the env)
-            cfg = await render_docker_job("execute-spec/specwave-docker", client=c, parameters={
-                **dep.parameters, "spec_folder": f"/repo/.agent-os/specs/{SPEC}"})
+            cfg = await render_docker_job(
+                "execute-spec/specwave-docker",
+                client=c,
+                parameters={**dep.parameters, "spec_folder": f"/repo/.agent-os/specs/{SPEC}"},
+            )
     assert pool.type == "docker"
-    assert dep.pull_steps == [{"prefect.deployments.steps.set_working_directory":
-                               {"directory": "/opt/specwave"}}]
+    assert dep.pull_steps == [
+        {"prefect.deployments.steps.set_working_directory": {"directory": "/opt/specwave"}}
+    ]
     assert dep.parameters["repo"] == "/repo"
     assert dep.parameters["agent"]["env_secrets"] == {"ANTHROPIC_API_KEY": "anthropic-api-key"}
 
@@ -302,8 +343,15 @@ async def test_docker_deployment_renders_offline_without_plain_secrets(server, d
 def test_deploy_without_an_api_url_says_what_to_do(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
     env.update(PREFECT_HOME=str(tmp_path), PREFECT_SERVER_ANALYTICS_ENABLED="false")
-    proc = subprocess.run([*SPECWAVE, "deploy"], env=env, cwd=tmp_path,
-                          capture_output=True, text=True, timeout=120, check=False)
+    proc = subprocess.run(
+        [*SPECWAVE, "deploy"],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     assert proc.returncode == 2
     assert "PREFECT_API_URL is not set" in proc.stderr
     assert "prefect server start" in proc.stderr

@@ -16,7 +16,8 @@ from tests.deployments.conftest import fake_agent, max_overlap, read_trace
 async def _create_limit(name: str, slots: int) -> None:
     async with get_client() as client:
         await client.create_global_concurrency_limit(
-            GlobalConcurrencyLimitCreate(name=name, limit=slots))
+            GlobalConcurrencyLimitCreate(name=name, limit=slots)
+        )
 
 
 async def _delete_limit(name: str) -> None:
@@ -34,10 +35,19 @@ async def test_two_flow_runs_share_one_limit(spec_copy, tmp_path, unique):
     repo = tmp_path / "repo"
     repo.mkdir()
     try:
-        states = await asyncio.gather(*[
-            execute_spec(spec_folder=str(s), agent=fake_agent(trace, sleep=1.5), repo=str(repo),
-                         max_concurrency=3, concurrency_limit=name, return_state=True)
-            for s in (a, b)])
+        states = await asyncio.gather(
+            *[
+                execute_spec(
+                    spec_folder=str(s),
+                    agent=fake_agent(trace, sleep=1.5),
+                    repo=str(repo),
+                    max_concurrency=3,
+                    concurrency_limit=name,
+                    return_state=True,
+                )
+                for s in (a, b)
+            ]
+        )
         async with get_client() as client:
             limit = await client.read_global_concurrency_limit_by_name(name)
         assert limit.active_slots == 0  # every slot was given back
@@ -55,9 +65,13 @@ async def test_two_flow_runs_share_one_limit(spec_copy, tmp_path, unique):
 async def test_missing_limit_fails_the_run_with_a_hint(spec_copy, tmp_path, unique):
     name = unique("no-such-limit")
     trace = tmp_path / "trace.jsonl"
-    state = await execute_spec(spec_folder=str(spec_copy("small-feature")),
-                               agent=fake_agent(trace), repo=str(tmp_path),
-                               concurrency_limit=name, return_state=True)
+    state = await execute_spec(
+        spec_folder=str(spec_copy("small-feature")),
+        agent=fake_agent(trace),
+        repo=str(tmp_path),
+        concurrency_limit=name,
+        return_state=True,
+    )
     assert state.is_failed()
     with pytest.raises(Exception) as err:
         await state.result()
@@ -83,11 +97,29 @@ async def test_run_cli_flag_occupies_the_named_limit(spec_copy, tmp_path, unique
     command = shlex.join(fake_agent(trace, sleep=0.5)["command"])
     env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value()}
     try:
-        proc = await asyncio.to_thread(subprocess.run, [
-            sys.executable, "-c", "from flows.cli import main; main()", "run",
-            str(spec_copy("small-feature")), "--command", command, "--repo", str(tmp_path),
-            "-j", "2", "--concurrency-limit", name, "--json"],
-            env=env, capture_output=True, text=True, timeout=300)
+        proc = await asyncio.to_thread(
+            subprocess.run,
+            [
+                sys.executable,
+                "-c",
+                "from flows.cli import main; main()",
+                "run",
+                str(spec_copy("small-feature")),
+                "--command",
+                command,
+                "--repo",
+                str(tmp_path),
+                "-j",
+                "2",
+                "--concurrency-limit",
+                name,
+                "--json",
+            ],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
     finally:
         await _delete_limit(name)
     assert proc.returncode == 0, proc.stderr

@@ -14,14 +14,20 @@ from tests.deployments.conftest import ROOT
 
 def test_build_image_skipped_names_the_image(monkeypatch):
     monkeypatch.setenv("SPECWAVE_SKIP_BUILD", "1")
-    assert build_image() == {"image_name": "specwave", "tag": "latest",
-                             "image": "specwave:latest", "image_id": None,
-                             "additional_tags": []}
+    assert build_image() == {
+        "image_name": "specwave",
+        "tag": "latest",
+        "image": "specwave:latest",
+        "image_id": None,
+        "additional_tags": [],
+    }
     # Unset prefect.yaml placeholders arrive empty: defaults apply.
     assert build_image(image_name="", tag="", skip="")["image"] == "specwave:latest"
     monkeypatch.delenv("SPECWAVE_SKIP_BUILD")
-    assert build_image("reg.example/team/specwave", "1.2", skip=True)["image"] == \
-        "reg.example/team/specwave:1.2"
+    assert (
+        build_image("reg.example/team/specwave", "1.2", skip=True)["image"]
+        == "reg.example/team/specwave:1.2"
+    )
 
 
 def test_build_without_a_docker_engine_says_what_to_do(monkeypatch, tmp_path):
@@ -66,7 +72,7 @@ def test_prefect_yaml_declares_the_three_deployments():
     assert docker["work_pool"]["job_variables"]["volumes"] == ["{{ $SPECWAVE_REPO }}:/repo"]
     assert list(docker["build"][0]) == ["deployments.steps.build_image"]
     # The Dockerfile the build step uses exists and installs specwave and the Claude Code CLI.
-    dockerfile = (ROOT / docker["build"][0]["deployments.steps.build_image"]["dockerfile"])
+    dockerfile = ROOT / docker["build"][0]["deployments.steps.build_image"]["dockerfile"]
     text = dockerfile.read_text()
     assert 'pip install -e ".[docker]"' in text and "/usr/local/bin/claude" in text
     assert Path(ROOT / "deployments" / "Dockerfile") == dockerfile

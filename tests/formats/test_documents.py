@@ -48,20 +48,51 @@ def put(path: Path, text: str) -> Path:
 
 
 AOS_JSON = json.dumps({"tasks": [{"id": "1", "description": "a", "status": "pending"}]})
-TM_JSON = json.dumps({"master": {"tasks": [
-    {"id": 1, "title": "a", "description": "", "status": "pending", "dependencies": [],
-     "priority": "low", "details": "", "testStrategy": ""}]}})
+TM_JSON = json.dumps(
+    {
+        "master": {
+            "tasks": [
+                {
+                    "id": 1,
+                    "title": "a",
+                    "description": "",
+                    "status": "pending",
+                    "dependencies": [],
+                    "priority": "low",
+                    "details": "",
+                    "testStrategy": "",
+                }
+            ]
+        }
+    }
+)
 AOS_SPEC = ".agent-os/specs/2025-01-01-s"
 
 CASES = [
-    Case("agent-os", AOS_SPEC, {f"{AOS_SPEC}/tasks.json": AOS_JSON},
-         f"{AOS_SPEC}/spec.md", "spec.md"),
-    Case("agent-os-md", AOS_SPEC, {f"{AOS_SPEC}/tasks.md": "## Tasks\n- [ ] 1. a\n"},
-         f"{AOS_SPEC}/spec.md", "spec.md"),
-    Case("spec-kit", "specs/001-a", {"specs/001-a/tasks.md": "- [ ] T001 a\n"},
-         "specs/001-a/plan.md", "plan.md"),
-    Case("taskmaster", ".taskmaster/tasks", {".taskmaster/tasks/tasks.json": TM_JSON},
-         ".taskmaster/docs/prd.txt", "../docs/prd.txt"),
+    Case(
+        "agent-os", AOS_SPEC, {f"{AOS_SPEC}/tasks.json": AOS_JSON}, f"{AOS_SPEC}/spec.md", "spec.md"
+    ),
+    Case(
+        "agent-os-md",
+        AOS_SPEC,
+        {f"{AOS_SPEC}/tasks.md": "## Tasks\n- [ ] 1. a\n"},
+        f"{AOS_SPEC}/spec.md",
+        "spec.md",
+    ),
+    Case(
+        "spec-kit",
+        "specs/001-a",
+        {"specs/001-a/tasks.md": "- [ ] T001 a\n"},
+        "specs/001-a/plan.md",
+        "plan.md",
+    ),
+    Case(
+        "taskmaster",
+        ".taskmaster/tasks",
+        {".taskmaster/tasks/tasks.json": TM_JSON},
+        ".taskmaster/docs/prd.txt",
+        "../docs/prd.txt",
+    ),
 ]
 IDS = [c.format for c in CASES]
 
@@ -98,8 +129,10 @@ def test_a_document_linked_from_outside_the_project_is_skipped_with_a_warning(tm
     [warning] = spec.warnings
     assert warning.severity == "warning"
     assert warning.file == display_path(link)
-    assert warning.message == (f"is a symlink to {secret.resolve()}, outside the project "
-                               f"({display_path(project.resolve())}), so it is not read")
+    assert warning.message == (
+        f"is a symlink to {secret.resolve()}, outside the project "
+        f"({display_path(project.resolve())}), so it is not read"
+    )
     assert warning.hint == "copy the file into the project, or link to a file inside it"
 
 
@@ -115,10 +148,14 @@ def test_a_relative_link_out_of_the_project_is_skipped_too(tmp_path, case):
     assert [w.file for w in spec.warnings] == [display_path(link)]
 
 
-@pytest.mark.parametrize("case, document, key", [
-    (CASES[1], f"{AOS_SPEC}/sub-specs/technical-spec.md", "sub-specs/technical-spec.md"),
-    (CASES[3], ".taskmaster/docs/prd.txt", "../docs/prd.txt"),
-], ids=["agent-os-md", "taskmaster"])
+@pytest.mark.parametrize(
+    "case, document, key",
+    [
+        (CASES[1], f"{AOS_SPEC}/sub-specs/technical-spec.md", "sub-specs/technical-spec.md"),
+        (CASES[3], ".taskmaster/docs/prd.txt", "../docs/prd.txt"),
+    ],
+    ids=["agent-os-md", "taskmaster"],
+)
 def test_a_folder_linked_from_outside_is_the_same_as_a_file(tmp_path, case, document, key):
     # the formats that read documents from a subfolder: the subfolder itself is the link
     project = tmp_path / "p"
@@ -132,7 +169,8 @@ def test_a_folder_linked_from_outside_is_the_same_as_a_file(tmp_path, case, docu
     [warning] = spec.warnings
     assert warning.file == display_path(doc)
     assert warning.message.startswith(
-        f"goes through a symlink to {(tmp_path / 'elsewhere' / doc.name).resolve()}, outside")
+        f"goes through a symlink to {(tmp_path / 'elsewhere' / doc.name).resolve()}, outside"
+    )
     # the same folder inside the project is followed
     doc.parent.unlink()
     put(project / "shared" / doc.name, "# shared\n")
@@ -196,7 +234,8 @@ def test_the_size_cap_is_the_same_for_every_format(tmp_path, case):
     spec = load_spec(folder)
     assert spec.documents == {}
     assert [w.message for w in spec.warnings] == [
-        "is larger than the 1,000,000 bytes a spec document may be, so it is not read"]
+        "is larger than the 1,000,000 bytes a spec document may be, so it is not read"
+    ]
 
 
 def test_a_document_that_is_not_utf8_is_skipped_with_a_warning(tmp_path, case):
@@ -207,7 +246,8 @@ def test_a_document_that_is_not_utf8_is_skipped_with_a_warning(tmp_path, case):
     spec = load_spec(folder)
     assert spec.documents == {}
     assert [w.message for w in spec.warnings] == [
-        "is not UTF-8 text (byte 5, line 1), so it is not read"]
+        "is not UTF-8 text (byte 5, line 1), so it is not read"
+    ]
 
 
 def test_a_dangling_link_is_no_document(tmp_path, case):
@@ -223,10 +263,16 @@ def test_a_dangling_link_is_no_document(tmp_path, case):
 # ------------------------------------------------------------------------------ the project
 
 
-@pytest.mark.parametrize("folder, project", [
-    ("p/.agent-os/specs/s", "p"), ("p/agent-os/specs/s", "p"), ("p/specs/001-a", "p"),
-    ("p/s", "p/s"), ("p/specs", "p/specs"),
-])
+@pytest.mark.parametrize(
+    "folder, project",
+    [
+        ("p/.agent-os/specs/s", "p"),
+        ("p/agent-os/specs/s", "p"),
+        ("p/specs/001-a", "p"),
+        ("p/s", "p/s"),
+        ("p/specs", "p/specs"),
+    ],
+)
 def test_the_project_of_a_spec_folder(tmp_path, folder, project):
     (tmp_path / folder).mkdir(parents=True)
     assert spec_project(tmp_path / folder) == (tmp_path / project).resolve()
@@ -244,8 +290,9 @@ def test_a_spec_folder_outside_any_layout_is_its_own_project(tmp_path):
 def test_a_tasks_md_pointer_is_looked_up_no_higher_than_the_project(tmp_path):
     # the pointer names a file that exists only above the project root: not read, and the
     # folder's own spec.md is used as when the pointer names nothing
-    folder = put(tmp_path / "p" / AOS_SPEC / "tasks.md",
-                 "See @notes/spec.md\n## Tasks\n- [ ] 1. a\n").parent
+    folder = put(
+        tmp_path / "p" / AOS_SPEC / "tasks.md", "See @notes/spec.md\n## Tasks\n- [ ] 1. a\n"
+    ).parent
     put(tmp_path / "notes" / "spec.md", SECRET)
     put(folder / "spec.md", "# own spec\n")
     spec = load_spec(folder)
@@ -255,8 +302,10 @@ def test_a_tasks_md_pointer_is_looked_up_no_higher_than_the_project(tmp_path):
 
 
 def test_a_tasks_md_pointer_linked_out_is_skipped_not_replaced(tmp_path):
-    folder = put(tmp_path / "p" / AOS_SPEC / "tasks.md",
-                 "See @.agent-os/specs/2025-01-01-s/spec.md\n## Tasks\n- [ ] 1. a\n").parent
+    folder = put(
+        tmp_path / "p" / AOS_SPEC / "tasks.md",
+        "See @.agent-os/specs/2025-01-01-s/spec.md\n## Tasks\n- [ ] 1. a\n",
+    ).parent
     (folder / "spec.md").symlink_to(put(tmp_path / "outside.md", SECRET))
     put(folder / "spec-lite.md", "# lite\n")
     spec = load_spec(folder)
@@ -271,13 +320,19 @@ def test_validate_prints_the_warning(tmp_path):
     project = tmp_path / "p"
     put(project / "specs" / "001-a" / "tasks.md", "- [ ] T001 a\n")
     (project / "specs" / "001-a" / "plan.md").symlink_to(put(tmp_path / "secret.md", SECRET))
-    result = subprocess.run([sys.executable, "-c", "from flows.cli import main; main()",
-                             "validate", "specs/001-a"], cwd=project, capture_output=True,
-                            text=True, timeout=120, check=False,
-                            env={**os.environ, "PYTHONPATH": str(ROOT)})
+    result = subprocess.run(
+        [sys.executable, "-c", "from flows.cli import main; main()", "validate", "specs/001-a"],
+        cwd=project,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
     assert result.returncode == 0, result.stderr
     assert result.stderr.splitlines() == [
         f"warning: specs/001-a/plan.md: is a symlink to {(tmp_path / 'secret.md').resolve()}, "
         "outside the project (.), so it is not read — copy the file into the project, or "
-        "link to a file inside it"]
+        "link to a file inside it"
+    ]
     assert SECRET not in result.stdout + result.stderr

@@ -25,11 +25,17 @@ async def run(path: Path, tmp_path: Path, plan: dict[str, str] | None = None, **
     repo.mkdir(parents=True, exist_ok=True)
     trace = tmp_path / "trace.jsonl"
     agent = fake_config(trace, plan)
-    state = await execute_spec(str(path), agent=agent, repo=str(repo), timeout_seconds=20,
-                               retries=0, return_state=True, **kw)
+    state = await execute_spec(
+        str(path),
+        agent=agent,
+        repo=str(repo),
+        timeout_seconds=20,
+        retries=0,
+        return_state=True,
+        **kw,
+    )
     result = await state.result(raise_on_failure=False)
-    ran = [json.loads(x)["task"] for x in trace.read_text().splitlines()] if trace.exists() \
-        else []
+    ran = [json.loads(x)["task"] for x in trace.read_text().splitlines()] if trace.exists() else []
     return result, ran
 
 
@@ -42,13 +48,27 @@ async def test_task_master(fixture_copy, tmp_path):
     assert sorted(ran) == ["2", "3", "5", "9"]
     assert result["status"] == "partial"
     assert {t: v["status"] for t, v in result["tasks"].items()} == {
-        "1": "done", "2": "pass", "3": "pass", "4": "done", "5": "fail", "8": "done",
-        "9": "pass"}
+        "1": "done",
+        "2": "pass",
+        "3": "pass",
+        "4": "done",
+        "5": "fail",
+        "8": "done",
+        "9": "pass",
+    }
     data = json.loads(path.read_bytes())
     tasks = {t["id"]: t for t in data["master"]["tasks"]}
     assert {i: t["status"] for i, t in tasks.items()} == {
-        1: "done", 2: "done", 3: "done", 4: "review", 5: "blocked", 6: "deferred",
-        7: "pending", 8: "cancelled", 9: "done"}
+        1: "done",
+        2: "done",
+        3: "done",
+        4: "review",
+        5: "blocked",
+        6: "deferred",
+        7: "pending",
+        8: "cancelled",
+        9: "done",
+    }
     assert [s["status"] for s in tasks[2]["subtasks"]] == ["done"] * 3
     assert [s["status"] for s in tasks[3]["subtasks"]] == ["done"] * 3
     # every changed line is a status value; everything else (other tag, metadata) is as it was
@@ -76,21 +96,40 @@ async def test_spec_kit(fixture_copy, tmp_path):
     assert result["status"] == "partial"
     # T012 failed: T013 waits for it and is blocked. T014 is marked done ("✅"), but the
     # next phase (T015, T016) still comes after T013 in the file, so it waits and is blocked
-    assert sorted(ran) == ["T003", "T004", "T005", "T006", "T007", "T008", "T009", "T010",
-                           "T011", "T012"]
+    assert sorted(ran) == [
+        "T003",
+        "T004",
+        "T005",
+        "T006",
+        "T007",
+        "T008",
+        "T009",
+        "T010",
+        "T011",
+        "T012",
+    ]
     after = path.read_text()
     lines = after.splitlines()
     assert "- [X] T003 [P] Configure ruff and pytest in pyproject.toml" in lines
-    assert "- [X] T011 [P] [US1] Add album fields to src/models/album.py (created_at, cover)" \
-        in lines
-    assert "- [ ] T015 [P] Documentation updates in docs/ — specwave: blocked: blocked by " \
-           "T012: tests fail" in lines
-    assert "- [ ] T016 Run quickstart.md validation — specwave: blocked: blocked by T012: " \
-           "tests fail" in lines
-    assert "- [ ] T012 [P] [US1] Create the Photo model in src/models/photo.py — specwave: " \
-           "failed: tests fail" in lines
-    assert "- [ ] T013 [US1] Implement AlbumService in src/services/album_service.py (depends " \
-           "on T010, T012) — specwave: blocked: blocked by T012: tests fail" in lines
+    assert (
+        "- [X] T011 [P] [US1] Add album fields to src/models/album.py (created_at, cover)" in lines
+    )
+    assert (
+        "- [ ] T015 [P] Documentation updates in docs/ — specwave: blocked: blocked by "
+        "T012: tests fail" in lines
+    )
+    assert (
+        "- [ ] T016 Run quickstart.md validation — specwave: blocked: blocked by T012: "
+        "tests fail" in lines
+    )
+    assert (
+        "- [ ] T012 [P] [US1] Create the Photo model in src/models/photo.py — specwave: "
+        "failed: tests fail" in lines
+    )
+    assert (
+        "- [ ] T013 [US1] Implement AlbumService in src/services/album_service.py (depends "
+        "on T010, T012) — specwave: blocked: blocked by T012: tests fail" in lines
+    )
     assert "- [ ] **T014** [US1] Implement POST /albums in src/api/albums.py ✅" in lines
 
     # a second run: the failed task passes now, notes go away, boxes get ticked
@@ -98,8 +137,21 @@ async def test_spec_kit(fixture_copy, tmp_path):
     assert result["status"] == "success"
     assert sorted(ran) == ["T012", "T013", "T015", "T016"]
     expected = before
-    for tid in ("T003", "T004", "T005", "T006", "T007", "T008", "T009", "T010", "T011", "T012",
-                "T013", "T015", "T016"):
+    for tid in (
+        "T003",
+        "T004",
+        "T005",
+        "T006",
+        "T007",
+        "T008",
+        "T009",
+        "T010",
+        "T011",
+        "T012",
+        "T013",
+        "T015",
+        "T016",
+    ):
         expected = expected.replace(f"- [ ] {tid} ", f"- [X] {tid} ", 1)
     assert path.read_text() == expected
 
@@ -118,7 +170,8 @@ async def test_agent_os_tasks_md(fixture_copy, tmp_path):
         16: "  - [x] 2.1 Write tests for send_password_reset_email",
         19: "  - [x] 2.2 Implement the template in app/templates/reset.html",
         20: "  - [x] 2.3 Verify all tests pass",
-        27: "- [ ] 4. Add the confirm endpoint — specwave: blocked: needs a decision"}
+        27: "- [ ] 4. Add the confirm endpoint — specwave: blocked: needs a decision",
+    }
     prompt = (Path(result["run_dir"]) / "tasks" / "2" / "prompt.md").read_text()
     assert "use the FakeEmailClient fixture" in prompt
     assert "spec.md, sub-specs/technical-spec.md" in prompt
@@ -131,8 +184,10 @@ async def test_agent_os_tasks_md_parallel(tmp_path, parallel, waves):
     (folder / "tasks.md").write_text("## Tasks\n- [ ] 1. a\n- [ ] 2. b\n")
     result, ran = await run(folder, tmp_path, parallel=parallel)
     assert result["status"] == "success" and sorted(ran) == ["1", "2"]
-    assert len(json.loads((Path(result["run_dir"]) / "run.json").read_text())["plan"]["waves"]) \
+    assert (
+        len(json.loads((Path(result["run_dir"]) / "run.json").read_text())["plan"]["waves"])
         == waves
+    )
     assert (folder / "tasks.md").read_text() == "## Tasks\n- [x] 1. a\n- [x] 2. b\n"
 
 

@@ -37,16 +37,19 @@ def roundtrip(fmt, text: str) -> str:
     return fmt.render(fmt.parse(text, "t.md"), text)
 
 
-@pytest.mark.parametrize("text", [
-    "- [ ] T001 a\n- [ ] T002 b\n",
-    "- [ ] T001 a\r\n- [ ] T002 b\r\n",
-    "- [ ] T001 a\r\n- [ ] T002 b\n",  # mixed endings
-    "\ufeff- [ ] T001 a\n",
-    "- [ ] T001 a",  # no final newline
-    "- [ ] T001 a\n\n\n",
-    "- [ ] T001 a\u2028still the same line\x0c\n",  # only \n ends a line
-    "- [ ] T001 a\rb\n",
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "- [ ] T001 a\n- [ ] T002 b\n",
+        "- [ ] T001 a\r\n- [ ] T002 b\r\n",
+        "- [ ] T001 a\r\n- [ ] T002 b\n",  # mixed endings
+        "\ufeff- [ ] T001 a\n",
+        "- [ ] T001 a",  # no final newline
+        "- [ ] T001 a\n\n\n",
+        "- [ ] T001 a\u2028still the same line\x0c\n",  # only \n ends a line
+        "- [ ] T001 a\rb\n",
+    ],
+)
 def test_lines_join_back_byte_for_byte(text):
     assert roundtrip(SpecKitMarkdown(), text) == text
     bom, lines = split_lines(text)
@@ -59,8 +62,10 @@ def test_tick_keeps_line_endings_bom_and_missing_final_newline():
     doc = fmt.parse(text, "t.md")
     fmt.apply(doc, TaskUpdate("T002", status="pass"))
     fmt.apply(doc, TaskUpdate("T001", status="fail", blocker="boom"))
-    assert fmt.render(doc, text) == \
-        "\ufeff# T\r\n- [ ] T001 a — specwave: failed: boom\r\n- [X] T002 b"
+    assert (
+        fmt.render(doc, text)
+        == "\ufeff# T\r\n- [ ] T001 a — specwave: failed: boom\r\n- [X] T002 b"
+    )
 
 
 def test_code_fences_and_comments_are_not_prose():
@@ -80,33 +85,39 @@ def test_an_unterminated_fence_hides_the_rest():
     assert [ln.index for ln in visible_lines(split_lines(text)[1])] == [0]
 
 
-@pytest.mark.parametrize("raw, title, done", [
-    ("**Create the model** ✅ COMPLETED", "Create the model", True),
-    ("Create the model ✅", "Create the model", True),
-    ("✅ Create the model", "Create the model", True),
-    ("Create the model (COMPLETED)", "Create the model", True),
-    ("Create the model - **DONE**", "Create the model", True),
-    ("**1. Create the model**", "1. Create the model", False),
-    ("Use **bold** inside", "Use bold inside", False),
-    ("Done", "Done", False),  # a title that is only a word is never stripped
-    ("Mark orders as done", "Mark orders as done", False),  # lower case is prose
-])
+@pytest.mark.parametrize(
+    "raw, title, done",
+    [
+        ("**Create the model** ✅ COMPLETED", "Create the model", True),
+        ("Create the model ✅", "Create the model", True),
+        ("✅ Create the model", "Create the model", True),
+        ("Create the model (COMPLETED)", "Create the model", True),
+        ("Create the model - **DONE**", "Create the model", True),
+        ("**1. Create the model**", "1. Create the model", False),
+        ("Use **bold** inside", "Use bold inside", False),
+        ("Done", "Done", False),  # a title that is only a word is never stripped
+        ("Mark orders as done", "Mark orders as done", False),  # lower case is prose
+    ],
+)
 def test_clean_title(raw, title, done):
     assert clean_title(raw) == (title, done)
 
 
-@pytest.mark.parametrize("text, paths", [
-    ("Create the User model in src/models/user.py", ["src/models/user.py"]),
-    ("Update docs/ and `README.md`", ["README.md", "docs/"]),
-    ("Edit ./src/app.ts, then src/api/routes/.", ["src/app.ts", "src/api/routes/"]),
-    ("Use Node.js and Next.js with and/or CI/CD", []),
-    ("Contract test in tests/contract/test_[name].py", []),  # template placeholder
-    ("See https://example.com/a.py and /etc/passwd and ../up.py", []),
-    ("Bump v1.2 e.g. 1.2.3 i.e. x", []),
-    ("Copy `.env.example` to `.env`", [".env.example", ".env"]),
-    ("Glob src/**/*.py", []),
-    ("(src/db/migrations.py)", ["src/db/migrations.py"]),
-])
+@pytest.mark.parametrize(
+    "text, paths",
+    [
+        ("Create the User model in src/models/user.py", ["src/models/user.py"]),
+        ("Update docs/ and `README.md`", ["README.md", "docs/"]),
+        ("Edit ./src/app.ts, then src/api/routes/.", ["src/app.ts", "src/api/routes/"]),
+        ("Use Node.js and Next.js with and/or CI/CD", []),
+        ("Contract test in tests/contract/test_[name].py", []),  # template placeholder
+        ("See https://example.com/a.py and /etc/passwd and ../up.py", []),
+        ("Bump v1.2 e.g. 1.2.3 i.e. x", []),
+        ("Copy `.env.example` to `.env`", [".env.example", ".env"]),
+        ("Glob src/**/*.py", []),
+        ("(src/db/migrations.py)", ["src/db/migrations.py"]),
+    ],
+)
 def test_find_paths(text, paths):
     assert find_paths(text) == paths
 
@@ -145,11 +156,14 @@ def test_pending_and_in_progress_leave_the_line_alone():
     assert doc.text() == text
 
 
-@pytest.mark.parametrize("text, tick", [
-    ("- [ ] T001 a\n- [x] T002 b\n- [ ] T003 c\n", "x"),
-    ("- [ ] T001 a\n- [X] T002 b\n- [ ] T003 c\n", "X"),
-    ("- [ ] T001 a\n- [ ] T002 b\n- [ ] T003 c\n", "X"),  # spec-kit's own /implement uses X
-])
+@pytest.mark.parametrize(
+    "text, tick",
+    [
+        ("- [ ] T001 a\n- [x] T002 b\n- [ ] T003 c\n", "x"),
+        ("- [ ] T001 a\n- [X] T002 b\n- [ ] T003 c\n", "X"),
+        ("- [ ] T001 a\n- [ ] T002 b\n- [ ] T003 c\n", "X"),  # spec-kit's own /implement uses X
+    ],
+)
 def test_the_tick_follows_the_file(text, tick):
     fmt = SpecKitMarkdown()
     doc = fmt.parse(text, "t.md")
@@ -158,18 +172,33 @@ def test_the_tick_follows_the_file(text, tick):
 
 
 _line = st.one_of(
-    st.sampled_from(["- [ ] T00{} task", "- [x] T00{} done", "  - nested {}", "## Phase {}",
-                     "```", "<!--", "-->", "", "text {} ✅", "- [X] T00{} [P] in a/{}.py"]),
+    st.sampled_from(
+        [
+            "- [ ] T00{} task",
+            "- [x] T00{} done",
+            "  - nested {}",
+            "## Phase {}",
+            "```",
+            "<!--",
+            "-->",
+            "",
+            "text {} ✅",
+            "- [X] T00{} [P] in a/{}.py",
+        ]
+    ),
     st.text(alphabet=st.characters(blacklist_categories=["Cs"]), max_size=20),
 )
 
 
 @settings(max_examples=200, deadline=None)
-@given(st.lists(st.tuples(_line, st.integers(0, 9), st.sampled_from(["\n", "\r\n", ""])),
-                max_size=25), st.booleans())
+@given(
+    st.lists(st.tuples(_line, st.integers(0, 9), st.sampled_from(["\n", "\r\n", ""])), max_size=25),
+    st.booleans(),
+)
 def test_random_documents_round_trip_and_edits_touch_one_line(parts, bom):
     text = ("\ufeff" if bom else "") + "".join(
-        (tpl.replace("{}", str(n)) if "{}" in tpl else tpl) + eol for tpl, n, eol in parts)
+        (tpl.replace("{}", str(n)) if "{}" in tpl else tpl) + eol for tpl, n, eol in parts
+    )
     fmt = SpecKitMarkdown()
     try:
         doc = fmt.parse(text, "t.md")

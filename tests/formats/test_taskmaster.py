@@ -27,8 +27,14 @@ from .conftest import changed_lines
 TM = ".taskmaster/tasks/tasks.json"
 
 
-def project(tmp_path: Path, data, *, text: str | None = None, state: dict | None = None,
-            legacy_place: bool = False) -> Path:
+def project(
+    tmp_path: Path,
+    data,
+    *,
+    text: str | None = None,
+    state: dict | None = None,
+    legacy_place: bool = False,
+) -> Path:
     root = tmp_path / "proj"
     path = root / ("tasks/tasks.json" if legacy_place else TM)
     path.parent.mkdir(parents=True)
@@ -39,8 +45,16 @@ def project(tmp_path: Path, data, *, text: str | None = None, state: dict | None
 
 
 def task(id, title="T", status="pending", deps=(), **kw):
-    t = {"id": id, "title": title, "description": f"about {title}", "status": status,
-         "dependencies": list(deps), "priority": "medium", "details": "", "testStrategy": ""}
+    t = {
+        "id": id,
+        "title": title,
+        "description": f"about {title}",
+        "status": status,
+        "dependencies": list(deps),
+        "priority": "medium",
+        "details": "",
+        "testStrategy": "",
+    }
     t.update(kw)
     return t
 
@@ -60,30 +74,45 @@ def test_the_tagged_fixture_maps_to_units(fixture_copy):
     units = {u.id: u for u in spec.units}
     assert list(units) == ["1", "2", "3", "4", "5", "8", "9"]  # 6 deferred, 7 waits for it
     assert {k: u.status for k, u in units.items()} == {
-        "1": TaskStatus.PASS, "2": TaskStatus.PENDING, "3": TaskStatus.IN_PROGRESS,
-        "4": TaskStatus.PASS, "5": TaskStatus.PENDING, "8": TaskStatus.SKIPPED,
-        "9": TaskStatus.BLOCKED}
+        "1": TaskStatus.PASS,
+        "2": TaskStatus.PENDING,
+        "3": TaskStatus.IN_PROGRESS,
+        "4": TaskStatus.PASS,
+        "5": TaskStatus.PENDING,
+        "8": TaskStatus.SKIPPED,
+        "9": TaskStatus.BLOCKED,
+    }
     assert units["4"].raw_status == "review"
     assert {k: u.deps for k, u in units.items()} == {
-        "1": [], "2": ["1"], "3": ["2"], "4": ["3"], "5": ["3"], "8": [], "9": ["3"]}
+        "1": [],
+        "2": ["1"],
+        "3": ["2"],
+        "4": ["3"],
+        "5": ["3"],
+        "8": [],
+        "9": ["3"],
+    }
     two = units["2"]
     assert two.description == "Set up the database layer"
-    assert two.details == ("Prisma schema and client for users and sessions.\n\n"
-                           "Use Prisma with PostgreSQL. Define User and Session models.")
+    assert two.details == (
+        "Prisma schema and client for users and sessions.\n\n"
+        "Use Prisma with PostgreSQL. Define User and Session models."
+    )
     assert two.test_strategy == "Run prisma validate and a migration against a scratch database."
     assert [(s.id, s.description, s.status) for s in two.subtasks] == [
         ("2.1", "Define the Prisma schema", TaskStatus.PASS),
         ("2.2", "Generate the client", TaskStatus.PENDING),
-        ("2.3", "Write the seed script", TaskStatus.PENDING)]
+        ("2.3", "Write the seed script", TaskStatus.PENDING),
+    ]
     assert two.subtasks[0].details == "User and Session models"
     assert units["3"].test_strategy is None  # empty testStrategy
-    assert units["3"].subtasks[2].details == ("Create a Session row\n"
-                                              "Test strategy: Unit test the handler")
+    assert units["3"].subtasks[2].details == (
+        "Create a Session row\nTest strategy: Unit test the handler"
+    )
     assert units["4"].subtasks == []  # no "subtasks" key
     assert list(spec.documents) == ["../docs/prd.txt"]
     warnings = [(w.task_id, w.message) for w in spec.warnings]
-    assert warnings == [("6", "is deferred: not run"),
-                        ("7", "waits for deferred task 6: not run")]
+    assert warnings == [("6", "is deferred: not run"), ("7", "waits for deferred task 6: not run")]
 
 
 def test_the_fixture_plans(fixture_copy):
@@ -96,8 +125,11 @@ def test_the_fixture_plans(fixture_copy):
 def test_ids_that_start_at_14_and_have_gaps(fixture_copy):
     spec = load_spec(fixture_copy("taskmaster/tagged"), tag="feature-checkout")
     assert spec.tag == "feature-checkout" and spec.name == "tagged:feature-checkout"
-    assert [(u.id, u.deps) for u in spec.units] == [("14", []), ("15", ["14"]),
-                                                     ("17", ["14", "15"])]
+    assert [(u.id, u.deps) for u in spec.units] == [
+        ("14", []),
+        ("15", ["14"]),
+        ("17", ["14", "15"]),
+    ]
     assert [w.tasks for w in plan_spec(spec).waves] == [["14"], ["15"], ["17"]]
 
 
@@ -113,23 +145,53 @@ def test_the_legacy_fixture(fixture_copy):
 
 
 def test_subtask_dependencies(tmp_path):
-    data = {"master": {"tasks": [
-        task(1), task(20),
-        task(3, subtasks=[
-            {"id": 1, "title": "a", "status": "pending", "dependencies": []},
-            {"id": 2, "title": "b", "status": "pending", "dependencies": [1]},  # sibling
-            {"id": 3, "title": "c", "status": "pending", "dependencies": ["3.2"]},  # own
-            {"id": 4, "title": "d", "status": "pending", "dependencies": ["1.1"]},  # task 1
-            {"id": 5, "title": "e", "status": "pending", "dependencies": [20]},  # task 20
-            {"id": 6, "title": "f", "status": "cancelled", "dependencies": []},
-            {"id": 7, "title": "g", "status": "pending", "dependencies": [9]}]),
-    ]}}
+    data = {
+        "master": {
+            "tasks": [
+                task(1),
+                task(20),
+                task(
+                    3,
+                    subtasks=[
+                        {"id": 1, "title": "a", "status": "pending", "dependencies": []},
+                        {
+                            "id": 2,
+                            "title": "b",
+                            "status": "pending",
+                            "dependencies": [1],
+                        },  # sibling
+                        {
+                            "id": 3,
+                            "title": "c",
+                            "status": "pending",
+                            "dependencies": ["3.2"],
+                        },  # own
+                        {
+                            "id": 4,
+                            "title": "d",
+                            "status": "pending",
+                            "dependencies": ["1.1"],
+                        },  # task 1
+                        {
+                            "id": 5,
+                            "title": "e",
+                            "status": "pending",
+                            "dependencies": [20],
+                        },  # task 20
+                        {"id": 6, "title": "f", "status": "cancelled", "dependencies": []},
+                        {"id": 7, "title": "g", "status": "pending", "dependencies": [9]},
+                    ],
+                ),
+            ]
+        }
+    }
     spec = load_spec(project(tmp_path, data))
     three = spec.units[2]
     assert three.deps == ["1", "20"]
     assert [s.id for s in three.subtasks] == ["3.1", "3.2", "3.3", "3.4", "3.5", "3.7"]
     assert [w.message for w in spec.warnings] == [
-        'subtask 3.7 depends on unknown subtask "9" (ignored)']
+        'subtask 3.7 depends on unknown subtask "9" (ignored)'
+    ]
 
 
 def test_a_dependency_on_a_subtask_depends_on_its_task(tmp_path):
@@ -137,10 +199,18 @@ def test_a_dependency_on_a_subtask_depends_on_its_task(tmp_path):
     assert spec.units[1].deps == ["1"]
 
 
-@pytest.mark.parametrize("word, status", [
-    ("pending", TaskStatus.PENDING), ("in-progress", TaskStatus.IN_PROGRESS),
-    ("done", TaskStatus.PASS), ("review", TaskStatus.PASS), ("cancelled", TaskStatus.SKIPPED),
-    ("blocked", TaskStatus.BLOCKED), ("Done", TaskStatus.PASS)])
+@pytest.mark.parametrize(
+    "word, status",
+    [
+        ("pending", TaskStatus.PENDING),
+        ("in-progress", TaskStatus.IN_PROGRESS),
+        ("done", TaskStatus.PASS),
+        ("review", TaskStatus.PASS),
+        ("cancelled", TaskStatus.SKIPPED),
+        ("blocked", TaskStatus.BLOCKED),
+        ("Done", TaskStatus.PASS),
+    ],
+)
 def test_statuses(tmp_path, word, status):
     spec = load_spec(project(tmp_path, {"master": {"tasks": [task(1, status=word)]}}))
     assert spec.units[0].status == status and spec.units[0].raw_status == word
@@ -153,8 +223,15 @@ def test_an_unknown_status_is_pending_with_a_warning(tmp_path):
 
 
 def test_a_done_task_that_depends_on_a_deferred_one_stays(tmp_path):
-    data = {"master": {"tasks": [task(1, status="deferred"), task(2, status="done", deps=[1]),
-                                 task(3, deps=[2])]}}
+    data = {
+        "master": {
+            "tasks": [
+                task(1, status="deferred"),
+                task(2, status="done", deps=[1]),
+                task(3, deps=[2]),
+            ]
+        }
+    }
     spec = load_spec(project(tmp_path, data))
     assert [(u.id, u.deps) for u in spec.units] == [("2", []), ("3", ["2"])]
 
@@ -180,16 +257,29 @@ def test_a_single_tag_that_is_not_master_is_used(tmp_path):
     assert spec.tag == "only"
 
 
-@pytest.mark.parametrize("data, tag, message", [
-    ({"master": {"tasks": [task(1)]}}, "nope", 'has no tag "nope"'),
-    ({"a": {"tasks": [task(1)]}, "b": {"tasks": [task(1)]}}, None,
-     'has several tags (a, b) and none is "master"'),
-    ({"tasks": [task(1)], "metadata": {}}, "feat",
-     'has no tag "feat": it uses the legacy layout {"tasks": [...]} with no tags'),
-    ({"master": {"tasks": []}}, None, "has no tasks in tag 'master'"),
-    ({"master": {"nothing": []}}, None,
-     'is not a Task Master tasks.json: expected {"master": {"tasks": [...]}} or {"tasks": [...]}'),
-])
+@pytest.mark.parametrize(
+    "data, tag, message",
+    [
+        ({"master": {"tasks": [task(1)]}}, "nope", 'has no tag "nope"'),
+        (
+            {"a": {"tasks": [task(1)]}, "b": {"tasks": [task(1)]}},
+            None,
+            'has several tags (a, b) and none is "master"',
+        ),
+        (
+            {"tasks": [task(1)], "metadata": {}},
+            "feat",
+            'has no tag "feat": it uses the legacy layout {"tasks": [...]} with no tags',
+        ),
+        ({"master": {"tasks": []}}, None, "has no tasks in tag 'master'"),
+        (
+            {"master": {"nothing": []}},
+            None,
+            "is not a Task Master tasks.json: "
+            'expected {"master": {"tasks": [...]}} or {"tasks": [...]}',
+        ),
+    ],
+)
 def test_tag_problems(tmp_path, data, tag, message):
     with pytest.raises(SpecError) as exc:
         load_spec(project(tmp_path, data), tag=tag)
@@ -199,16 +289,19 @@ def test_tag_problems(tmp_path, data, tag, message):
 # ------------------------------------------------------------------------------ bad input
 
 
-@pytest.mark.parametrize("tasks, messages", [
-    ([task(1), task(1)], ["duplicate task id"]),
-    ([task(1, deps=[7])], ['depends on unknown task "7"']),
-    ([task(1, deps=[None])], ["dependency null is not a task id"]),
-    ([{"title": "no id"}], ["has no usable id"]),
-    ([task(1, dependencies="2")], ['"dependencies" must be a list']),
-    ([{"id": 1, "status": "pending"}], ['has no "title"']),
-    ([task(1, subtasks=[{"title": "x"}])], ["subtask 1 has no usable id"]),
-    (["x"], ["is not an object"]),
-])
+@pytest.mark.parametrize(
+    "tasks, messages",
+    [
+        ([task(1), task(1)], ["duplicate task id"]),
+        ([task(1, deps=[7])], ['depends on unknown task "7"']),
+        ([task(1, deps=[None])], ["dependency null is not a task id"]),
+        ([{"title": "no id"}], ["has no usable id"]),
+        ([task(1, dependencies="2")], ['"dependencies" must be a list']),
+        ([{"id": 1, "status": "pending"}], ['has no "title"']),
+        ([task(1, subtasks=[{"title": "x"}])], ["subtask 1 has no usable id"]),
+        (["x"], ["is not an object"]),
+    ],
+)
 def test_bad_tasks(tmp_path, tasks, messages):
     with pytest.raises(SpecError) as exc:
         load_spec(project(tmp_path, {"master": {"tasks": tasks}}))
@@ -216,8 +309,9 @@ def test_bad_tasks(tmp_path, tasks, messages):
 
 
 def test_a_dependency_cycle_is_a_plan_error(tmp_path):
-    spec = load_spec(project(tmp_path, {"master": {"tasks": [task(1, deps=[2]),
-                                                              task(2, deps=[1])]}}))
+    spec = load_spec(
+        project(tmp_path, {"master": {"tasks": [task(1, deps=[2]), task(2, deps=[1])]}})
+    )
     assert [e.message for e in plan_spec(spec).errors] == ['dependency cycle "1" → "2" → "1"']
 
 
@@ -237,9 +331,11 @@ def test_status_write_back_changes_only_status_values(fixture_copy):
     before = path.read_bytes()
     store = PlanStore(path, document_format(spec))
     store.apply(TaskUpdate("2", status="in_progress"), run_state={"ignored": True})
-    store.apply(TaskUpdate("2", status="pass", subtasks_status="pass", clear_blocker=True),
-                TaskUpdate("5", status="fail", blocker="tests fail"),
-                TaskUpdate("9", status="blocked", blocker="dependency 5 failed"))
+    store.apply(
+        TaskUpdate("2", status="pass", subtasks_status="pass", clear_blocker=True),
+        TaskUpdate("5", status="fail", blocker="tests fail"),
+        TaskUpdate("9", status="blocked", blocker="dependency 5 failed"),
+    )
     after = path.read_bytes()
     assert not after.endswith(b"\n")  # JSON.stringify writes no final newline
     diff = changed_lines(before, after)
@@ -250,12 +346,16 @@ def test_status_write_back_changes_only_status_values(fixture_copy):
         node = next(t for t in tasks.items if t.value["id"] == task_id)
         if sub_id is not None:
             node = next(s for s in node.member("subtasks").items if s.value["id"] == sub_id)
-        return text[:node.member("status").start].count("\n") + 1
+        return text[: node.member("status").start].count("\n") + 1
 
     # 2 and its open subtasks 2.2, 2.3 (2.1 was done already) → done; 5 → blocked; 9 was
     # blocked already
-    expected = {status_line(2): b"done", status_line(2, 2): b"done",
-                status_line(2, 3): b"done", status_line(5): b"blocked"}
+    expected = {
+        status_line(2): b"done",
+        status_line(2, 2): b"done",
+        status_line(2, 3): b"done",
+        status_line(5): b"blocked",
+    }
     assert set(diff) == set(expected)
     for n, (old, new) in diff.items():
         word = json.loads(b"{" + old.strip().rstrip(b",") + b"}")["status"].encode()
@@ -274,8 +374,7 @@ def test_a_cancelled_run_puts_in_progress_back_to_pending(fixture_copy):
     before = spec.tasks_path.read_bytes()
     store = PlanStore(spec.tasks_path, document_format(spec))
     store.apply(TaskUpdate("5", status="in_progress"))
-    assert json.loads(spec.tasks_path.read_bytes())["master"]["tasks"][4]["status"] == \
-        "in-progress"
+    assert json.loads(spec.tasks_path.read_bytes())["master"]["tasks"][4]["status"] == "in-progress"
     store.apply(TaskUpdate("5", status="pending", completed_at=None))
     assert spec.tasks_path.read_bytes() == before
 
@@ -285,7 +384,8 @@ def test_writes_go_to_the_selected_tag_only(fixture_copy):
     spec = load_spec(root, tag="feature-checkout")
     before = json.loads(spec.tasks_path.read_bytes())
     PlanStore(spec.tasks_path, document_format(spec)).apply(
-        TaskUpdate("17", status="pass", subtasks_status="pass"))
+        TaskUpdate("17", status="pass", subtasks_status="pass")
+    )
     after = json.loads(spec.tasks_path.read_bytes())
     assert after["master"] == before["master"]
     assert after["feature-checkout"]["tasks"][2]["status"] == "done"
@@ -294,28 +394,49 @@ def test_writes_go_to_the_selected_tag_only(fixture_copy):
 
 
 def test_pass_keeps_cancelled_and_deferred_subtasks(tmp_path):
-    data = {"master": {"tasks": [task(1, subtasks=[
-        {"id": 1, "title": "a", "status": "cancelled"}, {"id": 2, "title": "b",
-                                                          "status": "deferred"},
-        {"id": 3, "title": "c", "status": "review"}, {"id": 4, "title": "d"}])]}}
+    data = {
+        "master": {
+            "tasks": [
+                task(
+                    1,
+                    subtasks=[
+                        {"id": 1, "title": "a", "status": "cancelled"},
+                        {"id": 2, "title": "b", "status": "deferred"},
+                        {"id": 3, "title": "c", "status": "review"},
+                        {"id": 4, "title": "d"},
+                    ],
+                )
+            ]
+        }
+    }
     spec = load_spec(project(tmp_path, data))
     PlanStore(spec.tasks_path, document_format(spec)).apply(
-        TaskUpdate("1", status="pass", subtasks_status="pass"))
+        TaskUpdate("1", status="pass", subtasks_status="pass")
+    )
     subs = json.loads(spec.tasks_path.read_text())["master"]["tasks"][0]["subtasks"]
     assert [s.get("status") for s in subs] == ["cancelled", "deferred", "done", "done"]
 
 
-@pytest.mark.parametrize("text, expected", [
-    # multi-line object: a new member in the object's own layout
-    ('{"master": {"tasks": [\n    {\n      "id": 1,\n      "title": "a"\n    }\n  ]}}',
-     ('{"master": {"tasks": [\n    {\n      "id": 1,\n      "title": "a",\n      '
-     '"status": "done"\n    }\n  ]}}')),
-    # one-line, compact
-    ('{"tasks":[{"id":1,"title":"a"}]}', '{"tasks":[{"id":1,"title":"a","status":"done"}]}'),
-    # one-line with spaces, CRLF file
-    ('{"tasks": [{"id": 1, "title": "a"}]}\r\n',
-     '{"tasks": [{"id": 1, "title": "a", "status": "done"}]}\r\n'),
-])
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        # multi-line object: a new member in the object's own layout
+        (
+            '{"master": {"tasks": [\n    {\n      "id": 1,\n      "title": "a"\n    }\n  ]}}',
+            (
+                '{"master": {"tasks": [\n    {\n      "id": 1,\n      "title": "a",\n      '
+                '"status": "done"\n    }\n  ]}}'
+            ),
+        ),
+        # one-line, compact
+        ('{"tasks":[{"id":1,"title":"a"}]}', '{"tasks":[{"id":1,"title":"a","status":"done"}]}'),
+        # one-line with spaces, CRLF file
+        (
+            '{"tasks": [{"id": 1, "title": "a"}]}\r\n',
+            '{"tasks": [{"id": 1, "title": "a", "status": "done"}]}\r\n',
+        ),
+    ],
+)
 def test_a_missing_status_key_is_inserted_in_place(tmp_path, text, expected):
     root = project(tmp_path, None, text=text)
     spec = load_spec(root)
@@ -323,13 +444,20 @@ def test_a_missing_status_key_is_inserted_in_place(tmp_path, text, expected):
     assert spec.tasks_path.read_bytes().decode() == expected
 
 
-@pytest.mark.parametrize("text", [
-    ('\ufeff{\n\t"tasks": [\n\t\t{"id": 1, "title": "ü €", "status": "pending", '
-    '"n": 1.50, "e": 1E3}\n\t]\n}'),
-    '{"tasks":[{"id":"1","title":"\\u00fc","status" : "pending","dependencies":[]}]}\n\n',
-    ('{\r\n    "tasks": [\r\n        {\r\n            "id": 1,\r\n            "status": '
-    '"pending",\r\n            "title": "x"\r\n        }\r\n    ]\r\n}\r\n'),
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        (
+            '\ufeff{\n\t"tasks": [\n\t\t{"id": 1, "title": "ü €", "status": "pending", '
+            '"n": 1.50, "e": 1E3}\n\t]\n}'
+        ),
+        '{"tasks":[{"id":"1","title":"\\u00fc","status" : "pending","dependencies":[]}]}\n\n',
+        (
+            '{\r\n    "tasks": [\r\n        {\r\n            "id": 1,\r\n            "status": '
+            '"pending",\r\n            "title": "x"\r\n        }\r\n    ]\r\n}\r\n'
+        ),
+    ],
+)
 def test_any_layout_keeps_every_other_byte(tmp_path, text):
     root = project(tmp_path, None, text=text)
     spec = load_spec(root)
@@ -360,50 +488,81 @@ def test_an_update_for_a_task_that_is_gone_raises_keyerror(tmp_path):
 
 
 def test_the_span_scanner_agrees_with_json_loads():
-    text = ('{"a": [1, -2.5e3, true, false, null, "x\\"y", {"b": {}}, []], "a": "last", '
-            '"u": "\\ud83d\\ude00"}')
+    text = (
+        '{"a": [1, -2.5e3, true, false, null, "x\\"y", {"b": {}}, []], "a": "last", '
+        '"u": "\\ud83d\\ude00"}'
+    )
     root = scan_json(text)
     assert root.value == json.loads(text)
     assert root.member("a").value == "last"
     node = root.members[0][3].items[5]
-    assert text[node.start:node.end] == '"x\\"y"'
+    assert text[node.start : node.end] == '"x\\"y"'
 
 
 _status = st.sampled_from(["pending", "in-progress", "done", "review", "blocked", None])
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(statuses=st.lists(_status, min_size=1, max_size=6),
-       sub_statuses=st.lists(_status, max_size=4),
-       indent=st.sampled_from([None, 2, 4, "\t"]), compact=st.booleans(),
-       ensure_ascii=st.booleans(), tagged=st.booleans(), final_newline=st.booleans(),
-       update=st.sampled_from(["pending", "in_progress", "pass", "fail", "blocked"]),
-       pick=st.integers(0, 5))
-def test_random_layouts_change_only_the_status(tmp_path_factory, statuses, sub_statuses, indent,
-                                               compact, ensure_ascii, tagged, final_newline,
-                                               update, pick):
+@given(
+    statuses=st.lists(_status, min_size=1, max_size=6),
+    sub_statuses=st.lists(_status, max_size=4),
+    indent=st.sampled_from([None, 2, 4, "\t"]),
+    compact=st.booleans(),
+    ensure_ascii=st.booleans(),
+    tagged=st.booleans(),
+    final_newline=st.booleans(),
+    update=st.sampled_from(["pending", "in_progress", "pass", "fail", "blocked"]),
+    pick=st.integers(0, 5),
+)
+def test_random_layouts_change_only_the_status(
+    tmp_path_factory,
+    statuses,
+    sub_statuses,
+    indent,
+    compact,
+    ensure_ascii,
+    tagged,
+    final_newline,
+    update,
+    pick,
+):
     tasks = []
     for i, s in enumerate(statuses, 1):
         t = {"id": i, "title": f"t{i} ü", "n": 1.5}
         if s is not None:
             t["status"] = s
         if i == 1:
-            t["subtasks"] = [{"id": k, "title": "s", **({"status": x} if x else {})}
-                             for k, x in enumerate(sub_statuses, 1)]
+            t["subtasks"] = [
+                {"id": k, "title": "s", **({"status": x} if x else {})}
+                for k, x in enumerate(sub_statuses, 1)
+            ]
         tasks.append(t)
-    data = {"master": {"tasks": tasks}, "other": {"tasks": [{"id": 1, "status": "pending"}]}} \
-        if tagged else {"tasks": tasks, "metadata": {"x": 1}}
-    text = json.dumps(data, indent=indent, ensure_ascii=ensure_ascii,
-                      separators=(",", ":") if compact and indent is None else None)
+    data = (
+        {"master": {"tasks": tasks}, "other": {"tasks": [{"id": 1, "status": "pending"}]}}
+        if tagged
+        else {"tasks": tasks, "metadata": {"x": 1}}
+    )
+    text = json.dumps(
+        data,
+        indent=indent,
+        ensure_ascii=ensure_ascii,
+        separators=(",", ":") if compact and indent is None else None,
+    )
     text += "\n" if final_newline else ""
     root = project(tmp_path_factory.mktemp("tm"), None, text=text)
     spec = load_spec(root)
     tid = spec.units[pick % len(spec.units)].id
     PlanStore(spec.tasks_path, document_format(spec)).apply(
-        TaskUpdate(tid, status=update, subtasks_status="pass" if update == "pass" else None))
+        TaskUpdate(tid, status=update, subtasks_status="pass" if update == "pass" else None)
+    )
     after = spec.tasks_path.read_text()
-    word = {"pending": "pending", "in_progress": "in-progress", "pass": "done",
-            "fail": "blocked", "blocked": "blocked"}[update]
+    word = {
+        "pending": "pending",
+        "in_progress": "in-progress",
+        "pass": "done",
+        "fail": "blocked",
+        "blocked": "blocked",
+    }[update]
     expected = json.loads(text)
     holder = expected["master"] if tagged else expected
     target = next(t for t in holder["tasks"] if str(t["id"]) == tid)
@@ -419,5 +578,6 @@ def test_random_layouts_change_only_the_status(tmp_path_factory, statuses, sub_s
     if len(old_tokens) == len(new_tokens):
         assert old_tokens == new_tokens
     else:  # a status key was inserted: only separators and the new member differ
-        assert re.sub(r'[,\s]*"status"\s*:\s*"[a-z-]*"', "", after) == \
-            re.sub(r'[,\s]*"status"\s*:\s*"[a-z-]*"', "", text)
+        assert re.sub(r'[,\s]*"status"\s*:\s*"[a-z-]*"', "", after) == re.sub(
+            r'[,\s]*"status"\s*:\s*"[a-z-]*"', "", text
+        )

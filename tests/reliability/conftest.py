@@ -29,8 +29,11 @@ from tests.fixtures.procs import describe, live_processes
 
 ROOT = Path(__file__).resolve().parents[2]
 #: ``specwave`` under this interpreter (the console script's entry point)
-SPECWAVE = [sys.executable, "-c", "import sys; from flows.cli import main; "
-            "sys.argv[0] = 'specwave'; main()"]
+SPECWAVE = [
+    sys.executable,
+    "-c",
+    "import sys; from flows.cli import main; sys.argv[0] = 'specwave'; main()",
+]
 
 
 def tagged_processes(tag: str) -> list[psutil.Process]:
@@ -79,15 +82,21 @@ class Rig:
     def argv(self, plan: dict[str, str] | None = None, default: str = "pass") -> list[str]:
         return fake_argv(self.trace_path, plan, default)
 
-    def agent(self, plan: dict[str, str] | None = None, default: str = "pass",
-              **extra: Any) -> dict[str, Any]:
-        cfg: dict[str, Any] = {"kind": "command", "command": self.argv(plan, default),
-                               "env": {TAG_ENV: self.tag}, "grace_seconds": 1.0}
+    def agent(
+        self, plan: dict[str, str] | None = None, default: str = "pass", **extra: Any
+    ) -> dict[str, Any]:
+        cfg: dict[str, Any] = {
+            "kind": "command",
+            "command": self.argv(plan, default),
+            "env": {TAG_ENV: self.tag},
+            "grace_seconds": 1.0,
+        }
         cfg.update(extra)
         return cfg
 
-    def agent_args(self, plan: dict[str, str] | None = None, default: str = "pass",
-                   **extra: Any) -> list[str]:
+    def agent_args(
+        self, plan: dict[str, str] | None = None, default: str = "pass", **extra: Any
+    ) -> list[str]:
         """``specwave run`` arguments for :meth:`agent` (tagged, grace 1 s)."""
         return ["--agent-json", json.dumps(self.agent(plan, default, **extra))]
 
@@ -100,19 +109,37 @@ class Rig:
     def processes(self) -> list[psutil.Process]:
         return tagged_processes(self.tag)
 
-    def cli(self, *args: str, env: dict[str, str] | None = None, shared_api: bool = True,
-            new_session: bool = True, **kw: Any) -> subprocess.Popen:
+    def cli(
+        self,
+        *args: str,
+        env: dict[str, str] | None = None,
+        shared_api: bool = True,
+        new_session: bool = True,
+        **kw: Any,
+    ) -> subprocess.Popen:
         """Start ``specwave ARGS`` (tagged). ``shared_api``: on the session's Prefect server
         (no ephemeral server child, so a kill -9 leaves nothing of Prefect's behind)."""
-        full = {**os.environ, TAG_ENV: self.tag, "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-                "DO_NOT_TRACK": "1", **(env or {})}
+        full = {
+            **os.environ,
+            TAG_ENV: self.tag,
+            "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+            "DO_NOT_TRACK": "1",
+            **(env or {}),
+        }
         if shared_api:
             full["PREFECT_API_URL"] = prefect_api_url()
         else:
             full.pop("PREFECT_API_URL", None)
-        p = subprocess.Popen([*SPECWAVE, *args], cwd=kw.pop(
-            "cwd", self.tmp), env=full, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-            text=True, start_new_session=new_session, **kw)
+        p = subprocess.Popen(
+            [*SPECWAVE, *args],
+            cwd=kw.pop("cwd", self.tmp),
+            env=full,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            start_new_session=new_session,
+            **kw,
+        )
         self.procs.append(p)
         return p
 
@@ -151,23 +178,42 @@ def spec_tree(folder: Path) -> dict[str, bytes | str]:
     return out
 
 
-def write_spec(folder: Path, waves: list[list[str]], deps: dict[str, list[str]] | None = None,
-               max_workers: int = 3, name: str = "reliability") -> Path:
+def write_spec(
+    folder: Path,
+    waves: list[list[str]],
+    deps: dict[str, list[str]] | None = None,
+    max_workers: int = 3,
+    name: str = "reliability",
+) -> Path:
     """A minimal Agent OS v2 spec with declared waves."""
     deps = deps or {}
     folder.mkdir(parents=True, exist_ok=True)
     tasks = []
     for w, ids in enumerate(waves, 1):
         for tid in ids:
-            tasks.append({"id": tid, "type": "parent", "description": f"Task {tid} of {name}",
-                          "status": "pending", "attempts": 0,
-                          "parallelization": {"wave": w, "blocked_by": deps.get(tid, []),
-                                              "shared_files": [f"src/t{tid}.py"]}})
-    doc = {"version": "2.0", "spec": name,
-           "execution_strategy": {"waves": [{"wave_id": i, "tasks": ids}
-                                            for i, ids in enumerate(waves, 1)],
-                                  "max_concurrent_workers": max_workers},
-           "tasks": tasks}
+            tasks.append(
+                {
+                    "id": tid,
+                    "type": "parent",
+                    "description": f"Task {tid} of {name}",
+                    "status": "pending",
+                    "attempts": 0,
+                    "parallelization": {
+                        "wave": w,
+                        "blocked_by": deps.get(tid, []),
+                        "shared_files": [f"src/t{tid}.py"],
+                    },
+                }
+            )
+    doc = {
+        "version": "2.0",
+        "spec": name,
+        "execution_strategy": {
+            "waves": [{"wave_id": i, "tasks": ids} for i, ids in enumerate(waves, 1)],
+            "max_concurrent_workers": max_workers,
+        },
+        "tasks": tasks,
+    }
     (folder / "tasks.json").write_text(json.dumps(doc, indent=2) + "\n")
     return folder
 
@@ -177,8 +223,11 @@ def load(path: Path) -> dict[str, Any]:
 
 
 def statuses(spec: Path) -> dict[str, str]:
-    return {str(t["id"]): t["status"] for t in load(spec / "tasks.json")["tasks"]
-            if t.get("type") != "subtask"}
+    return {
+        str(t["id"]): t["status"]
+        for t in load(spec / "tasks.json")["tasks"]
+        if t.get("type") != "subtask"
+    }
 
 
 def wait_for(pred, timeout: float, what: str, interval: float = 0.1) -> None:

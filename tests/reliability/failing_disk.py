@@ -29,16 +29,17 @@ def install(task_id: str, times: int | None = None) -> dict[str, int]:
         if times is None or count["failed"] < times:
             try:
                 doc = json.loads(text.lstrip("\ufeff"))
-                task = next((t for t in doc.get("tasks", [])
-                             if str(t.get("id")) == task_id), None)
+                task = next((t for t in doc.get("tasks", []) if str(t.get("id")) == task_id), None)
             except ValueError:
                 task = None
             if task is not None and task.get("status") == "pass":
                 count["failed"] += 1
                 exc = OSError(errno.ENOSPC, "No space left on device")
-                raise store.WriteFailed(f"{store.display_path(self.path)}: could not write "
-                                        f"({exc}) — the file is unchanged; free space or fix "
-                                        "permissions") from exc
+                raise store.WriteFailed(
+                    f"{store.display_path(self.path)}: could not write "
+                    f"({exc}) — the file is unchanged; free space or fix "
+                    "permissions"
+                ) from exc
         return real(self, text)
 
     store.PlanStore._atomic_write = failing

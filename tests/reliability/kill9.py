@@ -38,8 +38,11 @@ import psutil
 from tests.fixtures.fake import TAG_ENV, fake_config
 
 ROOT = Path(__file__).resolve().parents[2]
-SPECWAVE = [sys.executable, "-c", "import sys; from flows.cli import main; "
-            "sys.argv[0] = 'specwave'; main()"]
+SPECWAVE = [
+    sys.executable,
+    "-c",
+    "import sys; from flows.cli import main; sys.argv[0] = 'specwave'; main()",
+]
 WAVES = [["1", "2", "3"], ["4", "5"], ["6"]]
 DEPS = {"4": ["1"], "5": ["2", "3"], "6": ["4", "5"]}
 
@@ -63,23 +66,41 @@ class Trial:
 
     @property
     def ok(self) -> bool:
-        return not (self.corrupt or self.rerun_again or self.double_counted or self.orphans
-                    or self.rerun_rc != 0 or self.rerun_not_pass or self.stray_temp
-                    or not self.dead_run_reported or self.error)
+        return not (
+            self.corrupt
+            or self.rerun_again
+            or self.double_counted
+            or self.orphans
+            or self.rerun_rc != 0
+            or self.rerun_not_pass
+            or self.stray_temp
+            or not self.dead_run_reported
+            or self.error
+        )
 
     def line(self) -> str:
-        flags = [k for k, bad in (("CORRUPT", self.corrupt), ("RE-RUN", self.rerun_again),
-                                  ("DOUBLE", self.double_counted), ("ORPHANS", self.orphans),
-                                  ("RERUN-FAILED", self.rerun_rc != 0 or self.rerun_not_pass),
-                                  ("TEMP", self.stray_temp),
-                                  ("MISREPORTED", not self.dead_run_reported),
-                                  ("ERROR", self.error)) if bad]
-        return (f"trial seed={self.seed:<4} kill after {self.kill_after_s:4.1f} s  proved "
-                f"{len(self.proved_before_kill)}/6  orphans before rerun "
-                f"{self.alive_before_rerun:2d}"
-                + ("  (the run had finished)" if self.finished_before_kill else "")
-                + f"  -> {'ok' if self.ok else ' '.join(flags)}"
-                + (f" ({self.error})" if self.error else ""))
+        flags = [
+            k
+            for k, bad in (
+                ("CORRUPT", self.corrupt),
+                ("RE-RUN", self.rerun_again),
+                ("DOUBLE", self.double_counted),
+                ("ORPHANS", self.orphans),
+                ("RERUN-FAILED", self.rerun_rc != 0 or self.rerun_not_pass),
+                ("TEMP", self.stray_temp),
+                ("MISREPORTED", not self.dead_run_reported),
+                ("ERROR", self.error),
+            )
+            if bad
+        ]
+        return (
+            f"trial seed={self.seed:<4} kill after {self.kill_after_s:4.1f} s  proved "
+            f"{len(self.proved_before_kill)}/6  orphans before rerun "
+            f"{self.alive_before_rerun:2d}"
+            + ("  (the run had finished)" if self.finished_before_kill else "")
+            + f"  -> {'ok' if self.ok else ' '.join(flags)}"
+            + (f" ({self.error})" if self.error else "")
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "ok": self.ok}
@@ -90,17 +111,33 @@ def write_spec(folder: Path) -> Path:
     tasks = []
     for w, ids in enumerate(WAVES, 1):
         for tid in ids:
-            tasks.append({"id": tid, "type": "parent", "description": f"Task {tid}",
-                          "status": "pending", "attempts": 0,
-                          "parallelization": {"wave": w, "blocked_by": DEPS.get(tid, []),
-                                              "shared_files": [f"src/t{tid}.py"]}})
-    doc = {"version": "2.0", "spec": "kill9", "created": "2025-01-01T00:00:00Z",
-           "updated": "2025-01-01T00:00:00Z",
-           "execution_strategy": {"mode": "parallel_waves",
-                                  "waves": [{"wave_id": i, "tasks": ids}
-                                            for i, ids in enumerate(WAVES, 1)],
-                                  "max_concurrent_workers": 3},
-           "tasks": tasks, "summary": {}}
+            tasks.append(
+                {
+                    "id": tid,
+                    "type": "parent",
+                    "description": f"Task {tid}",
+                    "status": "pending",
+                    "attempts": 0,
+                    "parallelization": {
+                        "wave": w,
+                        "blocked_by": DEPS.get(tid, []),
+                        "shared_files": [f"src/t{tid}.py"],
+                    },
+                }
+            )
+    doc = {
+        "version": "2.0",
+        "spec": "kill9",
+        "created": "2025-01-01T00:00:00Z",
+        "updated": "2025-01-01T00:00:00Z",
+        "execution_strategy": {
+            "mode": "parallel_waves",
+            "waves": [{"wave_id": i, "tasks": ids} for i, ids in enumerate(WAVES, 1)],
+            "max_concurrent_workers": 3,
+        },
+        "tasks": tasks,
+        "summary": {},
+    }
     (folder / "tasks.json").write_text(json.dumps(doc, indent=2) + "\n")
     return folder
 
@@ -162,8 +199,9 @@ def _flow_run_state(api_url: str, flow_run_id: str) -> str | None:
         return asyncio.run(read())
 
 
-def run_trial(seed: int, workdir: Path, api_url: str, *, max_kill_after: float = 5.0,
-              timeout: float = 300) -> Trial:
+def run_trial(
+    seed: int, workdir: Path, api_url: str, *, max_kill_after: float = 5.0, timeout: float = 300
+) -> Trial:
     from tasks_lib.formats import load_spec
     from tasks_lib.planner import plan_spec
     from tasks_lib.store import stray_temp_files
@@ -174,16 +212,33 @@ def run_trial(seed: int, workdir: Path, api_url: str, *, max_kill_after: float =
     repo = workdir / "repo"
     repo.mkdir(exist_ok=True)
     tag1, tag2 = uuid.uuid4().hex, uuid.uuid4().hex
-    env = {**os.environ, "PREFECT_API_URL": api_url, "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-           "DO_NOT_TRACK": "1"}
-    plan = {tid: f"grandchild+sleep:{rng.uniform(0.3, 2.0):.2f}" for ids in WAVES
-            for tid in ids}
+    env = {
+        **os.environ,
+        "PREFECT_API_URL": api_url,
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "DO_NOT_TRACK": "1",
+    }
+    plan = {tid: f"grandchild+sleep:{rng.uniform(0.3, 2.0):.2f}" for ids in WAVES for tid in ids}
     t.kill_after_s = round(rng.uniform(0.0, max_kill_after), 2)
-    first = subprocess.Popen([*SPECWAVE, "run", str(spec), "--agent-json",
-                              agent(tag1, workdir / "trace1.jsonl", plan), "--repo", str(repo),
-                              "--json", "--timeout", "120"],
-                             cwd=workdir, env={**env, TAG_ENV: tag1}, stdout=subprocess.DEVNULL,
-                             stderr=subprocess.DEVNULL, start_new_session=True)
+    first = subprocess.Popen(
+        [
+            *SPECWAVE,
+            "run",
+            str(spec),
+            "--agent-json",
+            agent(tag1, workdir / "trace1.jsonl", plan),
+            "--repo",
+            str(repo),
+            "--json",
+            "--timeout",
+            "120",
+        ],
+        cwd=workdir,
+        env={**env, TAG_ENV: tag1},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     try:
         deadline = time.monotonic() + timeout
         while not _first_agent_recorded(spec):
@@ -206,34 +261,53 @@ def run_trial(seed: int, workdir: Path, api_url: str, *, max_kill_after: float =
                 t.corrupt = True
         except Exception as exc:  # noqa: BLE001 - any failure to load is corruption
             t.corrupt, t.error = True, f"tasks.json: {exc}"
-        proved = {tid for tid, recs in _records(spec, dead_run).items()
-                  if any(r.get("outcome") == "pass" for r in recs)}
+        proved = {
+            tid
+            for tid, recs in _records(spec, dead_run).items()
+            if any(r.get("outcome") == "pass" for r in recs)
+        }
         t.proved_before_kill = sorted(proved)
         t.alive_before_rerun = len(tagged(tag1))
 
         # 4. the rerun
         trace2 = workdir / "trace2.jsonl"
-        second = subprocess.run([*SPECWAVE, "run", str(spec), "--agent-json",
-                                 agent(tag2, trace2, {}), "--repo", str(repo), "--json"],
-                                cwd=workdir, env={**env, TAG_ENV: tag2}, capture_output=True,
-                                text=True, timeout=timeout)
+        second = subprocess.run(
+            [
+                *SPECWAVE,
+                "run",
+                str(spec),
+                "--agent-json",
+                agent(tag2, trace2, {}),
+                "--repo",
+                str(repo),
+                "--json",
+            ],
+            cwd=workdir,
+            env={**env, TAG_ENV: tag2},
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
         t.rerun_rc = second.returncode
         if second.returncode != 0:
             t.error = (second.stderr.strip().splitlines() or ["?"])[-1][:200]
         doc = json.loads((spec / "tasks.json").read_text())
         tasks = {str(x["id"]): x for x in doc["tasks"]}
         t.rerun_not_pass = sorted(k for k, x in tasks.items() if x["status"] != "pass")
-        rerun = {json.loads(line)["task"] for line in trace2.read_text().splitlines()
-                 if line} if trace2.exists() else set()
+        rerun = (
+            {json.loads(line)["task"] for line in trace2.read_text().splitlines() if line}
+            if trace2.exists()
+            else set()
+        )
         t.rerun_again = sorted(proved & rerun)
         first_attempts = {tid: len(recs) for tid, recs in _records(spec, dead_run).items()}
-        t.double_counted = sorted(tid for tid in proved
-                                  if tasks[tid].get("attempts") != first_attempts.get(tid))
+        t.double_counted = sorted(
+            tid for tid in proved if tasks[tid].get("attempts") != first_attempts.get(tid)
+        )
         time.sleep(0.5)
         t.orphans = [(p.pid, " ".join(p.cmdline())[:80]) for p in tagged(tag1)]
         t.stray_temp = [p.name for p in stray_temp_files(spec, "tasks.json")]
-        dead_json = json.loads((spec / ".specwave" / "runs" / dead_run / "run.json")
-                               .read_text())
+        dead_json = json.loads((spec / ".specwave" / "runs" / dead_run / "run.json").read_text())
         state = _flow_run_state(api_url, dead_run)
         # killed mid-run: run.json "died", flow run Crashed; killed after its last write (or
         # not at all, it had finished): "success" and Completed — never "running" / Running

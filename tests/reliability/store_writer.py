@@ -31,10 +31,12 @@ def install_crash(point: str, target: Path) -> None:
     real_replace, real_fsync, real_fdopen = os.replace, os.fsync, os.fdopen
 
     if point == "before-replace":
+
         def replace(src, dst, *a, **kw):
             if Path(dst) == target:
                 die()
             return real_replace(src, dst, *a, **kw)
+
         os.replace = replace
     elif point == "after-replace":
         state = {"replaced": False}
@@ -49,8 +51,10 @@ def install_crash(point: str, target: Path) -> None:
             if state["replaced"]:
                 die()
             return real_fsync(fd)
+
         os.replace, os.fsync = replace, fsync
     elif point == "mid-write":
+
         class Half:
             def __init__(self, fh):
                 self.fh = fh
@@ -71,6 +75,7 @@ def install_crash(point: str, target: Path) -> None:
 
         def fdopen(fd, *a, **kw):
             return Half(real_fdopen(fd, *a, **kw))
+
         os.fdopen = fdopen
     else:
         raise SystemExit(f"unknown crash point {point}")
@@ -91,8 +96,14 @@ def main() -> None:
     tasks = args.tasks.split(",")
     for r in range(1, args.rounds + 1):
         for tid in tasks:
-            store.apply(TaskUpdate(tid, attempts=r, notes=f"{args.name} round {r}",
-                                   status="in_progress" if r % 2 else "pending"))
+            store.apply(
+                TaskUpdate(
+                    tid,
+                    attempts=r,
+                    notes=f"{args.name} round {r}",
+                    status="in_progress" if r % 2 else "pending",
+                )
+            )
     print("done", flush=True)
 
 

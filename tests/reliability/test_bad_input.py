@@ -29,20 +29,26 @@ EXAMPLE = ROOT / "examples" / "small-feature"
 #: Cases the engine does not yet meet, each pinned by the bug it shows (strict: the test fails
 #: once the bug is fixed, so the mark is removed then).
 KNOWN_BUGS: dict[str, str] = {}  # case -> reason, for a bug pinned with a strict xfail
-CASES = [pytest.param(c, marks=pytest.mark.xfail(strict=True, reason=KNOWN_BUGS[c]))
-         if c in KNOWN_BUGS else c for c in sorted(MANIFEST)]
+CASES = [
+    pytest.param(c, marks=pytest.mark.xfail(strict=True, reason=KNOWN_BUGS[c]))
+    if c in KNOWN_BUGS
+    else c
+    for c in sorted(MANIFEST)
+]
 
 
 def specwave(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
     env.pop("SPECWAVE_DEBUG", None)
-    return subprocess.run([*SPECWAVE, *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [*SPECWAVE, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300
+    )
 
 
 def error_lines(stderr: str) -> list[str]:
-    return [line for line in stderr.splitlines() if line.strip()
-            and not line.startswith("warning: ")]
+    return [
+        line for line in stderr.splitlines() if line.strip() and not line.startswith("warning: ")
+    ]
 
 
 def check_rejected(spec: Path, expect: str, cwd: Path) -> None:
@@ -186,10 +192,22 @@ def _state_dir_is_a_file(tmp_path: Path) -> tuple[Path, str]:
     return spec, ".specwave: cannot hold specwave's run state"
 
 
-GENERATED = {f.__name__.lstrip("_"): f for f in (
-    _symlink_out, _relative_symlink_out, _symlink_to_etc_passwd, _context_symlink_out,
-    _symlink_loop, _symlink_cycle_of_two, _dangling_symlink, _directory_instead_of_file,
-    _context_directory, _fifo, _fifty_megabytes)}
+GENERATED = {
+    f.__name__.lstrip("_"): f
+    for f in (
+        _symlink_out,
+        _relative_symlink_out,
+        _symlink_to_etc_passwd,
+        _context_symlink_out,
+        _symlink_loop,
+        _symlink_cycle_of_two,
+        _dangling_symlink,
+        _directory_instead_of_file,
+        _context_directory,
+        _fifo,
+        _fifty_megabytes,
+    )
+}
 
 
 @pytest.mark.parametrize("name", sorted(GENERATED))
@@ -271,8 +289,7 @@ async def test_a_byte_order_mark_is_not_an_error_and_is_kept_on_write(rig, tmp_p
     (spec / "tasks.json").write_bytes(b"\xef\xbb\xbf" + raw)
     r = specwave("validate", str(spec), cwd=tmp_path)
     assert r.returncode == 0, r.stderr
-    state = await execute_spec(str(spec), agent=rig.agent(), repo=str(rig.repo),
-                               return_state=True)
+    state = await execute_spec(str(spec), agent=rig.agent(), repo=str(rig.repo), return_state=True)
     result = await state.result(raise_on_failure=False)
     assert result["status"] == "success", result
     data = (spec / "tasks.json").read_bytes()

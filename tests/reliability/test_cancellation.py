@@ -47,12 +47,22 @@ def hanging_spec(tmp_path: Path) -> Path:
 
 def wait_running(rig, spec: Path, proc: subprocess.Popen | None = None) -> None:
     """Both wave-1 agents started, each with its two grandchildren."""
+
     def ready() -> bool:
         if proc is not None and proc.poll() is not None:
             raise AssertionError(f"specwave exited early: {proc.communicate()}")
-        return len(agents_recorded(spec)) >= 2 and len(
-            [p for p in rig.processes() if "fake_agent" in " ".join(p.cmdline()) or
-             "time.sleep(3600)" in " ".join(p.cmdline())]) >= 6
+        return (
+            len(agents_recorded(spec)) >= 2
+            and len(
+                [
+                    p
+                    for p in rig.processes()
+                    if "fake_agent" in " ".join(p.cmdline())
+                    or "time.sleep(3600)" in " ".join(p.cmdline())
+                ]
+            )
+            >= 6
+        )
 
     wait_for(ready, 120, "2 agents and 4 grandchildren")
 
@@ -78,8 +88,17 @@ def test_a_signal_to_the_whole_process_group_on_the_ephemeral_api(rig, tmp_path,
     still stops every agent, records the tasks as pending and exits promptly, with the
     signal's code, leaving no process behind (the server included: it carries the tag)."""
     spec = hanging_spec(tmp_path)
-    proc = rig.cli("run", str(spec), *rig.agent_args(default="grandchild+hang"),
-                   "--repo", str(rig.repo), "--timeout", "600", "--json", shared_api=False)
+    proc = rig.cli(
+        "run",
+        str(spec),
+        *rig.agent_args(default="grandchild+hang"),
+        "--repo",
+        str(rig.repo),
+        "--timeout",
+        "600",
+        "--json",
+        shared_api=False,
+    )
     wait_running(rig, spec, proc)
     t0 = time.monotonic()
     os.killpg(proc.pid, sig)
@@ -100,8 +119,13 @@ async def _flow_run_id_from_lock(spec: Path) -> str:
 
 def prefect_cancel(flow_run_id: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "PREFECT_API_URL": prefect_api_url()}
-    return subprocess.run([sys.executable, "-m", "prefect", "flow-run", "cancel", flow_run_id],
-                          env=env, capture_output=True, text=True, timeout=180)
+    return subprocess.run(
+        [sys.executable, "-m", "prefect", "flow-run", "cancel", flow_run_id],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
 
 
 async def read_state(flow_run_id: str):
@@ -115,9 +139,15 @@ async def test_prefect_flow_run_cancel_stops_an_in_process_flow(rig, tmp_path):
     """``prefect flow-run cancel`` on a flow this process runs itself (no worker, no runner):
     Prefect alone would only mark it Cancelling; the flow's watcher sees it and stops."""
     spec = hanging_spec(tmp_path)
-    flow = asyncio.create_task(execute_spec(
-        str(spec), agent=rig.agent(default="grandchild+hang"), repo=str(rig.repo),
-        timeout_seconds=600, return_state=True))
+    flow = asyncio.create_task(
+        execute_spec(
+            str(spec),
+            agent=rig.agent(default="grandchild+hang"),
+            repo=str(rig.repo),
+            timeout_seconds=600,
+            return_state=True,
+        )
+    )
     try:
         deadline = time.monotonic() + 120
         while not (len(agents_recorded(spec)) >= 2 and len(rig.processes()) >= 6):
@@ -147,12 +177,14 @@ async def test_prefect_flow_run_cancel_stops_an_in_process_flow(rig, tmp_path):
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
     async with get_client() as client:
-        runs = await client.read_task_runs(flow_run_filter=FlowRunFilter(
-            id=FlowRunFilterId(any_=[UUID(flow_run_id)])))
+        runs = await client.read_task_runs(
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[UUID(flow_run_id)]))
+        )
     workers = {r.name.split(":")[0]: r.state for r in runs if r.name[:1].isdigit()}
     assert sorted(workers) == ["1", "2"], [r.name for r in runs]
-    assert all(s.is_cancelled() and "the run was cancelled" in s.message
-               for s in workers.values()), workers
+    assert all(
+        s.is_cancelled() and "the run was cancelled" in s.message for s in workers.values()
+    ), workers
     check_stopped(rig, spec)
 
 
@@ -160,8 +192,16 @@ def test_prefect_flow_run_cancel_stops_specwave_run(rig, tmp_path):
     """The same for ``specwave run`` on a Prefect server: one line, exit 1, flow run
     Cancelled in the API."""
     spec = hanging_spec(tmp_path)
-    proc = rig.cli("run", str(spec), *rig.agent_args(default="grandchild+hang"),
-                   "--repo", str(rig.repo), "--timeout", "600", "--json")
+    proc = rig.cli(
+        "run",
+        str(spec),
+        *rig.agent_args(default="grandchild+hang"),
+        "--repo",
+        str(rig.repo),
+        "--timeout",
+        "600",
+        "--json",
+    )
     wait_running(rig, spec, proc)
     flow_run_id = load(spec / ".specwave" / "locks" / "run.lock")["flow_run_id"]
     r = prefect_cancel(flow_run_id)

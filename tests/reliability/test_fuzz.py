@@ -37,32 +37,77 @@ from tasks_lib.store import PlanStore, TaskUpdate
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "examples"
 
-settings.register_profile("ci", max_examples=150, deadline=None,
-                          suppress_health_check=[HealthCheck.too_slow,
-                                                 HealthCheck.function_scoped_fixture])
-settings.register_profile("long", max_examples=5000, deadline=None,
-                          suppress_health_check=[HealthCheck.too_slow,
-                                                 HealthCheck.function_scoped_fixture])
+settings.register_profile(
+    "ci",
+    max_examples=150,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
+settings.register_profile(
+    "long",
+    max_examples=5000,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
 PROFILE = os.environ.get("HYPOTHESIS_PROFILE", "ci")
 FUZZ = settings.get_profile(PROFILE if PROFILE in ("ci", "long") else "ci")
 
 # ------------------------------------------------------------------ strategies
 
-AOS_KEYS = ["version", "spec", "tasks", "execution_strategy", "waves", "wave_id", "id", "type",
-            "parent", "subtasks", "status", "description", "parallelization", "blocked_by",
-            "blocks", "shared_files", "wave", "depends_on", "computed", "dependency_graph",
-            "attempts", "max_concurrent_workers", "mode", "summary", "task_type",
-            "isolation_score", "artifacts", "master", "title", "dependencies", "details",
-            "testStrategy", "priority", "relevant_files", "global_context"]
+AOS_KEYS = [
+    "version",
+    "spec",
+    "tasks",
+    "execution_strategy",
+    "waves",
+    "wave_id",
+    "id",
+    "type",
+    "parent",
+    "subtasks",
+    "status",
+    "description",
+    "parallelization",
+    "blocked_by",
+    "blocks",
+    "shared_files",
+    "wave",
+    "depends_on",
+    "computed",
+    "dependency_graph",
+    "attempts",
+    "max_concurrent_workers",
+    "mode",
+    "summary",
+    "task_type",
+    "isolation_score",
+    "artifacts",
+    "master",
+    "title",
+    "dependencies",
+    "details",
+    "testStrategy",
+    "priority",
+    "relevant_files",
+    "global_context",
+]
 IDS = st.sampled_from(["1", "2", "3", "1.1", "1.2", "x", "", "../1", 1, 2, 3, 1.5, None, True])
-SCALARS = (st.none() | st.booleans() | st.integers(-5, 10**20) | IDS
-           | st.floats(allow_nan=False, allow_infinity=False)
-           | st.text(st.characters(blacklist_categories=("Cs",)), max_size=20))
+SCALARS = (
+    st.none()
+    | st.booleans()
+    | st.integers(-5, 10**20)
+    | IDS
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(st.characters(blacklist_categories=("Cs",)), max_size=20)
+)
 JSON = st.recursive(
     SCALARS,
-    lambda children: st.lists(children, max_size=5)
-    | st.dictionaries(st.sampled_from(AOS_KEYS) | st.text(max_size=8), children, max_size=6),
-    max_leaves=40)
+    lambda children: (
+        st.lists(children, max_size=5)
+        | st.dictionaries(st.sampled_from(AOS_KEYS) | st.text(max_size=8), children, max_size=6)
+    ),
+    max_leaves=40,
+)
 
 
 def _example_docs() -> list[tuple[str, Any]]:
@@ -110,13 +155,27 @@ def mutated_spec(draw) -> Any:
     return doc
 
 
-MD_LINES = st.sampled_from([
-    "# Tasks", "## Phase 1", "- [ ] 1. Build the thing", "- [x] 1. Done thing",
-    "  - [ ] 1.1 Write tests", "  - [x] 1.2 Implement", "- [ ] T001 Setup project",
-    "- [ ] T002 [P] Add model in src/models/user.py", "- [X] T003 [US1] Endpoint",
-    "- [ ] 2. Second **bold** task", "    - [ ] 2.1 Sub", "", "Depends on: 1",
-    "- [ ] T004 depends on T009", "```", "- [ ] 1. duplicate id", "* [ ] 3. star bullet",
-]) | st.text(st.characters(blacklist_categories=("Cs",)), max_size=40)
+MD_LINES = st.sampled_from(
+    [
+        "# Tasks",
+        "## Phase 1",
+        "- [ ] 1. Build the thing",
+        "- [x] 1. Done thing",
+        "  - [ ] 1.1 Write tests",
+        "  - [x] 1.2 Implement",
+        "- [ ] T001 Setup project",
+        "- [ ] T002 [P] Add model in src/models/user.py",
+        "- [X] T003 [US1] Endpoint",
+        "- [ ] 2. Second **bold** task",
+        "    - [ ] 2.1 Sub",
+        "",
+        "Depends on: 1",
+        "- [ ] T004 depends on T009",
+        "```",
+        "- [ ] 1. duplicate id",
+        "* [ ] 3. star bullet",
+    ]
+) | st.text(st.characters(blacklist_categories=("Cs",)), max_size=40)
 
 
 # ------------------------------------------------------------------ the property
@@ -208,17 +267,48 @@ def test_any_taskmaster_shaped_json_loads_or_raises_spec_error(scratch, doc, tag
 
 # ------------------------------------------------------------------ worker results
 
-RESULT_KEYS = ["status", "files_modified", "files_created", "functions_created",
-               "exports_added", "test_files", "test_results", "ran", "passed", "failed",
-               "blocker", "notes", "duration_minutes"]
+RESULT_KEYS = [
+    "status",
+    "files_modified",
+    "files_created",
+    "functions_created",
+    "exports_added",
+    "test_files",
+    "test_results",
+    "ran",
+    "passed",
+    "failed",
+    "blocker",
+    "notes",
+    "duration_minutes",
+]
 RESULT_JSON = st.recursive(
     SCALARS | st.sampled_from(["pass", "fail", "blocked", "PASS", "done"]),
-    lambda c: st.lists(c, max_size=4) | st.dictionaries(st.sampled_from(RESULT_KEYS), c,
-                                                         max_size=8),
-    max_leaves=25)
-PIECES = st.sampled_from(["```json", "```", "````", "~~~json", "TASK COMPLETE",
-                          "task_complete", "\r\n", "\n", "Done.", "{", "}", '"status": "pass"',
-                          "```JSON", "``` json", "\x00", "\ufeff"])
+    lambda c: (
+        st.lists(c, max_size=4) | st.dictionaries(st.sampled_from(RESULT_KEYS), c, max_size=8)
+    ),
+    max_leaves=25,
+)
+PIECES = st.sampled_from(
+    [
+        "```json",
+        "```",
+        "````",
+        "~~~json",
+        "TASK COMPLETE",
+        "task_complete",
+        "\r\n",
+        "\n",
+        "Done.",
+        "{",
+        "}",
+        '"status": "pass"',
+        "```JSON",
+        "``` json",
+        "\x00",
+        "\ufeff",
+    ]
+)
 
 
 @st.composite
@@ -227,30 +317,37 @@ def worker_output(draw) -> str:
     for _ in range(draw(st.integers(0, 6))):
         kind = draw(st.sampled_from(["text", "piece", "block"]))
         if kind == "text":
-            parts.append(draw(st.text(st.characters(blacklist_categories=("Cs",)),
-                                      max_size=60)))
+            parts.append(draw(st.text(st.characters(blacklist_categories=("Cs",)), max_size=60)))
         elif kind == "piece":
             parts.append(draw(PIECES))
         else:
             body = json.dumps(draw(RESULT_JSON), indent=draw(st.sampled_from([None, 2])))
-            parts.append(f"```json\n{body}\n```\n" + draw(st.sampled_from(
-                ["TASK COMPLETE", "", "task complete.", "TASK COMPLETED"])))
+            parts.append(
+                f"```json\n{body}\n```\n"
+                + draw(st.sampled_from(["TASK COMPLETE", "", "task complete.", "TASK COMPLETED"]))
+            )
     return draw(st.sampled_from(["\n", "", " "])).join(parts)
 
 
-SIGNALS = st.builds(AgentSignals, is_error=st.booleans(),
-                    permission_denials=st.lists(st.text(max_size=10), max_size=2),
-                    errors=st.lists(st.text(max_size=20), max_size=2))
+SIGNALS = st.builds(
+    AgentSignals,
+    is_error=st.booleans(),
+    permission_denials=st.lists(st.text(max_size=10), max_size=2),
+    errors=st.lists(st.text(max_size=20), max_size=2),
+)
 
 
 @FUZZ
-@given(text=worker_output() | st.text() | st.binary().map(lambda b: b.decode("latin-1")),
-       exit_code=st.none() | st.integers(-15, 3) | st.just(0), timed_out=st.booleans(),
-       signals=st.none() | SIGNALS)
-def test_any_worker_output_gives_one_outcome_and_a_one_line_reason(text, exit_code,
-                                                                   timed_out, signals):
-    parsed = parse_worker_output(text, exit_code=exit_code, timed_out=timed_out,
-                                 signals=signals)
+@given(
+    text=worker_output() | st.text() | st.binary().map(lambda b: b.decode("latin-1")),
+    exit_code=st.none() | st.integers(-15, 3) | st.just(0),
+    timed_out=st.booleans(),
+    signals=st.none() | SIGNALS,
+)
+def test_any_worker_output_gives_one_outcome_and_a_one_line_reason(
+    text, exit_code, timed_out, signals
+):
+    parsed = parse_worker_output(text, exit_code=exit_code, timed_out=timed_out, signals=signals)
     assert isinstance(parsed.outcome, Outcome)
     assert isinstance(parsed.reason, str) and parsed.reason
     assert "\n" not in parsed.reason and len(parsed.reason) <= 400
@@ -271,17 +368,35 @@ def test_raw_bytes_worker_output_is_parsed(data):
 
 WELL_FORMED_EVENT = st.fixed_dictionaries(
     {"type": st.sampled_from(["system", "assistant", "user", "result", "stream_event", "x"])},
-    optional={"subtype": st.sampled_from(["init", "api_retry", "success", "error", None]),
-              "message": st.fixed_dictionaries({}, optional={"content": st.lists(JSON)}),
-              "result": JSON, "is_error": JSON, "total_cost_usd": JSON,
-              "permission_denials": JSON, "session_id": JSON, "num_turns": JSON})
+    optional={
+        "subtype": st.sampled_from(["init", "api_retry", "success", "error", None]),
+        "message": st.fixed_dictionaries({}, optional={"content": st.lists(JSON)}),
+        "result": JSON,
+        "is_error": JSON,
+        "total_cost_usd": JSON,
+        "permission_denials": JSON,
+        "session_id": JSON,
+        "num_turns": JSON,
+    },
+)
 STREAM_EVENT = st.fixed_dictionaries(
     {"type": st.sampled_from(["system", "assistant", "user", "result", "stream_event", "x"])},
-    optional={"subtype": st.sampled_from(["init", "api_retry", "success", "error", None]),
-              "message": JSON, "result": JSON, "is_error": JSON, "total_cost_usd": JSON,
-              "permission_denials": JSON, "session_id": JSON, "num_turns": JSON})
-STREAM_LINE = (STREAM_EVENT.map(json.dumps) | JSON.map(json.dumps)
-               | st.text(st.characters(blacklist_categories=("Cs",)), max_size=80))
+    optional={
+        "subtype": st.sampled_from(["init", "api_retry", "success", "error", None]),
+        "message": JSON,
+        "result": JSON,
+        "is_error": JSON,
+        "total_cost_usd": JSON,
+        "permission_denials": JSON,
+        "session_id": JSON,
+        "num_turns": JSON,
+    },
+)
+STREAM_LINE = (
+    STREAM_EVENT.map(json.dumps)
+    | JSON.map(json.dumps)
+    | st.text(st.characters(blacklist_categories=("Cs",)), max_size=80)
+)
 
 
 @FUZZ
@@ -301,9 +416,13 @@ def test_claude_stream_reader_takes_any_lines(lines):
 
 
 @FUZZ
-@given(lines=st.lists(WELL_FORMED_EVENT.map(json.dumps)
-                      | st.text(st.characters(blacklist_categories=("Cs",)), max_size=80),
-                      max_size=12))
+@given(
+    lines=st.lists(
+        WELL_FORMED_EVENT.map(json.dumps)
+        | st.text(st.characters(blacklist_categories=("Cs",)), max_size=80),
+        max_size=12,
+    )
+)
 def test_claude_stream_reader_takes_any_event_whose_message_is_an_object(lines):
     from tasks_lib.agents.claude import StreamSummary, summarize_event
 

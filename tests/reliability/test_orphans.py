@@ -22,8 +22,16 @@ GONE_WITHIN_S = 15.0
 
 def test_sigkill_of_the_orchestrator_kills_every_agent_without_a_later_run(rig, tmp_path):
     spec = hanging_spec(tmp_path)
-    proc = rig.cli("run", str(spec), *rig.agent_args(default="grandchild+daemon+hang"),
-                   "--repo", str(rig.repo), "--timeout", "600", "--json")
+    proc = rig.cli(
+        "run",
+        str(spec),
+        *rig.agent_args(default="grandchild+daemon+hang"),
+        "--repo",
+        str(rig.repo),
+        "--timeout",
+        "600",
+        "--json",
+    )
 
     def agents_and_descendants() -> list:
         return [p for p in rig.processes() if p.pid != proc.pid]
@@ -32,9 +40,18 @@ def test_sigkill_of_the_orchestrator_kills_every_agent_without_a_later_run(rig, 
         if proc.poll() is not None:
             raise AssertionError(f"specwave exited early: {proc.communicate()}")
         # 2 agents (wave 1), each with a child in its group, a setsid child and a daemon
-        return len(agents_recorded(spec)) >= 2 and len(
-            [p for p in agents_and_descendants() if "sleep(3600)" in " ".join(p.cmdline())
-             or "fake_agent" in " ".join(p.cmdline())]) >= 8
+        return (
+            len(agents_recorded(spec)) >= 2
+            and len(
+                [
+                    p
+                    for p in agents_and_descendants()
+                    if "sleep(3600)" in " ".join(p.cmdline())
+                    or "fake_agent" in " ".join(p.cmdline())
+                ]
+            )
+            >= 8
+        )
 
     wait_for(ready, 120, "2 agents, each with 3 descendants")
     t0 = time.monotonic()

@@ -46,16 +46,22 @@ async def prefect_records(flow_run_id: str) -> list[str]:
         while True:
             logs = await client.read_logs(
                 log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[UUID(flow_run_id)])),
-                limit=200, offset=offset)
+                limit=200,
+                offset=offset,
+            )
             out += [log.message for log in logs]
             if len(logs) < 200:
                 break
             offset += 200
-        arts = await client.read_artifacts(artifact_filter=ArtifactFilter(
-            flow_run_id=ArtifactFilterFlowRunId(any_=[UUID(flow_run_id)])))
+        arts = await client.read_artifacts(
+            artifact_filter=ArtifactFilter(
+                flow_run_id=ArtifactFilterFlowRunId(any_=[UUID(flow_run_id)])
+            )
+        )
         out += [json.dumps(a.data, default=str) + str(a.description or "") for a in arts]
-        tasks = await client.read_task_runs(flow_run_filter=FlowRunFilter(
-            id=FlowRunFilterId(any_=[UUID(flow_run_id)])))
+        tasks = await client.read_task_runs(
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[UUID(flow_run_id)]))
+        )
         for t in tasks:
             out.append(t.name)
             if t.state is not None:
@@ -70,12 +76,24 @@ def test_secrets_appear_nowhere(rig, tmp_path):
     shutil.copytree(EXAMPLE, spec)
     # 1 prints the secrets and passes; 2 prints them on stdout and stderr and fails;
     # 3 prints them and gives no result block (parse error: its output tail is recorded)
-    agent = rig.agent(plan={"1": "secret", "2": "secret+stderr+fail", "3": "secret+garbage"},
-                      env_allow=["ANTHROPIC_API_KEY", "GITHUB_TOKEN"])
+    agent = rig.agent(
+        plan={"1": "secret", "2": "secret+stderr+fail", "3": "secret+garbage"},
+        env_allow=["ANTHROPIC_API_KEY", "GITHUB_TOKEN"],
+    )
     agent["command"] = agent["command"]  # argv list: the values are never on a command line
-    proc = rig.cli("run", str(spec), "--agent-json", json.dumps(agent), "--repo",
-                   str(rig.repo), "--retries", "0", "--json", "--verbose",
-                   env={"ANTHROPIC_API_KEY": key, "GITHUB_TOKEN": token})
+    proc = rig.cli(
+        "run",
+        str(spec),
+        "--agent-json",
+        json.dumps(agent),
+        "--repo",
+        str(rig.repo),
+        "--retries",
+        "0",
+        "--json",
+        "--verbose",
+        env={"ANTHROPIC_API_KEY": key, "GITHUB_TOKEN": token},
+    )
     out, err = proc.communicate(timeout=300)
     assert proc.returncode == 1, err  # 2 failed, 3 blocked behind it... not a success
     result = json.loads(out)
@@ -115,16 +133,32 @@ def test_a_secret_split_across_a_long_line_piece_is_still_redacted(rig, tmp_path
         "k = os.environ['ANTHROPIC_API_KEY']\n"
         "pad = (1 << 20) - len(k) // 2\n"
         "sys.stdout.write('x' * pad + k + '\\n')\n"
-        "print('```json\\n{\"status\": \"pass\"}\\n```\\nTASK COMPLETE')\n")
-    agent = {"kind": "command", "command": [sys.executable, str(script)],
-             "env": {TAG_ENV: rig.tag}, "env_allow": ["ANTHROPIC_API_KEY"],
-             "grace_seconds": 1.0}
-    proc = rig.cli("run", str(spec), "--agent-json", json.dumps(agent), "--repo",
-                   str(rig.repo), "--json", env={"ANTHROPIC_API_KEY": key})
+        'print(\'```json\\n{"status": "pass"}\\n```\\nTASK COMPLETE\')\n'
+    )
+    agent = {
+        "kind": "command",
+        "command": [sys.executable, str(script)],
+        "env": {TAG_ENV: rig.tag},
+        "env_allow": ["ANTHROPIC_API_KEY"],
+        "grace_seconds": 1.0,
+    }
+    proc = rig.cli(
+        "run",
+        str(spec),
+        "--agent-json",
+        json.dumps(agent),
+        "--repo",
+        str(rig.repo),
+        "--json",
+        env={"ANTHROPIC_API_KEY": key},
+    )
     out, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err
-    found = [str(p.relative_to(spec)) for p in every_file(spec)
-             if key.encode() in p.read_bytes() or key[:20].encode() in p.read_bytes()]
+    found = [
+        str(p.relative_to(spec))
+        for p in every_file(spec)
+        if key.encode() in p.read_bytes() or key[:20].encode() in p.read_bytes()
+    ]
     assert found == []
     flow_run_id = load(spec / ".specwave" / "locks" / "run.lock")["flow_run_id"]
     records = asyncio.run(prefect_records(flow_run_id))

@@ -34,10 +34,20 @@ def tasks_by_id(path: Path) -> dict[str, dict]:
     return {str(t["id"]): t for t in json.loads(path.read_text())["tasks"]}
 
 
-def spawn_writer(path: Path, tasks: list[str], rounds: int, name: str,
-                 crash_at: str | None = None) -> subprocess.Popen:
-    argv = [sys.executable, str(WRITER), str(path), "--tasks", ",".join(tasks),
-            "--rounds", str(rounds), "--name", name]
+def spawn_writer(
+    path: Path, tasks: list[str], rounds: int, name: str, crash_at: str | None = None
+) -> subprocess.Popen:
+    argv = [
+        sys.executable,
+        str(WRITER),
+        str(path),
+        "--tasks",
+        ",".join(tasks),
+        "--rounds",
+        str(rounds),
+        "--name",
+        name,
+    ]
     if crash_at:
         argv += ["--crash-at", crash_at]
     return subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -71,12 +81,13 @@ def test_threads_and_processes_and_killed_writers_lose_no_surviving_update(tmp_p
     ids = [str(i) for i in range(1, groups * per + 1)]
     spec = write_spec(tmp_path / "spec", [ids], max_workers=8)
     path = spec / "tasks.json"
-    share = [ids[i * per:(i + 1) * per] for i in range(groups)]
+    share = [ids[i * per : (i + 1) * per] for i in range(groups)]
     reader = Reader(path, set(ids))
     reader.start()
     procs = [spawn_writer(path, share[i], rounds, f"p{i}") for i in range(n_proc)]
-    victims = [spawn_writer(path, share[n_proc + n_thread + i], 1000, f"k{i}")
-               for i in range(n_killed)]
+    victims = [
+        spawn_writer(path, share[n_proc + n_thread + i], 1000, f"k{i}") for i in range(n_killed)
+    ]
     errors: list[BaseException] = []
 
     def thread_writer(i: int) -> None:
@@ -84,8 +95,14 @@ def test_threads_and_processes_and_killed_writers_lose_no_surviving_update(tmp_p
         try:
             for r in range(1, rounds + 1):
                 for tid in share[n_proc + i]:
-                    store.apply(TaskUpdate(tid, attempts=r, notes=f"t{i} round {r}",
-                                           status="in_progress" if r % 2 else "pending"))
+                    store.apply(
+                        TaskUpdate(
+                            tid,
+                            attempts=r,
+                            notes=f"t{i} round {r}",
+                            status="in_progress" if r % 2 else "pending",
+                        )
+                    )
         except BaseException as exc:  # noqa: BLE001
             errors.append(exc)
 
@@ -127,7 +144,8 @@ def test_threads_and_processes_and_killed_writers_lose_no_surviving_update(tmp_p
 
 @pytest.mark.parametrize("point", ["mid-write", "before-replace", "after-replace"])
 def test_a_crash_inside_the_atomic_write_leaves_a_whole_file_and_no_accumulating_temp(
-        tmp_path, point):
+    tmp_path, point
+):
     spec = write_spec(tmp_path / "spec", [["1", "2", "3"]])
     path = spec / "tasks.json"
     for cycle in range(1, 4):

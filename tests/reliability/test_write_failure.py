@@ -33,28 +33,41 @@ FAILING = Path(__file__).with_name("failing_disk.py")
 
 
 def attempts_of(spec: Path) -> dict[str, int]:
-    return {str(t["id"]): t.get("attempts") for t in load(spec / "tasks.json")["tasks"]
-            if t.get("type") != "subtask"}
+    return {
+        str(t["id"]): t.get("attempts")
+        for t in load(spec / "tasks.json")["tasks"]
+        if t.get("type") != "subtask"
+    }
 
 
 def run_json(spec: Path) -> list[dict]:
-    return [load(p) for p in sorted((spec / ".specwave" / "runs").glob("*/run.json"),
-                                    key=lambda p: p.stat().st_mtime)]
+    return [
+        load(p)
+        for p in sorted(
+            (spec / ".specwave" / "runs").glob("*/run.json"), key=lambda p: p.stat().st_mtime
+        )
+    ]
 
 
 def attempt_records(spec: Path, tid: str) -> list[dict]:
     return [load(p) for p in (spec / ".specwave" / "runs").glob(f"*/tasks/{tid}/attempt-*.json")]
 
 
-async def test_a_failed_status_write_is_reported_and_the_rerun_keeps_the_pass(rig, tmp_path,
-                                                                             caplog):
+async def test_a_failed_status_write_is_reported_and_the_rerun_keeps_the_pass(
+    rig, tmp_path, caplog
+):
     spec = tmp_path / "spec"
     shutil.copytree(EXAMPLE, spec)
     real = PlanStore._atomic_write
     counter = install("1")  # every write recording task 1 as pass fails (disk full)
     try:
-        state = await execute_spec(str(spec), agent=rig.agent(plan={"2": "sleep:4"}),
-                                   repo=str(rig.repo), timeout_seconds=120, return_state=True)
+        state = await execute_spec(
+            str(spec),
+            agent=rig.agent(plan={"2": "sleep:4"}),
+            repo=str(rig.repo),
+            timeout_seconds=120,
+            return_state=True,
+        )
         result = await state.result(raise_on_failure=False)
     finally:
         PlanStore._atomic_write = real
@@ -80,8 +93,7 @@ async def test_a_failed_status_write_is_reported_and_the_rerun_keeps_the_pass(ri
     # the rerun: 1 and 2 are recorded from their attempt records, not run again
     rig.trace_path.unlink()
     caplog.clear()
-    state = await execute_spec(str(spec), agent=rig.agent(), repo=str(rig.repo),
-                               return_state=True)
+    state = await execute_spec(str(spec), agent=rig.agent(), repo=str(rig.repo), return_state=True)
     result = await state.result(raise_on_failure=False)
     assert state.is_completed() and result["status"] == "success", result
     assert rig.launched() == {"3": [1]}
@@ -95,8 +107,7 @@ async def test_a_failed_status_write_is_reported_and_the_rerun_keeps_the_pass(ri
     # a third run changes nothing and runs nothing (idempotent)
     rig.trace_path.unlink()
     before = (spec / "tasks.json").read_text()
-    state = await execute_spec(str(spec), agent=rig.agent(), repo=str(rig.repo),
-                               return_state=True)
+    state = await execute_spec(str(spec), agent=rig.agent(), repo=str(rig.repo), return_state=True)
     assert state.is_completed() and rig.launched() == {}
     assert attempts_of(spec) == {"1": 1, "2": 1, "3": 1}
     assert json.loads((spec / "tasks.json").read_text())["tasks"] == json.loads(before)["tasks"]
@@ -107,8 +118,7 @@ async def test_a_task_set_back_by_hand_is_run_again_not_recovered(rig, tmp_path)
     back to in_progress (or pending) runs again, as asked."""
     spec = tmp_path / "spec"
     shutil.copytree(EXAMPLE, spec)
-    state = await execute_spec(str(spec), agent=rig.agent(), repo=str(rig.repo),
-                               return_state=True)
+    state = await execute_spec(str(spec), agent=rig.agent(), repo=str(rig.repo), return_state=True)
     assert state.is_completed()
     doc = load(spec / "tasks.json")
     for t in doc["tasks"]:
@@ -118,8 +128,7 @@ async def test_a_task_set_back_by_hand_is_run_again_not_recovered(rig, tmp_path)
             t["status"] = "pending"
     (spec / "tasks.json").write_text(json.dumps(doc, indent=2) + "\n")
     rig.trace_path.unlink()
-    state = await execute_spec(str(spec), agent=rig.agent(), repo=str(rig.repo),
-                               return_state=True)
+    state = await execute_spec(str(spec), agent=rig.agent(), repo=str(rig.repo), return_state=True)
     assert state.is_completed()
     assert rig.launched() == {"2": [1], "3": [1]}
     assert attempts_of(spec) == {"1": 1, "2": 2, "3": 2}
@@ -128,15 +137,35 @@ async def test_a_task_set_back_by_hand_is_run_again_not_recovered(rig, tmp_path)
 def test_the_cli_exits_non_zero_naming_the_write_error_and_a_rerun_finishes(rig, tmp_path):
     spec = tmp_path / "spec"
     shutil.copytree(EXAMPLE, spec)
-    env = {**os.environ, TAG_ENV: rig.tag, "PREFECT_API_URL": prefect_api_url(),
-           "SPECWAVE_FAIL_PASS_OF": "3", "SPECWAVE_FAIL_TIMES": "1"}
-    p = subprocess.run([sys.executable, str(FAILING), "run", str(spec), *rig.agent_args(),
-                        "--repo", str(rig.repo), "--json"], cwd=tmp_path, env=env,
-                       capture_output=True, text=True, timeout=300)
+    env = {
+        **os.environ,
+        TAG_ENV: rig.tag,
+        "PREFECT_API_URL": prefect_api_url(),
+        "SPECWAVE_FAIL_PASS_OF": "3",
+        "SPECWAVE_FAIL_TIMES": "1",
+    }
+    p = subprocess.run(
+        [
+            sys.executable,
+            str(FAILING),
+            "run",
+            str(spec),
+            *rig.agent_args(),
+            "--repo",
+            str(rig.repo),
+            "--json",
+        ],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert p.returncode == 1, p.stderr
     lines = [line for line in p.stderr.splitlines() if line.startswith("specwave:")]
-    assert len(lines) == 1 and "could not write" in lines[0] and "No space left" in lines[0], \
+    assert len(lines) == 1 and "could not write" in lines[0] and "No space left" in lines[0], (
         p.stderr
+    )
     assert "Traceback" not in p.stderr
     assert json.loads(p.stdout)["status"] == "failed"
     # updates are coalesced: the failed write may have held more than 3's pass; whatever
@@ -147,9 +176,14 @@ def test_the_cli_exits_non_zero_naming_the_write_error_and_a_rerun_finishes(rig,
     # the rerun (disk fine again) records 3 from its attempt record and exits 0
     rig.trace_path.unlink()
     env.pop("SPECWAVE_FAIL_PASS_OF")
-    p = subprocess.run([*SPECWAVE, "run", str(spec), *rig.agent_args(), "--repo",
-                        str(rig.repo), "--json"], cwd=tmp_path, env=env, capture_output=True,
-                       text=True, timeout=300)
+    p = subprocess.run(
+        [*SPECWAVE, "run", str(spec), *rig.agent_args(), "--repo", str(rig.repo), "--json"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert p.returncode == 0, p.stderr
     assert json.loads(p.stdout)["status"] == "success"
     assert rig.launched() == {}
@@ -166,23 +200,37 @@ async def test_a_pass_whose_start_was_never_written_either_is_recovered(rig, tmp
     shutil.copytree(EXAMPLE, spec)
     earlier = spec / ".specwave" / "runs" / "earlier-run" / "tasks" / "2"
     earlier.mkdir(parents=True)
-    (earlier / "attempt-1.json").write_text(json.dumps({
-        "task_id": "2", "attempt": 1, "outcome": "pass", "started": 1_700_000_000.0,
-        "ended": 1_700_000_042.0, "duration_s": 42.0,
-        "result": {"status": "pass", "notes": "done before the crash",
-                   "files_created": ["app/email.py"]}}))
+    (earlier / "attempt-1.json").write_text(
+        json.dumps(
+            {
+                "task_id": "2",
+                "attempt": 1,
+                "outcome": "pass",
+                "started": 1_700_000_000.0,
+                "ended": 1_700_000_042.0,
+                "duration_s": 42.0,
+                "result": {
+                    "status": "pass",
+                    "notes": "done before the crash",
+                    "files_created": ["app/email.py"],
+                },
+            }
+        )
+    )
     (earlier.parents[1] / "run.json").write_text(json.dumps({"status": "running"}))
     doc = load(spec / "tasks.json")  # the killed run was the last to write the file
     doc["orchestrator_state"] = {"run_id": "earlier-run", "status": "running"}
     (spec / "tasks.json").write_text(json.dumps(doc, indent=2) + "\n")
     assert statuses(spec)["2"] == "pending"
-    state = await execute_spec(str(spec), agent=rig.agent(), repo=str(rig.repo),
-                               return_state=True)
+    state = await execute_spec(str(spec), agent=rig.agent(), repo=str(rig.repo), return_state=True)
     assert state.is_completed()
     assert rig.launched() == {"1": [1], "3": [1]}
     task2 = {str(t["id"]): t for t in load(spec / "tasks.json")["tasks"]}["2"]
     assert (task2["status"], task2["attempts"], task2["notes"]) == (
-        "pass", 1, "done before the crash")
+        "pass",
+        1,
+        "done before the crash",
+    )
     assert task2["completed_at"] == "2023-11-14T22:14:02Z"
     assert "app/email.py" in task2["artifacts"]["files_created"]
 
@@ -194,15 +242,13 @@ async def test_a_regenerated_plan_file_is_not_credited_with_a_dead_runs_passes(r
     spec = tmp_path / "spec"
     shutil.copytree(EXAMPLE, spec)
     fresh = (spec / "tasks.json").read_text()
-    state = await execute_spec(str(spec), agent=rig.agent(), repo=str(rig.repo),
-                               return_state=True)
+    state = await execute_spec(str(spec), agent=rig.agent(), repo=str(rig.repo), return_state=True)
     assert state.is_completed()
     (run_json,) = (spec / ".specwave" / "runs").glob("*/run.json")
     run_json.write_text(json.dumps({**load(run_json), "status": "died"}))  # as if killed
     (spec / "tasks.json").write_text(fresh)  # the plan regenerated
     rig.trace_path.unlink()
-    state = await execute_spec(str(spec), agent=rig.agent(), repo=str(rig.repo),
-                               return_state=True)
+    state = await execute_spec(str(spec), agent=rig.agent(), repo=str(rig.repo), return_state=True)
     assert state.is_completed()
     assert rig.launched() == {"1": [1], "2": [1], "3": [1]}
     assert attempts_of(spec) == {"1": 1, "2": 1, "3": 1}

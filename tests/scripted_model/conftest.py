@@ -77,9 +77,7 @@ def assert_nothing_survives(pgid: int, marker: str, timeout: float = 5.0) -> Non
         if not left:
             return
         if time.monotonic() > deadline:
-            raise AssertionError(
-                f"processes survived: {[(p.pid, p.name()) for p in left]}"
-            )
+            raise AssertionError(f"processes survived: {[(p.pid, p.name()) for p in left]}")
         time.sleep(0.05)
 
 
@@ -110,12 +108,16 @@ class ClaudeRun:
 
     @property
     def init(self) -> dict[str, Any]:
-        return next(d for d in self.lines if d.get("type") == "system"
-                    and d.get("subtype") == "init")
+        return next(
+            d for d in self.lines if d.get("type") == "system" and d.get("subtype") == "init"
+        )
 
     def of_type(self, kind: str, subtype: str | None = None) -> list[dict[str, Any]]:
-        return [d for d in self.lines if d.get("type") == kind
-                and (subtype is None or d.get("subtype") == subtype)]
+        return [
+            d
+            for d in self.lines
+            if d.get("type") == kind and (subtype is None or d.get("subtype") == subtype)
+        ]
 
     def tool_results(self) -> list[dict[str, Any]]:
         out = []
@@ -126,19 +128,30 @@ class ClaudeRun:
         return out
 
 
-def claude_argv(binary: Path, prompt: str, tools: str, extra: tuple[str, ...] = (),
-                style: str = "after-dashdash") -> list[str]:
+def claude_argv(
+    binary: Path,
+    prompt: str,
+    tools: str,
+    extra: tuple[str, ...] = (),
+    style: str = "after-dashdash",
+) -> list[str]:
     """Options first, then ``--``, then the prompt: a prompt starting with "-" (spec prompts
     do: "- **ID**: 1") is otherwise rejected as an unknown option, and --allowedTools is
     variadic (it would swallow a prompt placed after it). ``style``: "after-dashdash"
     (default), "stdin" (no prompt argument; the caller feeds it on stdin) or "after-p" (right
     after -p: breaks on prompts starting with "-", kept to pin that)."""
     argv = [
-        str(binary), "-p",
-        "--output-format", "stream-json", "--verbose",
-        "--permission-mode", "acceptEdits",
-        "--allowedTools", tools,
-        "--max-turns", "6",
+        str(binary),
+        "-p",
+        "--output-format",
+        "stream-json",
+        "--verbose",
+        "--permission-mode",
+        "acceptEdits",
+        "--allowedTools",
+        tools,
+        "--max-turns",
+        "6",
         *extra,
     ]
     if style == "stdin":
@@ -148,8 +161,9 @@ def claude_argv(binary: Path, prompt: str, tools: str, extra: tuple[str, ...] = 
     return [*argv, "--", prompt]
 
 
-def claude_env(root: Path, base_url: str, api_key: str, marker: str,
-               retries: int, extra: dict[str, str] | None) -> dict[str, str]:
+def claude_env(
+    root: Path, base_url: str, api_key: str, marker: str, retries: int, extra: dict[str, str] | None
+) -> dict[str, str]:
     env = {
         "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
         "HOME": str(root / "home"),
@@ -168,9 +182,19 @@ def claude_env(root: Path, base_url: str, api_key: str, marker: str,
 class ClaudeProcess:
     """A started `claude -p` in its own process group (for the caller to drive)."""
 
-    def __init__(self, binary: Path, root: Path, prompt: str, base_url: str, *,
-                 tools: str, retries: int, extra_args: tuple[str, ...],
-                 env_extra: dict[str, str] | None, prompt_style: str = "after-dashdash") -> None:
+    def __init__(
+        self,
+        binary: Path,
+        root: Path,
+        prompt: str,
+        base_url: str,
+        *,
+        tools: str,
+        retries: int,
+        extra_args: tuple[str, ...],
+        env_extra: dict[str, str] | None,
+        prompt_style: str = "after-dashdash",
+    ) -> None:
         self.root = root
         for sub in ("home", "config", "tmp", "cwd"):
             (root / sub).mkdir(parents=True, exist_ok=True)
@@ -179,8 +203,11 @@ class ClaudeProcess:
         self.argv = claude_argv(binary, prompt, tools, extra_args, prompt_style)
         (root / "prompt.txt").write_text(prompt if prompt_style == "stdin" else "")
         self.started = time.monotonic()
-        with open(root / "stdout.jsonl", "wb") as out, open(root / "stderr.txt", "wb") as err, \
-                open(root / "prompt.txt", "rb") as stdin:
+        with (
+            open(root / "stdout.jsonl", "wb") as out,
+            open(root / "stderr.txt", "wb") as err,
+            open(root / "prompt.txt", "rb") as stdin,
+        ):
             self.proc = subprocess.Popen(
                 self.argv,
                 cwd=root / "cwd",
@@ -224,11 +251,20 @@ class ClaudeProcess:
         stdout = (self.root / "stdout.jsonl").read_text(errors="replace")
         lines = [json.loads(line) for line in stdout.splitlines() if line.strip().startswith("{")]
         return ClaudeRun(
-            argv=self.argv, returncode=rc, stdout=stdout,
+            argv=self.argv,
+            returncode=rc,
+            stdout=stdout,
             stderr=(self.root / "stderr.txt").read_text(errors="replace"),
-            seconds=seconds, peak_rss_bytes=self.peak_rss, root=self.root,
-            cwd=self.root / "cwd", home=self.root / "home", config_dir=self.root / "config",
-            tmpdir=self.root / "tmp", api_key=self.api_key, pgid=self.pgid, lines=lines,
+            seconds=seconds,
+            peak_rss_bytes=self.peak_rss,
+            root=self.root,
+            cwd=self.root / "cwd",
+            home=self.root / "home",
+            config_dir=self.root / "config",
+            tmpdir=self.root / "tmp",
+            api_key=self.api_key,
+            pgid=self.pgid,
+            lines=lines,
         )
 
 
@@ -236,8 +272,10 @@ class ClaudeProcess:
 def claude_bin() -> Path:
     path = bundled_claude()
     if path is None:
-        pytest.skip("Claude Code CLI not found at claude_agent_sdk/_bundled/claude "
-                    "(pip install -e . installs claude-agent-sdk, which bundles it)")
+        pytest.skip(
+            "Claude Code CLI not found at claude_agent_sdk/_bundled/claude "
+            "(pip install -e . installs claude-agent-sdk, which bundles it)"
+        )
     return path
 
 
@@ -255,14 +293,28 @@ def start_claude(claude_bin: Path, tmp_path: Path, model_server: ScriptedModelSe
     started: list[ClaudeProcess] = []
     counter = iter(range(10_000))
 
-    def start(prompt: str, *, tools: str = "Read,Write,Edit,Bash", retries: int = 1,
-              extra_args: tuple[str, ...] = (), env_extra: dict[str, str] | None = None,
-              server: ScriptedModelServer | None = None,
-              prompt_style: str = "after-dashdash") -> ClaudeProcess:
+    def start(
+        prompt: str,
+        *,
+        tools: str = "Read,Write,Edit,Bash",
+        retries: int = 1,
+        extra_args: tuple[str, ...] = (),
+        env_extra: dict[str, str] | None = None,
+        server: ScriptedModelServer | None = None,
+        prompt_style: str = "after-dashdash",
+    ) -> ClaudeProcess:
         root = tmp_path / f"run{next(counter)}"
-        cp = ClaudeProcess(claude_bin, root, prompt, (server or model_server).base_url,
-                           tools=tools, retries=retries, extra_args=extra_args,
-                           env_extra=env_extra, prompt_style=prompt_style)
+        cp = ClaudeProcess(
+            claude_bin,
+            root,
+            prompt,
+            (server or model_server).base_url,
+            tools=tools,
+            retries=retries,
+            extra_args=extra_args,
+            env_extra=env_extra,
+            prompt_style=prompt_style,
+        )
         started.append(cp)
         return cp
 

@@ -60,7 +60,9 @@ def test_write_and_pass_creates_file_and_reports_pass(run_claude, model_server):
     # The CLI told the model its cwd; the server read it and the task id from the prompt.
     reqs = requests_for(model_server, res["session_id"])
     assert [(r["turn"], r["status"], r["outcome"]) for r in reqs] == [
-        (0, 200, "reply"), (1, 200, "reply")]
+        (0, 200, "reply"),
+        (1, 200, "reply"),
+    ]
     assert {r["cwd"] for r in reqs} == {str(run.cwd)}
     assert {r["task_id"] for r in reqs} == {"1.2"}
     assert reqs[0]["tool_uses"] == ["Write"]
@@ -76,8 +78,9 @@ def test_write_path_from_prompt_marker(run_claude):
 
 def test_bash_test_pass_runs_the_command_in_cwd(run_claude, model_server):
     cmd = "python -c \"open('ran.txt','w').write('x'); print('specwave-bash-ok 3 passed')\""
-    run = run_claude("Task ID: 7\nspecwave-scenario: bash-test-pass\n"
-                     f"specwave-test-command: {cmd}\n")
+    run = run_claude(
+        f"Task ID: 7\nspecwave-scenario: bash-test-pass\nspecwave-test-command: {cmd}\n"
+    )
     res = assert_success_result(run, num_turns=2)
     assert (run.cwd / "ran.txt").read_text() == "x"
     [tool_result] = run.tool_results()
@@ -122,8 +125,9 @@ def test_denied_pass_records_a_permission_denial(run_claude, tools):
     run = run_claude("- **ID**: 9\nspecwave-scenario: denied-pass", tools=tools)
     res = assert_success_result(run, num_turns=2)
     target = str(run.cwd / ".git" / "specwave_denied_9")
-    assert [(d["tool_name"], d["tool_input"]["file_path"]) for d in res["permission_denials"]] \
-        == [("Write", target)]
+    assert [(d["tool_name"], d["tool_input"]["file_path"]) for d in res["permission_denials"]] == [
+        ("Write", target)
+    ]
     assert not os.path.exists(target)
     [tool_result] = run.tool_results()
     assert tool_result["is_error"] is True
@@ -175,8 +179,11 @@ def test_hang_then_kill_group_leaves_nothing(start_claude, model_server, sig):
     deadline = time.monotonic() + 30
     hung = []
     while not hung and time.monotonic() < deadline:
-        hung = [r for r in model_server.requests
-                if r["outcome"] == "hang" and r["cwd"] == str(cp.root / "cwd")]
+        hung = [
+            r
+            for r in model_server.requests
+            if r["outcome"] == "hang" and r["cwd"] == str(cp.root / "cwd")
+        ]
         time.sleep(0.05)
     assert hung, "the CLI never reached the hanging request"
     assert cp.wait(2.0) is None, "the CLI should still be waiting on the hung stream"
@@ -191,8 +198,10 @@ def test_hang_then_kill_group_leaves_nothing(start_claude, model_server, sig):
 def test_four_slow_pass_workers_overlap(start_claude, model_server):
     sleep = 3.0  # the wall bound (4 x sleep) leaves room for 2-CPU start-up contention
     t0 = time.monotonic()
-    procs = [start_claude(f"- **ID**: s{i}\nspecwave-scenario: slow-pass\nspecwave-sleep: {sleep}")
-             for i in range(4)]
+    procs = [
+        start_claude(f"- **ID**: s{i}\nspecwave-scenario: slow-pass\nspecwave-sleep: {sleep}")
+        for i in range(4)
+    ]
     for cp in procs:
         assert cp.wait(60) == 0
     wall = time.monotonic() - t0
@@ -201,8 +210,11 @@ def test_four_slow_pass_workers_overlap(start_claude, model_server):
         assert_success_result(run, num_turns=2)
         assert (run.cwd / f"specwave_demo_s{i}.txt").is_file()
     assert wall < 4 * sleep, f"4 workers took {wall:.1f}s: not concurrent"
-    firsts = [r for r in model_server.requests
-              if r["scenario"] == "slow-pass" and r["turn"] == 0 and r["status"] == 200]
+    firsts = [
+        r
+        for r in model_server.requests
+        if r["scenario"] == "slow-pass" and r["turn"] == 0 and r["status"] == 200
+    ]
     assert len(firsts) == 4
     latest_start = max(r["started"] for r in firsts)
     earliest_end = min(r["started"] + r["duration_s"] for r in firsts)
@@ -230,7 +242,8 @@ def test_no_session_persistence_writes_no_transcript(run_claude):
     run = run_claude("specwave-scenario: no-json", extra_args=("--no-session-persistence",))
     assert run.result["is_error"] is False
     assert not (run.config_dir / "projects").exists() or not any(
-        (run.config_dir / "projects").rglob("*.jsonl"))
+        (run.config_dir / "projects").rglob("*.jsonl")
+    )
 
 
 def test_root_refuses_skip_permissions_unless_is_sandbox(run_claude):
@@ -239,35 +252,57 @@ def test_root_refuses_skip_permissions_unless_is_sandbox(run_claude):
     run = run_claude("specwave-scenario: no-json", extra_args=("--dangerously-skip-permissions",))
     assert run.returncode == 1 and run.lines == []
     assert "--dangerously-skip-permissions cannot be used with root/sudo privileges" in run.stderr
-    run = run_claude("specwave-scenario: no-json",
-                     extra_args=("--permission-mode", "bypassPermissions"))
+    run = run_claude(
+        "specwave-scenario: no-json", extra_args=("--permission-mode", "bypassPermissions")
+    )
     assert run.returncode == 1 and "cannot be used with root/sudo" in run.stderr
-    run = run_claude("specwave-scenario: no-json", extra_args=("--dangerously-skip-permissions",),
-                     env_extra={"IS_SANDBOX": "1"})
+    run = run_claude(
+        "specwave-scenario: no-json",
+        extra_args=("--dangerously-skip-permissions",),
+        env_extra={"IS_SANDBOX": "1"},
+    )
     assert run.returncode == 0 and run.result["result"] == "I did it. Everything is done."
 
 
 def test_allowed_write_is_not_confined_to_cwd_but_accept_edits_alone_is(run_claude):
     """Fact for the agent runner: --allowedTools Write lets Write go anywhere; acceptEdits
     without it auto-accepts only inside the working directory (outside: a denial)."""
-    extra = {"outside": {"turns": [
-        {"content": [{"type": "tool_use", "name": "Write", "input": {
-            "file_path": "{cwd}/../outside_{task_slug}.txt", "content": "x"}}],
-         "stop_reason": "tool_use"},
-        {"content": [{"type": "text", "text": "done"}], "stop_reason": "end_turn"},
-    ]}}
+    extra = {
+        "outside": {
+            "turns": [
+                {
+                    "content": [
+                        {
+                            "type": "tool_use",
+                            "name": "Write",
+                            "input": {
+                                "file_path": "{cwd}/../outside_{task_slug}.txt",
+                                "content": "x",
+                            },
+                        }
+                    ],
+                    "stop_reason": "tool_use",
+                },
+                {"content": [{"type": "text", "text": "done"}], "stop_reason": "end_turn"},
+            ]
+        }
+    }
     with ScriptedModelServer(scenarios=extra) as srv:
-        allowed = run_claude("specwave-scenario: outside\n- **ID**: a", tools="Read,Write,Edit",
-                             server=srv)
+        allowed = run_claude(
+            "specwave-scenario: outside\n- **ID**: a", tools="Read,Write,Edit", server=srv
+        )
         assert allowed.result["permission_denials"] == []
         assert (allowed.root / "outside_a.txt").is_file()
         plain = run_claude("specwave-scenario: outside\n- **ID**: b", tools="Read", server=srv)
         [denial] = plain.result["permission_denials"]
         assert denial["tool_name"] == "Write"
         assert not (plain.root / "outside_b.txt").exists()
-        restricted = run_claude("specwave-scenario: outside\n- **ID**: c",
-                                tools="Read,Write,Edit", server=srv,
-                                extra_args=("--restricted",))
+        restricted = run_claude(
+            "specwave-scenario: outside\n- **ID**: c",
+            tools="Read,Write,Edit",
+            server=srv,
+            extra_args=("--restricted",),
+        )
         assert len(restricted.result["permission_denials"]) == 1
         assert not (restricted.root / "outside_c.txt").exists()
 

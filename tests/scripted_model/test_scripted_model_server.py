@@ -22,28 +22,65 @@ from tasks_lib.scripted_model import (
 )
 
 REPO = Path(__file__).resolve().parents[2]
-CWD_MSG = {"role": "system", "content": [{"type": "text", "text":
-           "# Environment\n - Primary working directory: /work/x y\n - Platform: linux\n"}]}
+CWD_MSG = {
+    "role": "system",
+    "content": [
+        {
+            "type": "text",
+            "text": "# Environment\n - Primary working directory: /work/x y\n - Platform: linux\n",
+        }
+    ],
+}
 
 
-def body(prompt: str, *, assistants: int = 0, stream: bool = True, tool_result: str = "ok",
-         tool_error: bool = False, session: str | None = None) -> dict:
+def body(
+    prompt: str,
+    *,
+    assistants: int = 0,
+    stream: bool = True,
+    tool_result: str = "ok",
+    tool_error: bool = False,
+    session: str | None = None,
+) -> dict:
     """A Messages API request shaped like Claude Code's: user prompt, system-role env message,
     then `assistants` (assistant tool_use, user tool_result) pairs."""
     msgs: list[dict] = [
-        {"role": "user", "content": [
-            {"type": "text", "text": "<system-reminder>\nattribution\n</system-reminder>\n"},
-            {"type": "text", "text": prompt}]},
+        {
+            "role": "user",
+            "content": [
+                {"type": "text", "text": "<system-reminder>\nattribution\n</system-reminder>\n"},
+                {"type": "text", "text": prompt},
+            ],
+        },
         CWD_MSG,
     ]
     for i in range(assistants):
-        msgs.append({"role": "assistant", "content": [
-            {"type": "tool_use", "id": f"t{i}", "name": "Write", "input": {}}]})
-        msgs.append({"role": "user", "content": [
-            {"type": "tool_result", "tool_use_id": f"t{i}", "content": tool_result,
-             "is_error": tool_error}]})
-    out = {"model": "claude-x", "max_tokens": 100, "messages": msgs, "stream": stream,
-           "system": [{"type": "text", "text": "You are a Claude agent."}]}
+        msgs.append(
+            {
+                "role": "assistant",
+                "content": [{"type": "tool_use", "id": f"t{i}", "name": "Write", "input": {}}],
+            }
+        )
+        msgs.append(
+            {
+                "role": "user",
+                "content": [
+                    {
+                        "type": "tool_result",
+                        "tool_use_id": f"t{i}",
+                        "content": tool_result,
+                        "is_error": tool_error,
+                    }
+                ],
+            }
+        )
+    out = {
+        "model": "claude-x",
+        "max_tokens": 100,
+        "messages": msgs,
+        "stream": stream,
+        "system": [{"type": "text", "text": "You are a Claude agent."}],
+    }
     if session:
         out["metadata"] = {"user_id": json.dumps({"session_id": session})}
     return out
@@ -86,8 +123,9 @@ def assemble(events: list[tuple[str, dict]]) -> dict:
 
 
 def post(srv: ScriptedModelServer, payload: dict, headers: dict | None = None) -> httpx.Response:
-    return httpx.post(f"{srv.base_url}/v1/messages?beta=true", json=payload,
-                      headers=headers or {}, timeout=30)
+    return httpx.post(
+        f"{srv.base_url}/v1/messages?beta=true", json=payload, headers=headers or {}, timeout=30
+    )
 
 
 @pytest.fixture
@@ -107,10 +145,17 @@ def test_write_and_pass_turns_stream_tool_use_then_report(srv):
     assert tool["name"] == "Write" and tool["id"].startswith("toolu_")
     assert tool["input"] == {
         "file_path": "/work/x y/specwave_demo_2.1.txt",
-        "content": "specwave demo output for task 2.1 (scenario write-and-pass)\n"}
+        "content": "specwave demo output for task 2.1 (scenario write-and-pass)\n",
+    }
 
-    r = post(srv, body("- **ID**: 2.1\nspecwave-scenario: write-and-pass", assistants=1,
-                       tool_result="File created"))
+    r = post(
+        srv,
+        body(
+            "- **ID**: 2.1\nspecwave-scenario: write-and-pass",
+            assistants=1,
+            tool_result="File created",
+        ),
+    )
     msg = assemble(parse_sse(r.text))
     assert msg["stop_reason"] == "end_turn"
     text = msg["content"][0]["text"]
@@ -119,13 +164,17 @@ def test_write_and_pass_turns_stream_tool_use_then_report(srv):
     assert report["status"] == "pass"
     assert report["files_created"] == ["specwave_demo_2.1.txt"]
     assert report["notes"].endswith("write result: File created")
-    assert [(q["turn"], q["scenario"], q["task_id"], q["cwd"], q["status"], q["outcome"])
-            for q in srv.requests] == [
+    assert [
+        (q["turn"], q["scenario"], q["task_id"], q["cwd"], q["status"], q["outcome"])
+        for q in srv.requests
+    ] == [
         (0, "write-and-pass", "2.1", "/work/x y", 200, "reply"),
-        (1, "write-and-pass", "2.1", "/work/x y", 200, "reply")]
+        (1, "write-and-pass", "2.1", "/work/x y", 200, "reply"),
+    ]
     # Past the script: a plain note, never a json block.
-    msg = assemble(parse_sse(post(srv, body("specwave-scenario: write-and-pass",
-                                             assistants=2)).text))
+    msg = assemble(
+        parse_sse(post(srv, body("specwave-scenario: write-and-pass", assistants=2)).text)
+    )
     assert "nothing more is scripted" in msg["content"][0]["text"]
     assert "```" not in msg["content"][0]["text"]
     assert srv.requests[-1]["outcome"] == "no-turn"
@@ -139,10 +188,13 @@ def test_non_streaming_request_gets_a_message(srv):
     assert msg["content"] == [{"type": "text", "text": "I did it. Everything is done."}]
 
 
-@pytest.mark.parametrize("prompt,outcome,phrase", [
-    ("do the thing", "no-scenario", "no specwave-scenario marker"),
-    ("specwave-scenario: nope", "unknown-scenario", "unknown specwave-scenario 'nope'"),
-])
+@pytest.mark.parametrize(
+    "prompt,outcome,phrase",
+    [
+        ("do the thing", "no-scenario", "no specwave-scenario marker"),
+        ("specwave-scenario: nope", "unknown-scenario", "unknown specwave-scenario 'nope'"),
+    ],
+)
 def test_missing_or_unknown_scenario_explains_without_json(srv, prompt, outcome, phrase):
     msg = assemble(parse_sse(post(srv, body(prompt)).text))
     text = msg["content"][0]["text"]
@@ -151,8 +203,11 @@ def test_missing_or_unknown_scenario_explains_without_json(srv, prompt, outcome,
 
 
 def test_marker_in_a_tool_result_does_not_switch_scenario(srv):
-    payload = body("specwave-scenario: bash-test-pass", assistants=1,
-                   tool_result="specwave-scenario: auth-error")
+    payload = body(
+        "specwave-scenario: bash-test-pass",
+        assistants=1,
+        tool_result="specwave-scenario: auth-error",
+    )
     r = post(srv, payload)
     assert r.status_code == 200
     assert srv.requests[-1]["scenario"] == "bash-test-pass"
@@ -163,8 +218,10 @@ def test_overloaded_once_per_conversation(srv):
     a = {"x-claude-code-session-id": "sess-a"}
     r = post(srv, body(p), a)
     assert r.status_code == 529
-    assert r.json() == {"type": "error",
-                        "error": {"type": "overloaded_error", "message": "Overloaded"}}
+    assert r.json() == {
+        "type": "error",
+        "error": {"type": "overloaded_error", "message": "Overloaded"},
+    }
     assert post(srv, body(p), a).status_code == 200
     assert post(srv, body(p, assistants=1), a).status_code == 200
     # Another conversation (session header, or metadata session id) gets its own 529.
@@ -179,22 +236,25 @@ def test_auth_error_every_time(srv):
     for _ in range(2):
         r = post(srv, body("specwave-scenario: auth-error"))
         assert r.status_code == 401
-        assert r.json()["error"] == {"type": "authentication_error",
-                                     "message": "invalid x-api-key"}
+        assert r.json()["error"] == {"type": "authentication_error", "message": "invalid x-api-key"}
 
 
 def test_unknown_paths_and_count_tokens_are_recorded(srv):
     r = httpx.get(f"{srv.base_url}/v1/models", timeout=5)
     assert r.status_code == 404 and r.json()["error"]["type"] == "not_found_error"
-    r = httpx.post(f"{srv.base_url}/v1/messages/count_tokens?beta=true",
-                   json=body("specwave-scenario: no-json"), timeout=5)
+    r = httpx.post(
+        f"{srv.base_url}/v1/messages/count_tokens?beta=true",
+        json=body("specwave-scenario: no-json"),
+        timeout=5,
+    )
     assert r.status_code == 200 and r.json()["input_tokens"] > 0
     r = httpx.post(f"{srv.base_url}/v1/messages", content=b"{not json", timeout=5)
     assert r.status_code == 400
     assert [(q["method"], q["path"], q["status"], q["outcome"]) for q in srv.requests] == [
         ("GET", "/v1/models", 404, "unknown-path"),
         ("POST", "/v1/messages/count_tokens?beta=true", 200, "count-tokens"),
-        ("POST", "/v1/messages", 400, "bad-json")]
+        ("POST", "/v1/messages", 400, "bad-json"),
+    ]
     # Introspection endpoints answer but are not model traffic.
     assert httpx.get(f"{srv.base_url}/_specwave/health", timeout=5).json()["ok"] is True
     assert len(httpx.get(f"{srv.base_url}/_specwave/requests", timeout=5).json()) == 3
@@ -204,8 +264,11 @@ def test_api_key_values_are_never_recorded(tmp_path):
     log = tmp_path / "log.jsonl"
     secret = "sk-ant-specwave-" + os.urandom(8).hex()
     with ScriptedModelServer(log_file=log) as s:
-        post(s, body("specwave-scenario: no-json"),
-             {"x-api-key": secret, "authorization": f"Bearer {secret}"})
+        post(
+            s,
+            body("specwave-scenario: no-json"),
+            {"x-api-key": secret, "authorization": f"Bearer {secret}"},
+        )
         recs = s.requests
     assert recs[0]["has_api_key"] is True
     assert secret not in json.dumps(recs)
@@ -220,9 +283,12 @@ def test_hang_sends_message_start_then_nothing_and_stop_is_not_blocked():
 
     def client():
         try:
-            with httpx.stream("POST", f"{s.base_url}/v1/messages",
-                              json=body("specwave-scenario: hang"),
-                              timeout=httpx.Timeout(30)) as r:
+            with httpx.stream(
+                "POST",
+                f"{s.base_url}/v1/messages",
+                json=body("specwave-scenario: hang"),
+                timeout=httpx.Timeout(30),
+            ) as r:
                 for line in r.iter_lines():  # read while the stream is open
                     got.append(line)  # noqa: PERF402
         except httpx.HTTPError:
@@ -244,8 +310,10 @@ def test_hang_sends_message_start_then_nothing_and_stop_is_not_blocked():
 
 
 def test_hang_ends_when_the_client_goes_away(srv):
-    with httpx.Client(timeout=30) as c, c.stream("POST", f"{srv.base_url}/v1/messages",
-                  json=body("specwave-scenario: hang")) as r:
+    with (
+        httpx.Client(timeout=30) as c,
+        c.stream("POST", f"{srv.base_url}/v1/messages", json=body("specwave-scenario: hang")) as r,
+    ):
         next(r.iter_lines())
     # Client closed: the server notices within its 0.2 s poll.
     srv.wait_for_requests(1, timeout=3, outcome="hang", done=True)
@@ -258,8 +326,9 @@ def test_slow_pass_sleeps_and_many_streams_run_concurrently(srv):
     with httpx.Client(timeout=30, limits=limits) as client:
 
         def one(i: int) -> None:
-            results[i] = client.post(f"{srv.base_url}/v1/messages",
-                                     json=body(p.format(i))).status_code
+            results[i] = client.post(
+                f"{srv.base_url}/v1/messages", json=body(p.format(i))
+            ).status_code
 
         threads = [threading.Thread(target=one, args=(i,)) for i in range(32)]
         for t in threads:
@@ -279,8 +348,12 @@ def test_slow_pass_sleeps_and_many_streams_run_concurrently(srv):
 
 def test_stop_during_sleep_returns_promptly():
     s = ScriptedModelServer().start()
-    th = threading.Thread(target=lambda: _swallow(lambda: post(
-        s, body("specwave-scenario: slow-pass\nspecwave-sleep: 30"))), daemon=True)
+    th = threading.Thread(
+        target=lambda: _swallow(
+            lambda: post(s, body("specwave-scenario: slow-pass\nspecwave-sleep: 30"))
+        ),
+        daemon=True,
+    )
     th.start()
     time.sleep(0.3)
     t0 = time.monotonic()
@@ -299,25 +372,46 @@ def _swallow(fn):
 
 
 def test_extra_scenarios_merge_and_use_placeholders(srv):
-    extra = {"mine": {"turns": [{"content": [
-        {"type": "tool_use", "name": "Bash", "input": {
-            "command": "{test_command}", "description": "{task_slug} in {cwd}"}}],
-        "stop_reason": "tool_use"}]}}
+    extra = {
+        "mine": {
+            "turns": [
+                {
+                    "content": [
+                        {
+                            "type": "tool_use",
+                            "name": "Bash",
+                            "input": {
+                                "command": "{test_command}",
+                                "description": "{task_slug} in {cwd}",
+                            },
+                        }
+                    ],
+                    "stop_reason": "tool_use",
+                }
+            ]
+        }
+    }
     with ScriptedModelServer(scenarios=extra) as s:
         assert "write-and-pass" in s.scenarios and "mine" in s.scenarios
-        prompt = ("specwave-scenario: mine\nTask ID: a/b\n"
-                  "specwave-test-command: `pytest -q tests/x.py`\n")
+        prompt = (
+            "specwave-scenario: mine\nTask ID: a/b\nspecwave-test-command: `pytest -q tests/x.py`\n"
+        )
         msg = assemble(parse_sse(post(s, body(prompt)).text))
         assert msg["content"][0]["input"] == {
-            "command": "pytest -q tests/x.py", "description": "a_b in /work/x y"}
+            "command": "pytest -q tests/x.py",
+            "description": "a_b in /work/x y",
+        }
     assert "mine" not in SCENARIOS  # the built-ins are not mutated
 
 
-@pytest.mark.parametrize("bad,phrase", [
-    ({"turns": []}, '"turns" must be a non-empty list'),
-    ({"turns": [{"stop_reason": "end_turn"}]}, 'turn 0 needs "content"'),
-    ({"turns": [{"content": [{"type": "image"}]}]}, "block type 'image'"),
-])
+@pytest.mark.parametrize(
+    "bad,phrase",
+    [
+        ({"turns": []}, '"turns" must be a non-empty list'),
+        ({"turns": [{"stop_reason": "end_turn"}]}, 'turn 0 needs "content"'),
+        ({"turns": [{"content": [{"type": "image"}]}]}, "block type 'image'"),
+    ],
+)
 def test_bad_extra_scenarios_are_rejected_with_the_reason(bad, phrase):
     with pytest.raises(ValueError, match=f'scenario "x".*{_re(phrase)}'):
         merged_scenarios({"x": bad})
@@ -325,16 +419,20 @@ def test_bad_extra_scenarios_are_rejected_with_the_reason(bad, phrase):
 
 def _re(text: str) -> str:
     import re
+
     return re.escape(text)
 
 
-@pytest.mark.parametrize("prompt,task_id", [
-    ("## Task\n- **ID**: 1.1\n- **Type**: subtask", "1.1"),
-    ("Task ID: W1-VERIFY", "W1-VERIFY"),
-    ("**Task ID**: `3`", "3"),
-    ("specwave-task-id: 9\n- **ID**: 1", "9"),
-    ("nothing here", None),
-])
+@pytest.mark.parametrize(
+    "prompt,task_id",
+    [
+        ("## Task\n- **ID**: 1.1\n- **Type**: subtask", "1.1"),
+        ("Task ID: W1-VERIFY", "W1-VERIFY"),
+        ("**Task ID**: `3`", "3"),
+        ("specwave-task-id: 9\n- **ID**: 1", "9"),
+        ("nothing here", None),
+    ],
+)
 def test_task_id_extraction(prompt, task_id):
     assert conversation_facts(body(prompt))["task_id"] == task_id
 
@@ -346,9 +444,14 @@ def test_facts_defaults_and_overrides():
     assert f["write_path"] == "/work/x y/specwave_demo_task.txt"
     assert f["test_command"] == "python -c \"print('ok')\""
     assert f["sleep"] == 1.0 and f["turn"] == 0
-    f = conversation_facts(body("specwave-write: /abs/p.txt\nspecwave-sleep: 0.25\n"
-                                "specwave-cwd: /elsewhere", assistants=2, tool_error=True,
-                                tool_result="boom"))
+    f = conversation_facts(
+        body(
+            "specwave-write: /abs/p.txt\nspecwave-sleep: 0.25\nspecwave-cwd: /elsewhere",
+            assistants=2,
+            tool_error=True,
+            tool_result="boom",
+        )
+    )
     assert f["write_path"] == "/abs/p.txt" and f["sleep"] == 0.25 and f["turn"] == 2
     assert f["cwd"] == "/elsewhere"
     assert (f["last_tool_result"], f["last_tool_error"]) == ("boom", "true")
@@ -362,26 +465,54 @@ def test_facts_defaults_and_overrides():
 def test_runs_as_a_process_with_port_file(tmp_path):
     port_file, log = tmp_path / "port", tmp_path / "log.jsonl"
     extra = tmp_path / "extra.json"
-    extra.write_text(json.dumps({"echo": {"turns": [{"content": [
-        {"type": "text", "text": "task {task_id}"}], "stop_reason": "end_turn"}]}}))
+    extra.write_text(
+        json.dumps(
+            {
+                "echo": {
+                    "turns": [
+                        {
+                            "content": [{"type": "text", "text": "task {task_id}"}],
+                            "stop_reason": "end_turn",
+                        }
+                    ]
+                }
+            }
+        )
+    )
     proc = subprocess.Popen(
-        [sys.executable, "-m", "tasks_lib.scripted_model", "--port", "0",
-         "--port-file", str(port_file), "--log-file", str(log),
-         "--scenarios-file", str(extra)],
-        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        start_new_session=True)
+        [
+            sys.executable,
+            "-m",
+            "tasks_lib.scripted_model",
+            "--port",
+            "0",
+            "--port-file",
+            str(port_file),
+            "--log-file",
+            str(log),
+            "--scenarios-file",
+            str(extra),
+        ],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
     try:
         line = proc.stdout.readline()
         port = int(port_file.read_text())
         base = f"http://127.0.0.1:{port}"
         assert line.strip() == f"specwave-scripted-model listening on {base}"
         assert httpx.get(f"{base}/_specwave/health", timeout=5).json()["ok"] is True
-        r = httpx.post(f"{base}/v1/messages?beta=true",
-                       json=body("specwave-scenario: echo\nTask ID: 12"), timeout=10)
+        r = httpx.post(
+            f"{base}/v1/messages?beta=true",
+            json=body("specwave-scenario: echo\nTask ID: 12"),
+            timeout=10,
+        )
         assert assemble(parse_sse(r.text))["content"][0]["text"] == "task 12"
         recs = httpx.get(f"{base}/_specwave/requests", timeout=5).json()
-        assert [(q["scenario"], q["task_id"], q["status"]) for q in recs] == [
-            ("echo", "12", 200)]
+        assert [(q["scenario"], q["task_id"], q["status"]) for q in recs] == [("echo", "12", 200)]
         t0 = time.monotonic()
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=5) == 0
@@ -400,11 +531,29 @@ def test_runs_as_a_process_with_port_file(tmp_path):
 
 
 def test_list_scenarios_names_every_builtin():
-    out = subprocess.run([sys.executable, "-m", "tasks_lib.scripted_model", "--list-scenarios"],
-                         check=False, cwd=REPO, capture_output=True, text=True, timeout=30,
-                         start_new_session=True)
+    out = subprocess.run(
+        [sys.executable, "-m", "tasks_lib.scripted_model", "--list-scenarios"],
+        check=False,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        start_new_session=True,
+    )
     assert out.returncode == 0
     names = [line.split(":", 1)[0] for line in out.stdout.splitlines()]
-    assert names == sorted(SCENARIOS) == [
-        "auth-error", "bash-test-pass", "denied-pass", "hang", "no-json",
-        "overloaded-then-pass", "report-fail", "slow-pass", "write-and-pass"]
+    assert (
+        names
+        == sorted(SCENARIOS)
+        == [
+            "auth-error",
+            "bash-test-pass",
+            "denied-pass",
+            "hang",
+            "no-json",
+            "overloaded-then-pass",
+            "report-fail",
+            "slow-pass",
+            "write-and-pass",
+        ]
+    )

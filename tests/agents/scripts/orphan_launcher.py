@@ -27,10 +27,20 @@ async def main(info_path: Path, log_path: Path, tag: str) -> None:
         tmp.write_text(json.dumps([info.to_dict()]))
         os.replace(tmp, info_path)
 
-    argv = [sys.executable, str(AGENT), "--tag", tag,
-            "child", "setsid-child", "daemon", "sleep", "120"]
-    await run_process_group(argv, cwd=info_path.parent, env=dict(os.environ),
-                            log_path=log_path, on_start=on_start)
+    argv = [
+        sys.executable,
+        str(AGENT),
+        "--tag",
+        tag,
+        "child",
+        "setsid-child",
+        "daemon",
+        "sleep",
+        "120",
+    ]
+    await run_process_group(
+        argv, cwd=info_path.parent, env=dict(os.environ), log_path=log_path, on_start=on_start
+    )
 
 
 if __name__ == "__main__":
