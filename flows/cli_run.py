@@ -278,6 +278,27 @@ def print_final(result: dict, spec) -> None:
         console.print(f"note: {e}")
     console.print(f"tasks file: {result['tasks_file']}")
     console.print(f"run logs:   {result['run_dir']}")
+    if integ := result.get("integration"):
+        console.print(_merge_log(integ), highlight=False)
+    for warning in result.get("isolation_warnings") or []:
+        console.print(f"[yellow]warning:[/yellow] {warning}", highlight=False)
+
+
+def _merge_log(integ: dict) -> str:
+    """Worktree isolation: the merge log and how to take the work."""
+    lines = [f"merge log ({integ['branch']}):"]
+    for n, m in enumerate(integ.get("merges") or [], 1):
+        what = m["status"] + (f" ({', '.join(m['files'])})" if m.get("files") else "")
+        lines.append(
+            f"  {n}. {m['task']}: {what}"
+            + (f" -> {m['commit'][:12]}" if m["status"] == "merged" and m.get("commit") else "")
+        )
+    head = (integ.get("commit") or "?")[:12]
+    lines.append(
+        f"integration: {integ['branch']} at {head} — take it with "
+        f"`{integ['take']}` (your branch and working tree were not changed)"
+    )
+    return "\n".join(lines)
 
 
 def _attempt_costs(result: dict) -> dict[str, tuple[float, int | None]]:
@@ -558,6 +579,43 @@ def run(
             "(repeatable).",
         ),
     ] = None,
+    isolation: Annotated[
+        str,
+        typer.Option(
+            "--isolation",
+            help="shared (every agent in the repository itself) or worktree (each task in "
+            "its own git worktree and branch, merged into an integration branch in "
+            "dependency order; your checkout is never changed).",
+        ),
+    ] = "shared",
+    verify: Annotated[
+        str | None,
+        typer.Option(
+            "--verify",
+            metavar="COMMAND",
+            help='worktree: run after each merge (e.g. "python -m pytest -q"); a failure '
+            "undoes the merge and the task gets a new attempt.",
+        ),
+    ] = None,
+    into: Annotated[
+        str | None,
+        typer.Option(
+            "--into",
+            metavar="BRANCH",
+            help="worktree: the integration branch (default specwave/<spec>).",
+        ),
+    ] = None,
+    base: Annotated[
+        str | None,
+        typer.Option(
+            "--base",
+            metavar="REF",
+            help="worktree: what a new integration branch starts from (default HEAD).",
+        ),
+    ] = None,
+    keep_branches: Annotated[
+        bool, typer.Option("--keep-branches", help="worktree: keep merged tasks' branches.")
+    ] = False,
     agent_env: Annotated[
         list[str] | None,
         typer.Option(
@@ -571,6 +629,9 @@ def run(
     """Run every pending task of a spec through coding agents, in parallel."""
     if scheduler not in ("eager", "waves"):
         _err(f'--scheduler: unknown scheduler "{scheduler}" — use eager or waves')
+        raise typer.Exit(EXIT_INVALID)
+    if isolation not in ("shared", "worktree"):
+        _err(f'--isolation: unknown isolation "{isolation}" — use shared or worktree')
         raise typer.Exit(EXIT_INVALID)
     try:
         spec, plan = load_and_plan(
@@ -614,6 +675,11 @@ def run(
             raise SpecError.single(
                 str(repo), "repository folder not found", hint="pass an existing folder with --repo"
             )
+        if isolation == "worktree" and not dry_run:
+            from tasks_lib.workspaces.worktree import worktree_spec
+
+            # refused here in one line, before Prefect starts: nothing started, nothing changed
+            worktree_spec(str(repo or Path.cwd()), spec.name, into=into, base=base)
         if not dry_run:
             from tasks_lib.store import RunLock
 
@@ -650,6 +716,17 @@ def run(
         parallel=parallel,
         approve_waves=approve_waves,
         concurrency_limit=concurrency_limit,
+        **(
+            dict(
+                isolation=isolation,
+                verify=verify,
+                into=into,
+                base=base,
+                keep_branches=keep_branches,
+            )
+            if isolation == "worktree"
+            else {}
+        ),
     )
     session = RunSession(spec, params, as_json=as_json)
     startup_done()  # every import is done: the garbage collector is back on for the run

@@ -47,6 +47,7 @@ from tasks_lib.state import RunStatus
 from tasks_lib.store import WriteFailed
 from tasks_lib.tasks import agent_task
 from tasks_lib.workspaces import WorkspaceSpec
+from tasks_lib.workspaces.worktree import worktree_spec
 
 
 def _flow_run_name() -> str:
@@ -101,6 +102,11 @@ async def execute_spec(
     parallel: bool = False,
     approve_waves: bool = False,
     concurrency_limit: str | None = None,
+    isolation: Literal["shared", "worktree"] = "shared",
+    verify: str | None = None,
+    into: str | None = None,
+    base: str | None = None,
+    keep_branches: bool = False,
 ) -> dict[str, Any] | State:
     """Run every pending task of a spec through coding-agent workers, concurrently.
 
@@ -125,6 +131,14 @@ async def execute_spec(
             names it, e.g. ``specwave-agents``. It must exist (``specwave deploy
             --agent-slots N`` or ``prefect gcl create NAME --limit N``). None: no shared
             limit (``max_concurrency`` still bounds this run).
+        isolation: ``shared`` (every agent in ``repo`` itself) or ``worktree`` (each task in
+            its own git worktree and branch, merged into an integration branch in dependency
+            order through the merge queue; ``repo`` is never changed).
+        verify: worktree: a command (shlex-split) run after each merge in the integration
+            worktree; a failure undoes the merge, e.g. ``"python -m pytest -q"``.
+        into: worktree: the integration branch (default ``specwave/<spec>``).
+        base: worktree: what a new integration branch starts from (default ``HEAD``).
+        keep_branches: worktree: keep each merged task's branch.
 
     Returns:
         A dict with ``status``, ``tasks`` (per-task status, outcome, attempts, blocker),
@@ -138,8 +152,14 @@ async def execute_spec(
     if concurrency_limit:
         await _check_concurrency_limit(concurrency_limit)
     policy = _approval_scheduler(approve_waves, scheduler)
-    workspace = WorkspaceSpec(path=str(Path(repo or os.getcwd()).resolve()))  # noqa: ASYNC240
+    workdir = str(Path(repo or os.getcwd()).resolve())  # noqa: ASYNC240
     run_id, flow_run_id = _run_ids()
+    if isolation == "worktree":
+        workspace = worktree_spec(
+            workdir, spec.name, into=into, base=base, verify=verify, keep_branches=keep_branches
+        ).model_copy(update={"run_id": run_id})
+    else:
+        workspace = WorkspaceSpec(path=workdir)
 
     guard, loop = RunGuard(spec, run_id, flow_run_id), None
     try:

@@ -21,18 +21,20 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from prefect import get_run_logger
 
 from flows.approval import approve_next_wave
 from flows.dispatch import Dispatch
+from flows.merge_queue import MergeQueue, retry_prompt
 from flows.plan_writer import PlanWriter
 from flows.ui import RunUI
 from tasks_lib.formats import document_format
 from tasks_lib.planner import Plan
 from tasks_lib.prompt import task_prompt
-from tasks_lib.records import AttemptRecord, RunRecord
+from tasks_lib.records import AttemptRecord, MergeInfo, RunRecord
 from tasks_lib.report import (
     artifact_keys,
     compute_metrics,
@@ -41,15 +43,25 @@ from tasks_lib.report import (
     result_update,
     summary_markdown,
     table_rows,
+    task_status,
     worker_counts,
 )
 from tasks_lib.runfolder import RunFolder
 from tasks_lib.scheduler import Scheduler
 from tasks_lib.spec import LoadedSpec
-from tasks_lib.state import SATISFIED, RunStatus, TaskStatus, prefect_state, status_of_outcome
+from tasks_lib.state import SATISFIED, RunStatus, TaskStatus, prefect_state
 from tasks_lib.store import PlanStore, TaskUpdate
 from tasks_lib.tasks import WorkerInput
 from tasks_lib.workspaces import WorkspaceSpec
+from tasks_lib.workspaces.worktree import CheckoutWatch
+
+
+@dataclass(frozen=True)
+class _Merged:
+    """A merge-queue step's result: the task's records, the last one with its merge."""
+
+    recs: list[AttemptRecord]
+    info: MergeInfo
 
 
 @dataclass(frozen=True)
@@ -107,6 +119,14 @@ class RunLoop:
         for a, b in plan.dependency_edges:
             self._deps.setdefault(b, []).append(a)
         self._wave_running: int | None = None  # approve_waves: the wave whose workers started
+        # worktree isolation: a pass goes through the merge queue before the scheduler hears
+        # of it, so dependents start from a base holding their dependencies' merged work
+        worktrees = settings.workspace.kind == "worktree"
+        self.merges = MergeQueue(settings.workspace) if worktrees else None
+        self._merge_retries: dict[str, int] = {}
+        self.watch: CheckoutWatch | None = None
+        self.isolation_warnings: list[str] = []
+        self.integration: dict[str, Any] | None = None
         self._counts: dict[TaskStatus, int] = {}  # tasks by state, kept as the state changes
         for st in self.sched.state.values():
             self._counts[st] = self._counts.get(st, 0) + 1
@@ -130,7 +150,9 @@ class RunLoop:
                     continue
                 finished, _ = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
                 for fut in finished:
-                    await self._finish(running.pop(fut), fut.result())
+                    tid = running.pop(fut)
+                    if (step := await self._finish(tid, fut.result())) is not None:
+                        running[step] = tid  # its merge, or a new attempt after one failed
         except BaseException as exc:
             await self._interrupt(exc, running)
             raise
@@ -141,6 +163,23 @@ class RunLoop:
         self.folder.write_run(self._record(RunStatus.RUNNING, plan=self.plan_json))
         # the first write is inline: a plan file we cannot write stops the run before any agent
         self.store.apply(run_state=self._run_state(RunStatus.RUNNING))
+        if self.merges is not None:
+            await self.merges.open()
+            self.watch = await asyncio.to_thread(
+                CheckoutWatch, self.settings.workspace.path, [str(self.spec.folder)]
+            )
+            dirty = [
+                e.path
+                for e in self.watch.start.entries
+                if not Path(self.watch.start.root, e.path).is_relative_to(self.spec.folder)
+            ]
+            if dirty:
+                note = (
+                    f"{len(dirty)} uncommitted change(s) in your checkout (e.g. {dirty[0]}) "
+                    "are not in the agents' base: commit them first to include them"
+                )
+                self.isolation_warnings.append(note)
+                self.logger.warning(note)
         await self._progress()
 
     def _start(self, tid: str) -> asyncio.Task:
@@ -159,12 +198,19 @@ class RunLoop:
             ),
             run_state=self._run_state(RunStatus.RUNNING),
         )
-        s = self.settings
+        return self._dispatch(tid, task_prompt(self.spec, self.plan, tid))
+
+    def _dispatch(self, tid: str, prompt: str) -> asyncio.Task:
+        """Hand the task's worker to the dispatch: its first attempt, or one after its merge
+        failed."""
+        sched, unit, s = self.sched, self.spec.unit(tid), self.settings
         wave = self.plan.wave_of.get(tid)
+        title = " ".join(unit.description.split())
         # the tags go in WorkerInput, not with_options: see tasks_lib.tasks.label_task_run
         inp = WorkerInput(
             task_id=tid,
-            prompt=task_prompt(self.spec, self.plan, tid),
+            title=title,
+            prompt=prompt,
             agent=s.agent,
             workspace=s.workspace,
             spec_dir=str(self.spec.folder),
@@ -174,18 +220,36 @@ class RunLoop:
             tags=[self.spec.name, f"wave-{wave}", s.agent_kind],
         )
         after = [d for d in self._deps.get(tid, ()) if sched.state[d] == TaskStatus.PASS]
-        name = f"{tid}: {' '.join(unit.description.split())}"
+        name = f"{tid}: {title}"
         self.logger.info(f"started {tid} ({len(sched.running)} running)")
         return asyncio.create_task(
             self.dispatch.run(inp, name=name, after=after), name=f"worker-{tid}"
         )
 
-    async def _finish(self, tid: str, recs: list[AttemptRecord]) -> None:
-        """A worker is done: record its result, block the dependents of a failure."""
+    async def _finish(self, tid: str, done: list[AttemptRecord] | _Merged) -> asyncio.Task | None:
+        """A worker (or its merge) is done: record the result, block the dependents of a
+        failure. Worktree isolation: a pass first goes to the merge queue, and a merge that
+        failed gets a new attempt while retries last; the step to wait for is returned."""
+        merge = done.info if isinstance(done, _Merged) else None
+        recs = done.recs if isinstance(done, _Merged) else done
         self.records[tid] = recs
         last = recs[-1]
-        status = status_of_outcome(last.outcome)
-        blocker = final_blocker(recs)
+        if self.watch is not None and merge is None:
+            await self._check_isolation(tid)
+        if self.merges is not None and merge is None and last.passed and last.work:
+            return asyncio.create_task(self._merge(tid, recs), name=f"merge-{tid}")
+        if self.merges is not None and merge is not None and not merge.ok:
+            used = self._merge_retries.get(tid, 0)
+            if used < self.settings.retries:
+                self._merge_retries[tid] = used + 1
+                self.logger.warning(
+                    f"{tid}: {merge.reason()}; a new attempt starts from the integration "
+                    "branch's new head"
+                )
+                base = task_prompt(self.spec, self.plan, tid)
+                prompt = retry_prompt(base, tid, merge, self.merges.previous_diff(last))
+                return self._dispatch(tid, prompt)
+        status, blocker = task_status(recs), final_blocker(recs)
         newly_blocked = self.sched.finish(tid, status, blocker or last.outcome.value)
         self._count(TaskStatus.IN_PROGRESS, status)
         updates = [result_update(tid, self.spec.unit(tid).attempts, recs)]
@@ -199,6 +263,33 @@ class RunLoop:
         level = self.logger.info if status == TaskStatus.PASS else self.logger.error
         level(f"{tid}: {status.value}" + (f" — {blocker}" if blocker else ""))
         await self._progress()  # returns at once (see flows.ui)
+        return None
+
+    async def _check_isolation(self, tid: str) -> None:
+        """Worktree isolation: did an agent change the user's checkout? Say which files, and
+        which tasks were running (it was one of them)."""
+        assert self.watch is not None
+        changed = await asyncio.to_thread(self.watch.new_changes)
+        if changed:
+            suspects = sorted({tid, *self.sched.running})
+            shown = ", ".join(changed[:10]) + (
+                f" (+{len(changed) - 10} more)" if len(changed) > 10 else ""
+            )
+            warning = (
+                f"your checkout was changed outside the worktrees: {shown} — while "
+                f"task(s) {', '.join(suspects)} ran (specwave left it as it is)"
+            )
+            self.isolation_warnings.append(warning)
+            self.logger.warning(warning)
+
+    async def _merge(self, tid: str, recs: list[AttemptRecord]) -> _Merged:
+        """The merge queue's step for a passed attempt; its record keeps what it did."""
+        assert self.merges is not None
+        title = " ".join(self.spec.unit(tid).description.split())
+        info = await self.merges.merge(tid, title, recs[-1])
+        recs[-1].merge = info
+        await asyncio.to_thread(self.folder.write_attempt, recs[-1])
+        return _Merged(recs, info)
 
     async def _review_finished_wave(self) -> None:
         """approve_waves: nothing runs; if the wave is over and another follows, publish the
@@ -302,6 +393,21 @@ class RunLoop:
                 "completed_at": iso(time.time()),
             }
         )
+        if self.merges is not None:
+            head = await self.merges.close()
+            branch = self.merges.integration.branch
+            merged = sum(m["status"] == "merged" for m in self.merges.log)
+            self.integration = {
+                "branch": branch,
+                "commit": head,
+                "merges": self.merges.log,
+                "take": f"git merge --ff-only {branch}",
+            }
+            self.logger.info(
+                f"integration branch {branch} at {(head or '?')[:12]} "
+                f"({merged} merges): take the work with "
+                f"`git merge --ff-only {branch}`"
+            )
         rows = self._rows()
         await self.ui.table(rows)
         await self.ui.progress(total, total, self._describe_counts())
@@ -344,6 +450,8 @@ class RunLoop:
             "blocking_failures": sched.blocking_failures() if status == RunStatus.BLOCKED else [],
             "tasks": tasks,
             "metrics": metrics,
+            **({"integration": self.integration} if self.integration else {}),
+            **({"isolation_warnings": self.isolation_warnings} if self.isolation_warnings else {}),
         }
         self.folder.write_run(
             self._record(

@@ -46,6 +46,42 @@ class _Record(BaseModel):
             ) from None
 
 
+class WorkInfo(BaseModel):
+    """What an attempt did in its own worktree (``--isolation worktree``)."""
+
+    branch: str = Field(description="The task branch.")
+    worktree: str = Field(description="The worktree the agent worked in.")
+    base: str = Field(description="The integration commit the attempt started from.")
+    commit: str = Field(description="The task branch's head after the attempt.")
+    changed: bool = Field(description="The attempt left at least one commit.")
+    agent_commits: int = Field(0, description="Commits the agent made itself.")
+    committed_leftovers: bool = Field(
+        False, description="specwave committed changes the agent left uncommitted."
+    )
+
+
+class MergeInfo(BaseModel):
+    """What the merge queue did with a passed attempt's branch."""
+
+    status: str = Field(description="merged, up_to_date, conflict or verify_failed.")
+    commit: str | None = Field(None, description="The integration branch's head after it.")
+    files: list[str] = Field(default_factory=list, description="Conflicted files.")
+    verify_tail: str = Field("", description="Last lines of a failed verify run.")
+    seconds: float = Field(0.0, description="How long merge and verify took.")
+
+    @property
+    def ok(self) -> bool:
+        return self.status in ("merged", "up_to_date")
+
+    def reason(self) -> str:
+        if self.status == "conflict":
+            return f"merge conflict in {', '.join(self.files) or 'the branch'}"
+        if self.status == "verify_failed":
+            last = self.verify_tail.strip().splitlines()[-1:] or ["(no output)"]
+            return f"verify failed after the merge: {last[0][:200]}"
+        return self.status
+
+
 class AttemptRecord(_Record):
     """One agent attempt at one task (``attempt-N.json``)."""
 
@@ -69,10 +105,18 @@ class AttemptRecord(_Record):
     output_tail: str = Field("", description="Last lines of the agent's output (redacted).")
     log_path: str | None = Field(None, description="The attempt's full output log.")
     retry_after_s: float | None = Field(None, description="Back-off the agent asked for.")
+    work: WorkInfo | None = Field(None, description="Its worktree, branch and commit.")
+    merge: MergeInfo | None = Field(None, description="What the merge queue did with it.")
 
     @property
     def passed(self) -> bool:
+        """The agent's attempt passed (worktree isolation: its merge may still fail)."""
         return self.outcome == Outcome.PASS
+
+    @property
+    def merge_failed(self) -> bool:
+        """It passed, but its work could not be merged (a conflict, a failed verify)."""
+        return self.merge is not None and not self.merge.ok
 
     @property
     def cost_usd(self) -> float | None:
@@ -81,8 +125,10 @@ class AttemptRecord(_Record):
         return float(cost) if isinstance(cost, (int, float)) else None
 
     def plain(self) -> dict[str, Any]:
-        """The record as plain JSON values (what a worker hands back, what the file holds)."""
-        return self.model_dump(mode="json")
+        """The record as plain JSON values (what a worker hands back, what the file holds);
+        ``work`` and ``merge`` only when there are (worktree isolation)."""
+        unset = {k for k in ("work", "merge") if getattr(self, k) is None}
+        return self.model_dump(mode="json", exclude=unset)
 
 
 class RunRecord(_Record):
@@ -117,4 +163,4 @@ class RunRecord(_Record):
         return self.model_dump(mode="json", exclude_none=True)
 
 
-__all__ = ["AttemptRecord", "RecordError", "RunRecord"]
+__all__ = ["AttemptRecord", "MergeInfo", "RecordError", "RunRecord", "WorkInfo"]

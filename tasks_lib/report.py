@@ -38,7 +38,7 @@ def final_blocker(attempts: Sequence[AttemptRecord]) -> str | None:
     last = attempts[-1]
     outcome = last.outcome
     if outcome == Outcome.PASS:
-        return None
+        return last.merge.reason() if last.merge is not None and last.merge_failed else None
     reason = last.reason
     if outcome in (Outcome.FAIL, Outcome.BLOCKED):
         return (last.result.blocker if last.result else None) or reason or outcome.value
@@ -62,12 +62,19 @@ ARTIFACT_FIELDS = (
 )
 
 
+def task_status(recs: Sequence[AttemptRecord]) -> TaskStatus:
+    """A finished task's status from its attempts: the last one's outcome, except that a pass
+    whose work could not be merged (worktree isolation) is a fail."""
+    last = recs[-1]
+    return TaskStatus.FAIL if last.merge_failed else status_of_outcome(last.outcome)
+
+
 def result_update(task_id: str, prior_attempts: int, recs: Sequence[AttemptRecord]) -> TaskUpdate:
     """The plan-file update that records a task's finished attempts (its last one decides):
     status, attempts (``prior_attempts`` from earlier runs plus these), times, measured
     duration, blocker, the worker's notes and artifacts."""
     last = recs[-1]
-    status = status_of_outcome(last.outcome)
+    status = task_status(recs)
     passed = status == TaskStatus.PASS
     result = last.result
     arts = {k: list(getattr(result, k)) for k in ARTIFACT_FIELDS if result and getattr(result, k)}
@@ -91,10 +98,14 @@ def worker_counts(records: Mapping[str, Sequence[AttemptRecord]]) -> dict[str, i
     attempt passed / did not, attempts that were retries."""
     return {
         "workers_spawned": sum(len(r) for r in records.values()),
-        "workers_completed": sum(1 for r in records.values() if r and r[-1].passed),
-        "workers_failed": sum(1 for r in records.values() if r and not r[-1].passed),
+        "workers_completed": sum(1 for r in records.values() if r and _passed(r[-1])),
+        "workers_failed": sum(1 for r in records.values() if r and not _passed(r[-1])),
         "workers_retried": sum(max(0, len(r) - 1) for r in records.values()),
     }
+
+
+def _passed(rec: AttemptRecord) -> bool:
+    return rec.passed and not rec.merge_failed
 
 
 def iso(ts: float | None) -> str | None:

@@ -47,6 +47,7 @@ class WorkerInput(BaseModel):
     """Everything one worker needs; plain values, so it can run anywhere."""
 
     task_id: str = Field(description="Spec task id.")
+    title: str = Field("", description="The task's one-line description.")
     prompt: str = Field(description="Worker prompt.")
     agent: dict[str, Any] = Field(description="Agent config ({'kind': ..., ...}).")
     workspace: WorkspaceSpec = Field(
@@ -104,7 +105,8 @@ async def run_worker(inp: WorkerInput) -> list[dict[str, Any]] | State:
     attempt = len(previous) + 1
     timeout = attempt_timeout(inp.timeout_seconds, previous)
     prompt_file = folder.prompt_path(inp.task_id)
-    if not prompt_file.exists():
+    # a merge retry's prompt says what went wrong: the file holds this attempt's prompt
+    if not prompt_file.exists() or prompt_file.read_text(encoding="utf-8") != inp.prompt:
         folder.write_prompt(inp.task_id, inp.prompt)
     log_path = folder.log_path(inp.task_id, attempt)
     log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -116,7 +118,7 @@ async def run_worker(inp: WorkerInput) -> list[dict[str, Any]] | State:
     loaded = await aload_secrets(config)
     secrets = secret_values_for(inp.agent) + [v for v in loaded.values() if v]
     workspace = open_workspace(inp.workspace)
-    workdir = await workspace.enter(inp.task_id, attempt)
+    workdir = await workspace.enter(inp.task_id, attempt, title=inp.title)
     request = AgentRequest(
         task_id=inp.task_id,
         prompt=inp.prompt,

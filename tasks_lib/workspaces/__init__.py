@@ -11,6 +11,9 @@ Implementations:
 * ``shared`` (:class:`~tasks_lib.workspaces.shared.SharedCheckout`): every agent works in the
   one repository checkout, at the same time (the spec's declared file conflicts keep two
   tasks off the same declared files; nothing else separates them).
+* ``worktree`` (:class:`~tasks_lib.workspaces.worktree.WorktreeCheckout`): each task in its
+  own git worktree and branch, started from the integration branch; what the agent did is
+  committed there, and the merge queue (:mod:`tasks_lib.workspaces.integration`) merges it.
 """
 
 from __future__ import annotations
@@ -25,8 +28,18 @@ from tasks_lib.records import AttemptRecord
 class WorkspaceSpec(BaseModel):
     """A workspace, as plain values (what crosses the worker seam)."""
 
-    kind: Literal["shared"] = Field("shared", description="Which workspace: shared.")
-    path: str = Field(description="The repository checkout the agents work in.")
+    kind: Literal["shared", "worktree"] = Field(
+        "shared", description="Which workspace: shared or worktree."
+    )
+    path: str = Field(description="The repository (its root, for worktree).")
+    # worktree only
+    spec_name: str | None = Field(None, description="The spec (names branches, worktrees).")
+    run_id: str | None = Field(None, description="The run (a commit trailer).")
+    integration_branch: str | None = Field(None, description="Where finished work is merged.")
+    base: str | None = Field(None, description="The commit the integration branch starts at.")
+    worktrees_dir: str | None = Field(None, description="Where the task worktrees live.")
+    verify: str | None = Field(None, description="Command run after each merge (shlex-split).")
+    keep_branches: bool = Field(False, description="Keep a merged task's branch.")
 
 
 class Workspace(Protocol):
@@ -34,8 +47,9 @@ class Workspace(Protocol):
 
     kind: str
 
-    async def enter(self, task_id: str, attempt: int) -> str:
-        """Make the attempt's directory ready; return its path (the agent's workdir)."""
+    async def enter(self, task_id: str, attempt: int, title: str = "") -> str:
+        """Make the attempt's directory ready; return its path (the agent's workdir).
+        ``title``: the task's one-line description (e.g. for a commit subject)."""
         ...
 
     async def leave(self, task_id: str, attempt: int, record: AttemptRecord) -> AttemptRecord:
@@ -47,9 +61,13 @@ class Workspace(Protocol):
 def open_workspace(spec: WorkspaceSpec | dict) -> Workspace:
     """The workspace a spec describes."""
     spec = spec if isinstance(spec, WorkspaceSpec) else WorkspaceSpec.model_validate(spec)
+    if spec.kind == "worktree":
+        from tasks_lib.workspaces.worktree import WorktreeCheckout
+
+        return WorktreeCheckout(spec)
     from tasks_lib.workspaces.shared import SharedCheckout
 
-    return {"shared": SharedCheckout}[spec.kind](spec)
+    return SharedCheckout(spec)
 
 
 __all__ = ["Workspace", "WorkspaceSpec", "open_workspace"]

@@ -15,7 +15,7 @@ class SharedCheckout:
     def __init__(self, spec: WorkspaceSpec):
         self.path = spec.path
 
-    async def enter(self, task_id: str, attempt: int) -> str:
+    async def enter(self, task_id: str, attempt: int, title: str = "") -> str:
         return self.path
 
     async def leave(self, task_id: str, attempt: int, record: AttemptRecord) -> AttemptRecord:

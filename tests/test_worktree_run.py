@@ -1,0 +1,187 @@
+"""--isolation worktree end to end: real git repositories, real agent processes, the real flow.
+
+Each task works in its own worktree and branch; passes are merged into the integration branch
+in dependency order through the merge queue (a conflict or a failed verify gets a new attempt
+from the new head); the user's checkout is never changed.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from flows.execute_spec import execute_spec
+from tasks_lib.runfolder import RunFolder
+from tests.fixtures.fake import fake_config
+from tests.workspaces.conftest import isolated_git_config, make_repo, sh  # noqa: F401
+
+SPECWAVE = shutil.which("specwave") or "specwave"
+
+
+def write_spec(folder: Path, name: str, deps: dict[str, list[str]]) -> Path:
+    """An Agent OS spec whose tasks are ``deps``'s keys (no declared waves)."""
+    folder.mkdir(parents=True)
+    tasks = [
+        {
+            "id": tid,
+            "type": "parent",
+            "description": f"Task {tid} of {name}",
+            "status": "pending",
+            "attempts": 0,
+            "parallelization": {"blocked_by": blocked, "shared_files": []},
+        }
+        for tid, blocked in deps.items()
+    ]
+    doc = {"version": "2.0", "spec": name, "tasks": tasks}
+    (folder / "tasks.json").write_text(json.dumps(doc, indent=2) + "\n")
+    return folder
+
+
+async def run(spec: Path, repo: Path, plan: dict[str, str], **kw: Any) -> dict[str, Any]:
+    agent = fake_config(spec.parent / "trace.jsonl", plan)
+    state = await execute_spec(
+        str(spec), agent=agent, repo=str(repo), isolation="worktree", return_state=True, **kw
+    )
+    result = await state.result(raise_on_failure=False)
+    assert isinstance(result, dict), result
+    return result
+
+
+def user_view(repo: Path) -> tuple[str, str, str]:
+    """What the user sees of their checkout: branch, HEAD, status."""
+    return (
+        sh(repo, "rev-parse", "--abbrev-ref", "HEAD"),
+        sh(repo, "rev-parse", "HEAD"),
+        sh(repo, "status", "--porcelain", "--untracked-files=all"),
+    )
+
+
+async def test_parallel_appends_one_merges_the_other_conflicts_then_merges(tmp_path):
+    repo = make_repo(tmp_path / "app", {"notes.txt": "base\n"})
+    before = user_view(repo)
+    spec = write_spec(tmp_path / "spec", "notes", {"1": [], "2": [], "3": ["1", "2"]})
+    plan = {
+        "1": "write:a.py+append:notes.txt+commit",  # commits itself
+        "2": "sleep:3+append:notes.txt",  # leaves its change uncommitted; passes second
+        "3": "require:a.py",  # needs task 1's merged work in its base
+    }
+    result = await run(spec, repo, plan, max_concurrency=2)
+
+    assert result["status"] == "success", result["tasks"]
+    integ = result["integration"]
+    assert integ["branch"] == "specwave/notes"
+    assert [(m["task"], m["status"]) for m in integ["merges"]] == [
+        ("1", "merged"),
+        ("2", "conflict"),
+        ("2", "merged"),
+        ("3", "up_to_date"),  # task 3 changed nothing: nothing to merge, and it says so
+    ]
+    assert integ["merges"][1]["files"] == ["notes.txt"]
+    # the integration branch: one merge commit per task that changed something, in order
+    log = sh(repo, "log", "--first-parent", "--format=%s", "specwave/notes").splitlines()
+    assert log == ["Merge 2: Task 2 of notes", "Merge 1: Task 1 of notes", "init"]
+    notes = sh(repo, "show", "specwave/notes:notes.txt").splitlines()
+    assert notes == ["base", "line from task 1", "line from task 2"]
+    # task 1's own commit is kept; task 2's leftovers were committed for it, with trailers
+    assert "agent: task 1" in sh(repo, "log", "--format=%s", "specwave/notes")
+    trailers = sh(repo, "log", "-1", "--format=%(trailers)", "specwave/notes^2")
+    assert "Specwave-Task: 2" in trailers and "Specwave-Attempt: 2" in trailers
+    # the records: task 2's first attempt passed but conflicted; its second merged
+    folder = RunFolder(spec, result["run_id"])
+    recs = folder.attempts("2")
+    assert [r.merge.status if r.merge else None for r in recs] == ["conflict", "merged"]
+    assert recs[0].work is not None and recs[0].work.changed
+    prompt = folder.prompt_path("2").read_text()
+    assert "was not merged" in prompt and "notes.txt" in prompt and "+line from task 2" in prompt
+    three = folder.attempts("3")[-1]
+    assert three.work is not None and three.work.changed is False
+    # the user's checkout is as it was; every worktree is gone, task branches too
+    assert user_view(repo) == before
+    assert len(sh(repo, "worktree", "list", "--porcelain").split("\n\n")) == 1
+    assert sh(repo, "branch", "--format=%(refname:short)").splitlines() == [
+        "main",
+        "specwave/notes",
+    ]
+    # what the user is told to do works: a fast-forward of their branch
+    sh(repo, "merge", "--ff-only", "-q", "specwave/notes")
+    assert (repo / "a.py").exists()
+
+
+async def test_a_failed_verify_undoes_the_merge_and_blocks_the_dependents(tmp_path):
+    repo = make_repo(tmp_path / "app")
+    base = sh(repo, "rev-parse", "HEAD")
+    spec = write_spec(tmp_path / "spec", "verify", {"1": [], "2": ["1"]})
+    check = f"{sys.executable} -c \"import os, sys; sys.exit(os.path.exists('bad.txt'))\""
+    result = await run(spec, repo, {"1": "write:bad.txt"}, retries=0, verify=check)
+
+    assert result["status"] != "success"
+    assert result["tasks"]["1"]["status"] == "fail"
+    assert "verify failed" in result["tasks"]["1"]["blocker"]
+    assert result["tasks"]["2"]["status"] == "blocked"
+    assert [m["status"] for m in result["integration"]["merges"]] == ["verify_failed"]
+    assert sh(repo, "rev-parse", "specwave/verify") == base  # the merge was undone
+    rec = RunFolder(spec, result["run_id"]).attempts("1")[-1]
+    assert rec.merge is not None and rec.merge.status == "verify_failed"
+    # a failed task's worktree is kept for the user to look at, its path in the record
+    assert rec.work is not None and Path(rec.work.worktree, "bad.txt").exists()
+
+
+def cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([SPECWAVE, *args], cwd=cwd, capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.parametrize("case", ["not-a-repo", "no-commits", "checked-out", "bad-base"])
+def test_worktree_bad_input_is_one_line_exit_2_nothing_changed(tmp_path, case):
+    spec = write_spec(tmp_path / "spec", "bad", {"1": []})
+    repo = tmp_path / "app"
+    extra: list[str] = []
+    if case == "not-a-repo":
+        repo.mkdir()
+    elif case == "no-commits":
+        repo.mkdir()
+        sh(repo, "init", "-q", "-b", "main")
+    else:
+        make_repo(repo)
+        extra = ["--into", "main"] if case == "checked-out" else ["--base", "nope"]
+    before = sorted(p.name for p in repo.iterdir())
+    spec_before = (spec / "tasks.json").read_text()
+    res = cli(
+        "run", str(spec), "--command", "true", "--repo", str(repo),
+        "--isolation", "worktree", *extra, cwd=tmp_path,
+    )  # fmt: skip
+    assert res.returncode == 2, res.stderr
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in res.stderr, res.stderr
+    expected = {
+        "not-a-repo": "is not a git repository",
+        "no-commits": "has no commits",
+        "checked-out": "is checked out here",
+        "bad-base": "base ref not found",
+    }[case]
+    assert expected in lines[0]
+    assert sorted(p.name for p in repo.iterdir()) == before
+    assert (spec / "tasks.json").read_text() == spec_before
+    if case in ("checked-out", "bad-base"):
+        assert sh(repo, "branch", "--format=%(refname:short)") == "main"
+
+
+async def test_an_agent_writing_into_the_users_checkout_is_reported(tmp_path):
+    repo = make_repo(tmp_path / "app")
+    (repo / "mine.txt").write_text("the user's own uncommitted work\n")
+    spec = write_spec(tmp_path / "spec", "leak", {"1": [], "2": ["1"]})
+    leak = repo / "leak.txt"
+    result = await run(spec, repo, {"1": f"write:{leak}"})
+
+    assert result["status"] == "success"
+    warnings = result["isolation_warnings"]
+    assert any("not in the agents' base" in w and "mine.txt" in w for w in warnings), warnings
+    leaks = [w for w in warnings if "leak.txt" in w]
+    assert len(leaks) == 1 and "task(s) 1 " in leaks[0], warnings
+    assert leak.exists()  # reported, not undone
+    assert (repo / "mine.txt").read_text() == "the user's own uncommitted work\n"
