@@ -24,9 +24,10 @@ from tasks_lib.workspaces.integration import Integration, run_verify
 class MergeQueue:
     """One run's merges into its integration branch."""
 
-    def __init__(self, workspace: WorkspaceSpec):
+    def __init__(self, workspace: WorkspaceSpec, env: dict[str, str] | None = None):
         self.integration = Integration(workspace)
         self.verify = workspace.verify
+        self.env = env or {}  # the run's marker: the verify run is reaped like an agent
         self._lock = asyncio.Lock()
         self.log: list[dict] = []  # every merge, in order: task, status, commit, files
         self.logger = get_run_logger()
@@ -45,7 +46,9 @@ class MergeQueue:
             if info.status == "merged" and self.verify:
                 await asyncio.to_thread(self.integration.begin_verify, before)
                 try:
-                    passed, tail = await run_verify(self.verify, str(self.integration.path))
+                    passed, tail = await run_verify(
+                        self.verify, str(self.integration.path), env=self.env
+                    )
                 except BaseException:  # stopped mid-verify: an unproved merge does not stay
                     self.integration.undo(before)
                     raise

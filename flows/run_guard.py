@@ -25,6 +25,8 @@ import os
 import socket
 import time
 import uuid
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 from uuid import UUID
 
@@ -34,12 +36,32 @@ from flows.cancel_watch import watch_for_cancellation
 from tasks_lib.agents.process import MARKER_ENV, ProcessInfo, reap
 from tasks_lib.agents.watchdog import Watchdog
 from tasks_lib.formats import document_format
+from tasks_lib.records import AttemptRecord
 from tasks_lib.recovery import agents_to_reap, close_dead_run, passes_to_recover
 from tasks_lib.report import iso
 from tasks_lib.runfolder import RunFolder, safe_name
 from tasks_lib.spec import LoadedSpec, id_str
 from tasks_lib.state import DONE_STATUSES, TaskStatus, prefect_state
 from tasks_lib.store import PlanStore, RunLock
+from tasks_lib.workspaces import git
+from tasks_lib.workspaces.integration import settled_head
+
+
+def _merged_in(repo: str | None, spec_name: str) -> Callable[[AttemptRecord], bool]:
+    """Worktree isolation: is an attempt's commit in its integration branch already (a
+    merge still being verified when its run died does not count)?"""
+
+    def merged(rec: AttemptRecord) -> bool:
+        work = rec.work
+        if repo is None or work is None or not work.integration or not work.changed:
+            return False
+        try:
+            head = settled_head(repo, work.integration, Path(work.worktree).parent, spec_name)
+            return head is not None and git.is_ancestor(repo, work.commit, head)
+        except git.GitError:
+            return False
+
+    return merged
 
 
 class RunGuard:
@@ -225,7 +247,14 @@ class RunGuard:
         present = {d.name for d in tasks_dir.iterdir()}  # one listing, not one stat per task
         attempts = {u.id: last.attempts(u.id) for u in units if safe_name(u.id) in present}
         in_file = {id_str(t.get("id")): t for t in doc.get("tasks", []) if isinstance(t, dict)}
-        updates = passes_to_recover(units, in_file, last.read_run(), attempts)
+        run = last.read_run()
+        updates = passes_to_recover(
+            units,
+            in_file,
+            run,
+            attempts,
+            merged=_merged_in(run.workdir if run else None, spec.name),
+        )
         if not updates:
             return []
         store.apply(*updates)

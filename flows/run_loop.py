@@ -31,6 +31,7 @@ from flows.dispatch import Dispatch
 from flows.merge_queue import MergeQueue, retry_prompt
 from flows.plan_writer import PlanWriter
 from flows.ui import RunUI
+from tasks_lib.agents.process import MARKER_ENV
 from tasks_lib.formats import document_format
 from tasks_lib.planner import Plan
 from tasks_lib.prompt import task_prompt
@@ -122,7 +123,8 @@ class RunLoop:
         # worktree isolation: a pass goes through the merge queue before the scheduler hears
         # of it, so dependents start from a base holding their dependencies' merged work
         worktrees = settings.workspace.kind == "worktree"
-        self.merges = MergeQueue(settings.workspace) if worktrees else None
+        marker = {k: v for k, v in settings.agent.get("env", {}).items() if k == MARKER_ENV}
+        self.merges = MergeQueue(settings.workspace, marker) if worktrees else None
         self._merge_retries: dict[str, int] = {}
         self.watch: CheckoutWatch | None = None
         self.isolation_warnings: list[str] = []

@@ -50,6 +50,7 @@ class WorkInfo(BaseModel):
     """What an attempt did in its own worktree (``--isolation worktree``)."""
 
     branch: str = Field(description="The task branch.")
+    integration: str = Field("", description="The integration branch it is merged into.")
     worktree: str = Field(description="The worktree the agent worked in.")
     base: str = Field(description="The integration commit the attempt started from.")
     commit: str = Field(description="The task branch's head after the attempt.")

@@ -17,7 +17,7 @@ The caller (flows/run_guard.py) reads the files, calls these, and applies what t
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -85,6 +85,7 @@ def passes_to_recover(
     file_tasks: Mapping[str, Mapping[str, Any]],
     last_run: RunRecord | None,
     attempts: Mapping[str, list[AttemptRecord]],
+    merged: Callable[[AttemptRecord], bool] = lambda rec: False,
 ) -> list[TaskUpdate]:
     """The passes an earlier run proved (attempt records) but never wrote to the plan file.
 
@@ -98,6 +99,10 @@ def passes_to_recover(
     task is not done in the file, its latest attempt passed, and the file's ``completed_at``
     is not that attempt's end. Every recorded result sets ``completed_at`` to its attempt's
     end, so a pass someone set back by hand keeps it and runs again.
+
+    Worktree isolation: a pass counts only once its work is merged: its record says so, or
+    (killed between the merge and rewriting the record) ``merged(record)`` finds its commit in
+    the integration branch. A pass never merged runs again, from the integration head.
     """
     if last_run is not None and last_run.status in ENDED_NORMALLY:
         return []
@@ -106,6 +111,11 @@ def passes_to_recover(
         recs = attempts.get(unit.id) or []
         if unit.status in DONE_STATUSES or not recs or not recs[-1].passed:
             continue
+        last = recs[-1]
+        if last.work is not None and not (
+            (last.merge is not None and last.merge.ok) or (last.merge is None and merged(last))
+        ):
+            continue  # its work never reached the integration branch: it runs again
         if (file_tasks.get(unit.id) or {}).get("completed_at") == iso(recs[-1].ended):
             continue  # this pass was written; someone set the task back since
         updates.append(result_update(unit.id, unit.attempts, recs))

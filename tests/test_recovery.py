@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tasks_lib.records import AttemptRecord, RecordError, RunRecord
+from tasks_lib.records import AttemptRecord, MergeInfo, RecordError, RunRecord, WorkInfo
 from tasks_lib.recovery import agents_to_reap, close_dead_run, passes_to_recover
 from tasks_lib.runfolder import RunFolder
 from tasks_lib.spec import SpecUnit
@@ -138,6 +138,41 @@ def test_a_run_that_ended_normally_is_never_credited(status):
 def test_a_run_that_was_killed_or_failed_a_write_is_credited(status):
     last = RunRecord(status=status) if status else None
     assert [u.task_id for u in passes_to_recover(UNITS, {}, last, {"2": [rec("2")]})] == ["2"]
+
+
+WORK = WorkInfo(
+    branch="specwave/s--2",
+    integration="specwave/s",
+    worktree="/w",
+    base="b",
+    commit="c",
+    changed=True,
+)
+
+
+@pytest.mark.parametrize(
+    ("merge", "in_branch", "credited"),
+    [
+        (None, False, False),  # killed before its merge: it runs again, from the new head
+        (None, True, True),  # killed after the merge, before the record said so
+        (MergeInfo(status="merged", commit="m"), False, True),
+        (MergeInfo(status="up_to_date", commit="m"), False, True),
+        (MergeInfo(status="conflict", files=["a"]), True, False),
+        (MergeInfo(status="verify_failed"), False, False),
+    ],
+)
+def test_a_worktree_pass_is_credited_only_once_its_work_is_merged(merge, in_branch, credited):
+    last = RunRecord(status=RunStatus.RUNNING)
+    attempts = {"2": [rec("2", work=WORK, merge=merge)]}
+    asked: list[str] = []
+
+    def merged(record: AttemptRecord) -> bool:
+        asked.append(record.work.commit)
+        return in_branch
+
+    got = [u.task_id for u in passes_to_recover(UNITS, {}, last, attempts, merged=merged)]
+    assert got == (["2"] if credited else [])
+    assert asked == (["c"] if merge is None else [])  # git is asked only when the record is silent
 
 
 # --------------------------------------------------------------------------- records on disk

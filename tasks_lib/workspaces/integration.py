@@ -26,6 +26,22 @@ from tasks_lib.workspaces.names import integration_dirname
 VERIFY_TIMEOUT_S = 1800.0
 
 
+def pending_path(worktrees_dir: str | Path, spec_name: str) -> Path:
+    """Where a merge being verified is noted (the commit before it)."""
+    return Path(worktrees_dir) / (integration_dirname(spec_name) + ".verifying")
+
+
+def settled_head(repo: str, branch: str, worktrees_dir: str | Path, spec_name: str) -> str | None:
+    """The integration branch's head once a run's repair is done: a merge that was being
+    verified when its run died does not count (prepare() undoes it)."""
+    pending = pending_path(worktrees_dir, spec_name)
+    if pending.exists():
+        before = pending.read_text(encoding="utf-8").strip()
+        if before:
+            return before
+    return git.rev_parse(repo, branch)
+
+
 class Integration:
     """The integration branch of one run: prepared once, merged into one task at a time."""
 
@@ -91,7 +107,7 @@ class Integration:
 
     @property
     def _pending(self) -> Path:
-        return self.path.with_name(self.path.name + ".verifying")
+        return pending_path(self.path.parent, self.spec.spec_name or "")
 
     def begin_verify(self, before: str) -> None:
         """A merge is being verified: a run killed now must not leave it merged."""

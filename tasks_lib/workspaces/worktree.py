@@ -164,6 +164,7 @@ class WorktreeCheckout:
         git.worktree_unlock(self.repo, path)
         record.work = WorkInfo(
             branch=branch,
+            integration=self.spec.integration_branch or "",
             worktree=str(path),
             base=base,
             commit=head,
