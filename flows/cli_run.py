@@ -613,6 +613,24 @@ def run(
             help="worktree: what a new integration branch starts from (default HEAD).",
         ),
     ] = None,
+    setup: Annotated[
+        str | None,
+        typer.Option(
+            "--setup",
+            metavar="COMMAND",
+            help='worktree: run in each new worktree before its agent (e.g. "npm ci"; '
+            "use sh -c '...' for shell syntax); a failure is the attempt's crashed.",
+        ),
+    ] = None,
+    include: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--include",
+            metavar="PATTERN",
+            help="worktree: ignored files to copy into each worktree (gitignore syntax, "
+            "e.g. .env; repeatable), besides the repository's .worktreeinclude.",
+        ),
+    ] = None,
     keep_branches: Annotated[
         bool, typer.Option("--keep-branches", help="worktree: keep merged tasks' branches.")
     ] = False,
@@ -723,6 +741,8 @@ def run(
                 into=into,
                 base=base,
                 keep_branches=keep_branches,
+                setup=setup,
+                include=include,
             )
             if isolation == "worktree"
             else {}

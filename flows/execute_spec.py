@@ -107,6 +107,8 @@ async def execute_spec(
     into: str | None = None,
     base: str | None = None,
     keep_branches: bool = False,
+    setup: str | None = None,
+    include: list[str] | None = None,
 ) -> dict[str, Any] | State:
     """Run every pending task of a spec through coding-agent workers, concurrently.
 
@@ -139,6 +141,10 @@ async def execute_spec(
         into: worktree: the integration branch (default ``specwave/<spec>``).
         base: worktree: what a new integration branch starts from (default ``HEAD``).
         keep_branches: worktree: keep each merged task's branch.
+        setup: worktree: a command (shlex-split) run in each new worktree before its agent
+            (e.g. ``"npm ci"``); a failure is the attempt's ``crashed``.
+        include: worktree: gitignore-style patterns of ignored files (``.env``...) copied
+            from ``repo`` into each new worktree, besides the repository's .worktreeinclude.
 
     Returns:
         A dict with ``status``, ``tasks`` (per-task status, outcome, attempts, blocker),
@@ -156,7 +162,14 @@ async def execute_spec(
     run_id, flow_run_id = _run_ids()
     if isolation == "worktree":
         workspace = worktree_spec(
-            workdir, spec.name, into=into, base=base, verify=verify, keep_branches=keep_branches
+            workdir,
+            spec.name,
+            into=into,
+            base=base,
+            verify=verify,
+            keep_branches=keep_branches,
+            setup=setup,
+            include=include,
         ).model_copy(update={"run_id": run_id})
     else:
         workspace = WorkspaceSpec(path=workdir)
@@ -175,7 +188,10 @@ async def execute_spec(
                 retries=retries,
                 timeout_seconds=timeout_seconds,
                 fail_fast=fail_fast,
-                workspace=workspace,
+                # the setup command runs with the run's marker (reaped like an agent)
+                workspace=workspace.model_copy(update={"env": guard.agent_env})
+                if workspace.kind == "worktree"
+                else workspace,
                 approve_waves=approve_waves,
                 concurrency_limit=concurrency_limit,
             )

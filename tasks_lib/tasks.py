@@ -30,7 +30,7 @@ from tasks_lib.agents.process import AgentLaunchError
 from tasks_lib.records import AttemptRecord
 from tasks_lib.results import RETRYABLE_OUTCOMES, Outcome, parse_worker_output, tail
 from tasks_lib.runfolder import RunFolder
-from tasks_lib.workspaces import WorkspaceSpec, open_workspace
+from tasks_lib.workspaces import SetupFailed, WorkspaceSpec, open_workspace
 
 
 def agent_task(fn: Callable | None = None, **kwargs: Any):
@@ -117,8 +117,38 @@ async def run_worker(inp: WorkerInput) -> list[dict[str, Any]] | State:
     # once, here, and handed to the agent for its environment)
     loaded = await aload_secrets(config)
     secrets = secret_values_for(inp.agent) + [v for v in loaded.values() if v]
+
+    def attempt_record(started: float, ended: float, **fields: Any) -> AttemptRecord:
+        return AttemptRecord(
+            task_id=inp.task_id,
+            attempt=attempt,
+            timeout_seconds=timeout,
+            started=started,
+            ended=ended,
+            duration_s=round(ended - started, 3),
+            log_path=str(log_path),
+            **fields,
+        )
+
     workspace = open_workspace(inp.workspace)
-    workdir = await workspace.enter(inp.task_id, attempt, title=inp.title)
+    try:
+        workdir = await workspace.enter(inp.task_id, attempt, title=inp.title)
+    except SetupFailed as exc:  # the worktree's setup command: the attempt crashed
+        now = time.time()
+        record = attempt_record(
+            now,
+            now,
+            outcome=Outcome.CRASHED,
+            reason=redact(str(exc), secrets),
+            output_tail=redact(exc.tail, secrets),
+        )
+        record = await workspace.leave(inp.task_id, attempt, record)
+        folder.write_attempt(record)
+        logger.error(f"[{inp.task_id}] {record.reason}\n{record.output_tail}")
+        return Failed(
+            message=f"{inp.task_id}: crashed: {record.reason}",
+            data=[r.plain() for r in [*previous, record]],
+        )
     request = AgentRequest(
         task_id=inp.task_id,
         prompt=inp.prompt,
@@ -155,18 +185,6 @@ async def run_worker(inp: WorkerInput) -> list[dict[str, Any]] | State:
                     f"reaping ({f.exception()}); a later run still finds it by the run's marker"
                 )
             )
-        )
-
-    def attempt_record(started: float, ended: float, **fields: Any) -> AttemptRecord:
-        return AttemptRecord(
-            task_id=inp.task_id,
-            attempt=attempt,
-            timeout_seconds=timeout,
-            started=started,
-            ended=ended,
-            duration_s=round(ended - started, 3),
-            log_path=str(log_path),
-            **fields,
         )
 
     started = time.time()

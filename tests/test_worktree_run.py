@@ -185,3 +185,37 @@ async def test_an_agent_writing_into_the_users_checkout_is_reported(tmp_path):
     assert len(leaks) == 1 and "task(s) 1 " in leaks[0], warnings
     assert leak.exists()  # reported, not undone
     assert (repo / "mine.txt").read_text() == "the user's own uncommitted work\n"
+
+
+async def test_setup_runs_in_each_worktree_and_worktreeinclude_copies_ignored_files(tmp_path):
+    repo = make_repo(
+        tmp_path / "app",
+        {".gitignore": ".env\nbuild/\n", ".worktreeinclude": "# for the agents\n.env\n"},
+    )
+    (repo / ".env").write_text("TOKEN=not-in-git\n")  # ignored: git would not bring it
+    spec = write_spec(tmp_path / "spec", "setup", {"1": [], "2": ["1"]})
+    setup = f"{sys.executable} -c \"import os; os.makedirs('build'); open('build/ok', 'w')\""
+    needs = "require:.env+require:build/ok+write:done.txt"
+    result = await run(spec, repo, {"1": needs, "2": needs}, setup=setup, retries=0)
+
+    assert result["status"] == "success", result["tasks"]
+    files = sh(repo, "ls-tree", "-r", "--name-only", "specwave/setup").splitlines()
+    assert "done.txt" in files
+    assert ".env" not in files and "build/ok" not in files  # copied and built, never committed
+
+
+async def test_a_failing_setup_is_the_attempts_crash_with_its_output(tmp_path):
+    repo = make_repo(tmp_path / "app")
+    spec = write_spec(tmp_path / "spec", "nosetup", {"1": []})
+    setup = f"{sys.executable} -c \"import sys; print('npm ERR! boom'); sys.exit(3)\""
+    result = await run(spec, repo, {"1": "write:x.txt"}, setup=setup, retries=0)
+
+    assert result["tasks"]["1"]["status"] == "fail"
+    assert result["tasks"]["1"]["outcome"] == "crashed"
+    assert "setup command failed (exit 3): npm ERR! boom" in result["tasks"]["1"]["blocker"]
+    rec = RunFolder(spec, result["run_id"]).attempts("1")[-1]
+    assert "npm ERR! boom" in rec.output_tail
+    assert (
+        not (tmp_path / "trace.jsonl").exists()
+        or "x.txt" not in (tmp_path / "trace.jsonl").read_text()
+    )  # the agent never ran

@@ -25,6 +25,14 @@ from pydantic import BaseModel, Field
 from tasks_lib.records import AttemptRecord
 
 
+class SetupFailed(RuntimeError):
+    """The worktree's setup command failed: the attempt is ``crashed`` (``tail``: its output)."""
+
+    def __init__(self, message: str, tail: str = ""):
+        super().__init__(message)
+        self.tail = tail
+
+
 class WorkspaceSpec(BaseModel):
     """A workspace, as plain values (what crosses the worker seam)."""
 
@@ -40,6 +48,17 @@ class WorkspaceSpec(BaseModel):
     worktrees_dir: str | None = Field(None, description="Where the task worktrees live.")
     verify: str | None = Field(None, description="Command run after each merge (shlex-split).")
     keep_branches: bool = Field(False, description="Keep a merged task's branch.")
+    setup: str | None = Field(
+        None, description="Command (shlex-split) run in each new worktree before the agent."
+    )
+    include: list[str] = Field(
+        default_factory=list,
+        description="Gitignore-style patterns of untracked/ignored files copied from the "
+        "checkout into each new worktree (plus the repository's .worktreeinclude).",
+    )
+    env: dict[str, str] = Field(
+        default_factory=dict, description="Environment added for setup (the run's marker)."
+    )
 
 
 class Workspace(Protocol):
@@ -70,4 +89,4 @@ def open_workspace(spec: WorkspaceSpec | dict) -> Workspace:
     return SharedCheckout(spec)
 
 
-__all__ = ["Workspace", "WorkspaceSpec", "open_workspace"]
+__all__ = ["SetupFailed", "Workspace", "WorkspaceSpec", "open_workspace"]

@@ -744,6 +744,38 @@ def snapshot_diff(
     return sorted(p for p in changed if not any(p.startswith(s) for s in skip))
 
 
+def untracked_matching(repo: StrPath, patterns: Sequence[str]) -> list[str]:
+    """Files of the checkout that git ignores and that ``patterns`` (gitignore syntax: a
+    ``.worktreeinclude``'s lines) match, relative to the root: what a new worktree lacks."""
+    lines = [p for p in patterns if p.strip() and not p.lstrip().startswith("#")]
+    if not lines:
+        return []
+    import tempfile
+
+    with tempfile.NamedTemporaryFile("w", suffix=".include", delete=False) as fh:
+        fh.write("\n".join(lines) + "\n")
+    try:
+        listed = _split_z(
+            run_git(
+                ["ls-files", "-z", "--others", "--ignored", f"--exclude-from={fh.name}"], repo
+            ).stdout
+        )
+    finally:
+        os.unlink(fh.name)
+    if not listed:
+        return []
+    # only what the repository itself ignores: anything else a worktree has, or would commit
+    res = run_git(
+        ["check-ignore", "-z", "--stdin"],
+        repo,
+        check=False,
+        input=b"\0".join(p.encode() for p in listed) + b"\0",
+    )
+    if res.returncode not in (0, 1):
+        raise _failed(res, repo)
+    return sorted(_split_z(res.stdout))
+
+
 # ------------------------------------------------------------------------------- commits
 
 

@@ -19,10 +19,14 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+from tasks_lib.agents.process import run_process_group
 from tasks_lib.errors import SpecError
 from tasks_lib.records import AttemptRecord, WorkInfo
-from tasks_lib.workspaces import WorkspaceSpec, git
+from tasks_lib.workspaces import SetupFailed, WorkspaceSpec, git
 from tasks_lib.workspaces.names import integration_branch, task_branch, worktree_dirname
+
+SETUP_TIMEOUT_S = 1800.0
+INCLUDE_FILE = ".worktreeinclude"
 
 
 def worktrees_root(repo: str) -> Path:
@@ -38,6 +42,8 @@ def worktree_spec(
     base: str | None = None,
     verify: str | None = None,
     keep_branches: bool = False,
+    setup: str | None = None,
+    include: list[str] | None = None,
 ) -> WorkspaceSpec:
     """Check that worktree isolation can run here and describe it; nothing is changed.
 
@@ -97,6 +103,8 @@ def worktree_spec(
         worktrees_dir=str(worktrees_root(str(root))),
         verify=verify,
         keep_branches=keep_branches,
+        setup=setup,
+        include=list(include or []),
     )
 
 
@@ -121,8 +129,31 @@ class WorktreeCheckout:
         return task_branch(self.spec.spec_name or "", task_id)
 
     async def enter(self, task_id: str, attempt: int, title: str = "") -> str:
+        """A fresh worktree from the integration head, the checkout's listed untracked files
+        copied in (.worktreeinclude, ``include``), then the setup command run there."""
         self._title[task_id] = title
-        return await asyncio.to_thread(self._enter, task_id, attempt)
+        path = await asyncio.to_thread(self._enter, task_id, attempt)
+        if self.spec.setup:
+            await self._setup(path)
+        return path
+
+    async def _setup(self, path: str) -> None:
+        import os
+        import shlex
+
+        argv = shlex.split(self.spec.setup or "")
+        try:
+            res = await run_process_group(
+                argv, cwd=path, env={**os.environ, **self.spec.env}, timeout=SETUP_TIMEOUT_S
+            )
+        except Exception as exc:  # noqa: BLE001 - e.g. the command does not exist
+            raise SetupFailed(f"setup command could not start: {exc}") from None
+        text = "\n".join((res.stdout + "\n" + res.stderr).strip().splitlines()[-30:])[-4000:]
+        if res.timed_out:
+            raise SetupFailed(f"setup command timed out after {SETUP_TIMEOUT_S:g} s", text)
+        if res.exit_code != 0:
+            last = text.splitlines()[-1:] or ["(no output)"]
+            raise SetupFailed(f"setup command failed (exit {res.exit_code}): {last[0][:200]}", text)
 
     def _enter(self, task_id: str, attempt: int) -> str:
         path, branch = self.path_of(task_id), self.branch_of(task_id)
@@ -139,8 +170,25 @@ class WorktreeCheckout:
             if_exists="reset",
             lock_reason=f"specwave: task {task_id} attempt {attempt}",
         )
+        self._copy_included(path)
         self._base[(task_id, attempt)] = info.head or base
         return info.path
+
+    def _copy_included(self, path: Path) -> None:
+        """Untracked files the agents need (``.env``...) that git would not put in a worktree:
+        those .worktreeinclude (gitignore syntax, the convention Claude Code reads) or
+        ``include`` lists, copied from the user's checkout."""
+        import shutil
+
+        patterns = list(self.spec.include)
+        include = Path(self.repo, INCLUDE_FILE)
+        if include.is_file():
+            patterns += include.read_text(encoding="utf-8").splitlines()
+        for rel in git.untracked_matching(self.repo, patterns):
+            src, dst = Path(self.repo, rel), path / rel
+            if src.is_file() and not src.is_symlink():
+                dst.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(src, dst)
 
     async def leave(self, task_id: str, attempt: int, record: AttemptRecord) -> AttemptRecord:
         return await asyncio.to_thread(self._leave, task_id, attempt, record)
