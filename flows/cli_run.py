@@ -237,6 +237,7 @@ def print_final(result: dict, spec) -> None:
 
     console = Console()
     costs = _attempt_costs(result)
+    merges = any("merge" in info for info in result["tasks"].values())
     t = Table(title=f"{spec.name}: {result['status']}", title_justify="left")
     for col in (
         "task",
@@ -244,6 +245,7 @@ def print_final(result: dict, spec) -> None:
         "outcome",
         "attempts",
         *(("cost", "turns") if costs else ()),
+        *(("merge",) if merges else ()),
         "blocker",
     ):
         t.add_column(col)
@@ -260,6 +262,7 @@ def print_final(result: dict, spec) -> None:
             info.get("outcome") or "",
             str(info.get("attempts") or 0),
             *extra,
+            *((info.get("merge") or "",) if merges else ()),
             (info.get("blocker") or "")[:90],
         )
     console.print(t)
@@ -299,6 +302,17 @@ def _merge_log(integ: dict) -> str:
         f"`{integ['take']}` (your branch and working tree were not changed)"
     )
     return "\n".join(lines)
+
+
+def _merge_state(run: Any, task_ids: list[str]) -> dict[str, dict[str, Any]]:
+    """Worktree runs: each task's branch, commit, merge outcome and kept worktree, from the
+    last run's attempt records (empty for a shared-checkout run)."""
+    from tasks_lib.report import worktree_cells
+
+    lasts = {tid: recs[-1] for tid in task_ids if (recs := run.attempts(tid))}
+    if not any(r.work is not None for r in lasts.values()):
+        return {}
+    return {tid: worktree_cells(rec) for tid, rec in lasts.items()}
 
 
 def _attempt_costs(result: dict) -> dict[str, tuple[float, int | None]]:
@@ -797,6 +811,9 @@ def status(
         }
         for u in spec.units
     }
+    merges = _merge_state(last, list(tasks)) if last else {}
+    for tid, cells in merges.items():
+        tasks[tid].update(cells)
     counts: dict[str, int] = {}
     for t in tasks.values():
         counts[t["status"]] = counts.get(t["status"], 0) + 1
@@ -820,7 +837,7 @@ def status(
     from rich.table import Table
 
     table = Table(title=f"{spec.name} ({spec.format})", title_justify="left")
-    for col in ("task", "status", "attempts", "description"):
+    for col in ("task", "status", "attempts", *(("merge",) if merges else ()), "description"):
         table.add_column(col)
     for tid, info in tasks.items():
         st = info["status"]
@@ -829,6 +846,7 @@ def status(
             tid,
             f"[{style}]{st}[/{style}]" if style else st,
             str(info["attempts"]),
+            *((info.get("merge") or "",) if merges else ()),
             " ".join(info["description"].split())[:70],
         )
     console = Console()

@@ -46,6 +46,7 @@ from tasks_lib.report import (
     table_rows,
     task_status,
     worker_counts,
+    worktree_cells,
 )
 from tasks_lib.runfolder import RunFolder
 from tasks_lib.scheduler import Scheduler
@@ -431,6 +432,7 @@ class RunLoop:
                 records=self.records,
                 run_dir=str(self.folder.root),
                 status_line=status_line,
+                integration=self.integration,
             )
         )
         blockers = self._blockers()
@@ -440,6 +442,11 @@ class RunLoop:
                 "outcome": r[-1].outcome.value if (r := self.records.get(u.id)) else None,
                 "attempts": len(self.records.get(u.id, [])),
                 "blocker": blockers.get(u.id),
+                **(
+                    worktree_cells(r[-1] if (r := self.records.get(u.id)) else None)
+                    if self.merges is not None
+                    else {}
+                ),
             }
             for u in spec.units
         }
@@ -499,7 +506,12 @@ class RunLoop:
 
     def _rows(self) -> list[dict[str, Any]]:
         return table_rows(
-            self.spec.units, self.plan.wave_of, self.sched.state, self.records, self._blockers()
+            self.spec.units,
+            self.plan.wave_of,
+            self.sched.state,
+            self.records,
+            self._blockers(),
+            worktree=self.merges is not None,
         )
 
     def _count(self, was: TaskStatus, now: TaskStatus) -> None:

@@ -29,7 +29,7 @@ from prefect import get_run_logger
 from tasks_lib.report import md_escape
 
 #: table columns holding free text (task ids, descriptions, file names, blockers): escaped
-TEXT_COLUMNS = frozenset({"id", "description", "files", "blocker"})
+TEXT_COLUMNS = frozenset({"id", "description", "files", "blocker", "branch", "worktree"})
 
 
 class RunUI:

@@ -191,8 +191,11 @@ def table_rows(
     status: Mapping[str, TaskStatus],
     records: Mapping[str, Sequence[AttemptRecord]],
     blockers: Mapping[str, str],
+    worktree: bool = False,
 ) -> list[dict[str, Any]]:
-    """One row per task (TABLE_COLUMNS), plain values: the UI escapes them for markdown."""
+    """One row per task (TABLE_COLUMNS), plain values: the UI escapes them for markdown.
+    ``worktree``: also each task's branch, commit, merge outcome and, for work not merged,
+    the worktree it was left in (WORKTREE_COLUMNS)."""
     rows = []
     for u in units:
         recs = records.get(u.id, [])
@@ -217,7 +220,30 @@ def table_rows(
                 "blocker": blockers.get(u.id) or "",
             }
         )
+        if worktree:
+            rows[-1].update(worktree_cells(last))
     return rows
+
+
+WORKTREE_COLUMNS = ["branch", "commit", "merge", "worktree"]
+
+
+def worktree_cells(last: AttemptRecord | None) -> dict[str, Any]:
+    """A task's worktree columns: its branch and commit, what the merge queue did ("merged",
+    "conflict", "verify_failed", "no change" for a pass that changed nothing) and, when its
+    work was not merged, where its worktree is kept."""
+    work = last.work if last else None
+    merge = last.merge if last else None
+    if work is None:
+        return dict.fromkeys(WORKTREE_COLUMNS, "")
+    if merge is None:
+        outcome = ""
+    elif merge.status == "up_to_date":
+        outcome = "no change"
+    else:
+        outcome = merge.status
+    kept = "" if merge is not None and merge.ok else work.worktree
+    return {"branch": work.branch, "commit": work.commit[:12], "merge": outcome, "worktree": kept}
 
 
 # characters markdown may read as markup anywhere; "_" only where it can open or close
@@ -246,6 +272,7 @@ def summary_markdown(
     records: Mapping[str, Sequence[AttemptRecord]],
     run_dir: str,
     status_line: str,
+    integration: Mapping[str, Any] | None = None,
 ) -> str:
     """The run's summary artifact: plan, metrics, cost, events, and each failure with the
     tail of its output (task text escaped: it is markdown)."""
@@ -301,5 +328,25 @@ def summary_markdown(
             if recs and recs[-1].output_tail:
                 lines += ["", "```text", tail(recs[-1].output_tail, 30, 3000), "```"]
             lines.append("")
+    if integration:
+        lines += [
+            "",
+            "## Merge log",
+            "",
+            "| # | task | outcome | commit | files |",
+            "|---|---|---|---|---|",
+        ]
+        for n, entry in enumerate(integration.get("merges") or [], 1):
+            lines.append(
+                f"| {n} | {md_escape(entry['task'])} | {entry['status']} | "
+                f"`{(entry.get('commit') or '')[:12]}` | "
+                f"{md_escape(', '.join(entry.get('files') or []))} |"
+            )
+        head = (integration.get("commit") or "?")[:12]
+        lines += [
+            "",
+            f"Integration branch `{integration['branch']}` at `{head}`: take the "
+            f"work with `{integration['take']}`.",
+        ]
     lines += ["", f"Run folder: `{run_dir}`"]
     return "\n".join(lines)

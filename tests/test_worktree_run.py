@@ -19,6 +19,7 @@ import pytest
 from flows.execute_spec import execute_spec
 from tasks_lib.runfolder import RunFolder
 from tests.fixtures.fake import fake_config
+from tests.test_execute_spec import artifacts
 from tests.workspaces.conftest import isolated_git_config, make_repo, sh  # noqa: F401
 
 SPECWAVE = shutil.which("specwave") or "specwave"
@@ -50,6 +51,7 @@ async def run(spec: Path, repo: Path, plan: dict[str, str], **kw: Any) -> dict[s
     )
     result = await state.result(raise_on_failure=False)
     assert isinstance(result, dict), result
+    result["flow_run_id"] = str(state.state_details.flow_run_id)
     return result
 
 
@@ -83,6 +85,15 @@ async def test_parallel_appends_one_merges_the_other_conflicts_then_merges(tmp_p
         ("3", "up_to_date"),  # task 3 changed nothing: nothing to merge, and it says so
     ]
     assert integ["merges"][1]["files"] == ["notes.txt"]
+    assert [result["tasks"][t]["merge"] for t in "123"] == ["merged", "merged", "no change"]
+    # the UI: the table has each task's branch, commit and merge; the summary the merge log
+    (table,) = await artifacts(result["flow_run_id"], "notes-tasks")
+    rows = {r["id"]: r for r in json.loads(table.data)}
+    assert rows["2"]["branch"] == "specwave/notes--2" and rows["2"]["merge"] == "merged"
+    assert len(rows["2"]["commit"]) == 12 and rows["2"]["worktree"] == ""
+    (summary,) = await artifacts(result["flow_run_id"], "notes-summary")
+    assert "## Merge log" in summary.data and "| 2 | 2 | conflict |" in summary.data
+    assert "git merge --ff-only specwave/notes" in summary.data
     # the integration branch: one merge commit per task that changed something, in order
     log = sh(repo, "log", "--first-parent", "--format=%s", "specwave/notes").splitlines()
     assert log == ["Merge 2: Task 2 of notes", "Merge 1: Task 1 of notes", "init"]
@@ -130,6 +141,12 @@ async def test_a_failed_verify_undoes_the_merge_and_blocks_the_dependents(tmp_pa
     assert rec.merge is not None and rec.merge.status == "verify_failed"
     # a failed task's worktree is kept for the user to look at, its path in the record
     assert rec.work is not None and Path(rec.work.worktree, "bad.txt").exists()
+    assert result["tasks"]["1"]["merge"] == "verify_failed"
+    assert result["tasks"]["1"]["worktree"] == rec.work.worktree
+    # specwave status shows the merge state
+    res = cli("status", str(spec), "--json", cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    assert json.loads(res.stdout)["tasks"]["1"]["merge"] == "verify_failed"
 
 
 def cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
