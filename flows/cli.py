@@ -213,7 +213,7 @@ def startup_done() -> None:
 
 
 #: Modules holding more commands (each registers its own on ``app`` when imported).
-EXTRA_COMMAND_MODULES = ("flows.cli_run", "flows.cli_demo", "flows.cli_deploy")
+EXTRA_COMMAND_MODULES = ("flows.cli_run", "flows.cli_demo", "flows.cli_deploy", "flows.cli_clean")
 #: Commands whose module is known: running one imports only that module (``specwave run``
 #: does not pay for the demo and deploy commands before its first agent starts). Anything
 #: else (``--help``, no command, an unknown or new command) imports every module.
@@ -223,6 +223,7 @@ _COMMAND_MODULES = {
     "schema": (),
     "run": ("flows.cli_run",),
     "status": ("flows.cli_run",),
+    "clean": ("flows.cli_clean",),
 }
 
 

@@ -299,7 +299,7 @@ def _merge_log(integ: dict) -> str:
     head = (integ.get("commit") or "?")[:12]
     lines.append(
         f"integration: {integ['branch']} at {head} — take it with "
-        f"`{integ['take']}` (your branch and working tree were not changed)"
+        f"`{integ['take']}` (specwave did not touch your branch or working tree)"
     )
     return "\n".join(lines)
 

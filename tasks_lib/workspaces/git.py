@@ -744,6 +744,21 @@ def snapshot_diff(
     return sorted(p for p in changed if not any(p.startswith(s) for s in skip))
 
 
+def exclude(repo: StrPath, pattern: str) -> bool:
+    """Add ``pattern`` to the repository's ``info/exclude`` (untracked, the user's own ignore
+    list: no tracked file changes) unless it is there; True when added."""
+    path = common_dir(repo) / "info" / "exclude"
+    lines = path.read_text(encoding="utf-8").splitlines() if path.exists() else []
+    if pattern in (ln.strip() for ln in lines):
+        return False
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a", encoding="utf-8") as fh:
+        if lines and not path.read_text(encoding="utf-8").endswith("\n"):
+            fh.write("\n")
+        fh.write(f"# specwave's worktrees\n{pattern}\n")
+    return True
+
+
 def untracked_matching(repo: StrPath, patterns: Sequence[str]) -> list[str]:
     """Files of the checkout that git ignores and that ``patterns`` (gitignore syntax: a
     ``.worktreeinclude``'s lines) match, relative to the root: what a new worktree lacks."""

@@ -55,6 +55,9 @@ class Integration:
     def prepare(self) -> str:
         """Create the integration branch from the base when missing, and its worktree; return
         the branch's head."""
+        git.exclude(
+            self.repo, "/" + self.path.parent.parent.relative_to(self.repo).as_posix() + "/"
+        )  # .specwave/: never in the user's git status
         if not git.branch_exists(self.repo, self.branch):
             git.create_branch(self.repo, self.branch, self.spec.base or "HEAD")
         if git.find_worktree(self.repo, self.path) is None:

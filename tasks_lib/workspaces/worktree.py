@@ -9,15 +9,18 @@ attempt; commits the agent made itself are kept. The record says which branch, b
 commit, and whether the attempt changed anything. Merging is the merge queue's job
 (:mod:`tasks_lib.workspaces.integration`).
 
-Worktrees live inside the repository's git directory: outside the tracked tree, invisible to
-the user's own test runs and tools, and removed with the repository. The user's checkout is
-never touched: no checkout, no index write, no branch switch.
+Worktrees live in ``<repo>/.specwave/worktrees`` (see :func:`worktrees_root`): ignored through
+``.git/info/exclude``, skipped by test runners. The user's checkout is never touched: no
+checkout, no index write, no branch switch.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import os
 from pathlib import Path
+from typing import Literal
 
 from tasks_lib.agents.process import run_process_group
 from tasks_lib.errors import SpecError
@@ -29,9 +32,20 @@ SETUP_TIMEOUT_S = 1800.0
 INCLUDE_FILE = ".worktreeinclude"
 
 
+#: the folder, at the repository's root, holding specwave's worktrees (git-ignored through
+#: .git/info/exclude, never through a tracked file)
+WORKTREES_DIR = ".specwave"
+
+
 def worktrees_root(repo: str) -> Path:
-    """Where a repository's specwave worktrees live (inside its common git dir)."""
-    return git.common_dir(repo) / "specwave" / "worktrees"
+    """Where a repository's specwave worktrees live: ``<root>/.specwave/worktrees``.
+
+    Not inside ``.git``: coding agents refuse to write under a ``.git`` folder (Claude Code
+    denies it even with acceptEdits). A dot folder, so test runners skip it (pytest's
+    norecursedirs, unittest's package discovery), and excluded in ``.git/info/exclude`` so
+    ``git status`` and the tools that read ignores leave it alone."""
+    root = git.repo_root(repo) or Path(repo)
+    return Path(root) / WORKTREES_DIR / "worktrees"
 
 
 def worktree_spec(
@@ -138,7 +152,6 @@ class WorktreeCheckout:
         return path
 
     async def _setup(self, path: str) -> None:
-        import os
         import shlex
 
         argv = shlex.split(self.spec.setup or "")
@@ -242,3 +255,298 @@ class CheckoutWatch:
         fresh = [p for p in changed if p not in self.reported]
         self.reported.update(fresh)
         return fresh
+
+
+# ------------------------------------------------------------- what a spec's runs left behind
+#
+# ``specwave clean``: the worktrees and branches a spec's runs left in a repository (merged
+# tasks' are removed at merge time; failed tasks' are kept for the user to look at), found
+# (:func:`leftovers`, reads only), decided on (:func:`clean_plan`, pure) and removed
+# (:func:`remove_leftover`). Unmerged work is only ever removed when asked (``force``); the
+# integration branch, the user's checkout and every branch outside ``specwave/<spec>--*`` are
+# never touched.
+
+
+LeftoverKind = Literal["task", "integration", "directory", "marker"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Leftover:
+    """One thing a spec's runs left in a repository.
+
+    ``kind``: ``task`` (a task branch ``specwave/<spec>--<task>``, with its worktree when it
+    has one, or a task worktree on no branch of ours), ``integration`` (the integration
+    worktree: it holds nothing of anyone's; its branch is never a leftover), ``directory`` (a
+    folder named like the spec's worktrees that git does not know as a worktree) or
+    ``marker`` (the ``.verifying`` file: a merge was being verified when its run stopped).
+    """
+
+    kind: LeftoverKind
+    branch: str | None = None  # a task branch of ours, deleted with the leftover
+    path: str | None = None  # the worktree, folder or marker file
+    head: str | None = None
+    unmerged: int = 0  # commits of ``head`` the integration branch does not have
+    uncommitted: int = 0  # changed or new files in the worktree, not committed
+    stale: bool = False  # git records a worktree whose directory is gone: pruned
+    checked_out_at: str | None = None  # the branch is checked out in a worktree not ours
+
+    @property
+    def holds_work(self) -> bool:
+        """Whether removing it could lose work (only ever done with ``force``)."""
+        return self.unmerged > 0 or self.uncommitted != 0 or self.kind == "directory"
+
+
+@dataclasses.dataclass(frozen=True)
+class Leftovers:
+    """What :func:`leftovers` found, and what it compared the task branches with."""
+
+    root: Path  # the repository's top
+    worktrees_dir: Path  # where runs put worktrees now
+    folders: list[Path]  # every folder searched
+    integration_branch: str
+    integration_exists: bool
+    compared_with: str | None  # the ref "merged" means reachable from (None: nothing)
+    branch_prefix: str  # ``specwave/<spec>--``: the only branches ever deleted
+    items: list[Leftover]
+
+
+@dataclasses.dataclass(frozen=True)
+class CleanStep:
+    """What ``specwave clean`` does with one leftover, and why."""
+
+    leftover: Leftover
+    remove: bool
+    reason: str
+
+
+def _under(folders: list[Path], path: str) -> bool:
+    parent = os.path.dirname(os.path.realpath(path))
+    return any(parent == os.path.realpath(f) for f in folders)
+
+
+def _worktree_folders(root: str) -> list[Path]:
+    """Where a repository's specwave worktrees are: :func:`worktrees_root`."""
+    return [worktrees_root(root)]
+
+
+def _own_branches(repo: str, prefix: str) -> dict[str, str]:
+    """Local branches whose name starts with ``prefix``, with their commits."""
+    out = git.run_git(
+        ["for-each-ref", "--format=%(objectname) %(refname)", "refs/heads/" + prefix.split("/")[0]],
+        repo,
+    ).out
+    found: dict[str, str] = {}
+    for line in out.splitlines():
+        sha, _, ref = line.partition(" ")
+        name = ref.removeprefix("refs/heads/")
+        if name.startswith(prefix) and len(name) > len(prefix):
+            found[name] = sha
+    return found
+
+
+def _unmerged(repo: str, head: str | None, target: str | None) -> int:
+    """How many commits ``head`` has that ``target`` has not (all of them: no target)."""
+    if head is None:
+        return 0
+    args = [head, "--not", target] if target else [head]
+    return int(git.run_git(["rev-list", "--count", *args, "--"], repo).out or 0)
+
+
+def _uncommitted(worktree: str) -> int:
+    """How many files of ``worktree`` differ from its HEAD (-1: git cannot tell)."""
+    try:
+        return len(git.status(worktree))
+    except git.GitError:
+        return -1
+
+
+def leftovers(repo: str, spec_name: str, into: str | None = None) -> Leftovers:
+    """Every worktree in the worktrees folder (:func:`worktrees_root`) whose name starts
+    with ``<spec>--`` (task worktrees, the integration worktree), every branch
+    ``specwave/<spec>--*``, unknown folders there and the ``.verifying`` marker; reads only.
+
+    A task branch is merged when its head is reachable from the integration branch
+    (``specwave/<spec>`` or ``into``) as it stands once a merge still being verified is
+    undone (what the next run would do); when that branch does not exist, from the
+    repository's HEAD instead. A branch checked out in a worktree that is not one of the
+    spec's (the user's checkout...) is noted: it is never removed."""
+    from tasks_lib.workspaces.integration import pending_path
+    from tasks_lib.workspaces.names import MAX_SPEC_CHARS, SEPARATOR, integration_dirname, sanitize
+
+    root = git.repo_root(repo)
+    if root is None:
+        raise git.GitError(f"{repo} is not in a git repository")
+    main = git.worktree_list(root)[0]  # the main checkout, even when called from another
+    if not main.bare and os.path.isdir(main.path):
+        root = Path(main.path)
+    where = str(root)
+    folders = _worktree_folders(where)
+    dir_prefix = sanitize(spec_name, MAX_SPEC_CHARS) + SEPARATOR
+    branch_prefix = integration_branch(spec_name) + SEPARATOR
+    target_branch = into or integration_branch(spec_name)
+    integ_dir = integration_dirname(spec_name)
+    markers = [m for m in (pending_path(f, spec_name) for f in folders) if m.is_file()]
+
+    git.check_branch_name(target_branch)
+    integration_exists = git.branch_exists(where, target_branch)
+    integ_head = git.rev_parse(where, f"refs/heads/{target_branch}") if integration_exists else None
+    before = markers[0].read_text(encoding="utf-8").strip() if markers else ""
+    settled = (git.rev_parse(where, before) if before else None) or integ_head
+    compared_with: str | None = target_branch if integration_exists else None
+    if not integration_exists:
+        settled = git.rev_parse(where, "HEAD")
+        compared_with = "HEAD" if settled else None
+
+    entries = git.worktree_list(where)
+    ours = [
+        w for w in entries if _under(folders, w.path) and Path(w.path).name.startswith(dir_prefix)
+    ]
+    ours_paths = {os.path.realpath(w.path) for w in ours}
+    elsewhere = {
+        w.branch: w.path for w in entries if w.branch and os.path.realpath(w.path) not in ours_paths
+    }
+    branches = _own_branches(where, branch_prefix)
+    branches.pop(target_branch, None)  # the integration branch is never a leftover
+
+    items: list[Leftover] = []
+    with_worktree: set[str] = set()
+    for w in sorted(ours, key=lambda w: w.path):
+        if Path(w.path).name == integ_dir:
+            items.append(
+                Leftover("integration", path=w.path, head=w.head, stale=not os.path.isdir(w.path))
+            )
+            continue
+        if not os.path.isdir(w.path):
+            items.append(Leftover("task", path=w.path, head=w.head, stale=True))
+            continue  # its branch, if any, is judged on its own below
+        branch = w.branch if w.branch in branches else None
+        if branch:
+            with_worktree.add(branch)
+        items.append(
+            Leftover(
+                "task",
+                branch=branch,
+                path=w.path,
+                head=w.head,
+                unmerged=_unmerged(where, w.head, settled),
+                uncommitted=_uncommitted(w.path),
+            )
+        )
+    for name, sha in sorted(branches.items()):
+        if name not in with_worktree:
+            items.append(
+                Leftover(
+                    "task",
+                    branch=name,
+                    head=sha,
+                    unmerged=_unmerged(where, sha, settled),
+                    checked_out_at=elsewhere.get(name),
+                )
+            )
+    for folder in folders:
+        for p in sorted(folder.iterdir()) if folder.is_dir() else []:
+            known = os.path.realpath(p) in ours_paths
+            if p.is_dir() and not p.is_symlink() and p.name.startswith(dir_prefix) and not known:
+                items.append(Leftover("directory", path=str(p)))
+    # a merge was being verified when its run stopped: the next run undoes it
+    unverified = _unmerged(where, integ_head, settled) if integ_head and settled else 0
+    for marker in markers:
+        items.append(Leftover("marker", path=str(marker), head=before or None, unmerged=unverified))
+    return Leftovers(
+        root=root,
+        worktrees_dir=folders[0],
+        folders=folders,
+        integration_branch=target_branch,
+        integration_exists=integration_exists,
+        compared_with=compared_with,
+        branch_prefix=branch_prefix,
+        items=items,
+    )
+
+
+def clean_plan(found: Leftovers, *, force: bool = False) -> list[CleanStep]:
+    """What to remove and what to keep (pure): everything that holds no work (merged task
+    branches and their clean worktrees, the integration worktree, stale entries); what does
+    (unmerged commits, uncommitted files, unknown folders, an unverified merge's marker) only
+    with ``force``; a branch checked out outside the spec's worktrees never."""
+    target = found.compared_with or "anything"
+    steps: list[CleanStep] = []
+    for item in found.items:
+        if item.stale:
+            steps.append(CleanStep(item, True, "its directory is gone"))
+        elif item.kind == "integration":
+            steps.append(
+                CleanStep(
+                    item, True, f"holds nothing of anyone's ({found.integration_branch} stays)"
+                )
+            )
+        elif item.checked_out_at:
+            steps.append(CleanStep(item, False, f"checked out at {item.checked_out_at}"))
+        elif item.kind == "directory":
+            steps.append(
+                CleanStep(
+                    item, force, "a folder git does not know as a worktree (files not in git)"
+                )
+            )
+        elif item.kind == "marker":
+            why = (
+                f"a merge into {found.integration_branch} was being verified when its run "
+                "stopped (the next run undoes it)"
+                if item.unmerged
+                else "no unverified merge left"
+            )
+            steps.append(CleanStep(item, force or not item.unmerged, why))
+        else:
+            parts = []
+            if item.unmerged:
+                parts.append(f"{item.unmerged} commit(s) not merged into {target}")
+            if item.uncommitted > 0:
+                parts.append(f"{item.uncommitted} uncommitted file(s)")
+            elif item.uncommitted < 0:
+                parts.append("git cannot read its status")
+            why = ", ".join(parts) or f"merged into {target}"
+            steps.append(CleanStep(item, force or not item.holds_work, why))
+    return steps
+
+
+def remove_leftover(found: Leftovers, item: Leftover) -> None:
+    """Remove one leftover: its worktree (even locked or dirty: :func:`clean_plan` decided),
+    then its branch; a folder git does not know, or the marker file. Refuses (GitError) to
+    delete the integration branch, a branch outside ``specwave/``, one checked out anywhere
+    else, or one whose head moved since it was found."""
+    import shutil
+
+    repo = str(found.root)
+    if item.kind in ("task", "integration") and item.path:
+        git.worktree_remove(repo, item.path)
+    elif item.kind == "directory" and item.path:
+        shutil.rmtree(item.path)
+    elif item.kind == "marker" and item.path:
+        Path(item.path).unlink(missing_ok=True)
+    if item.kind != "task" or not item.branch:
+        return
+    branch = item.branch
+    if branch == found.integration_branch or not branch.startswith(found.branch_prefix):
+        raise git.GitError(f"refusing to delete branch {branch!r}")
+    holder = next((w.path for w in git.worktree_list(repo) if w.branch == branch), None)
+    if holder is not None:
+        raise git.GitError(f"branch {branch!r} is checked out at {holder}: not deleted")
+    now = git.rev_parse(repo, f"refs/heads/{branch}")
+    if now is not None and item.head and now != item.head:
+        raise git.GitError(f"branch {branch!r} moved since it was looked at: not deleted")
+    git.delete_branch(repo, branch, force=True)
+
+
+def finish_clean(found: Leftovers) -> list[str]:
+    """After removing: ``git worktree prune``, then each worktrees folder (and the folder
+    holding it, e.g. ``.specwave``) that is empty; returns the folders removed."""
+    git.worktree_prune(found.root)
+    gone: list[str] = []
+    for folder in found.folders:
+        for empty in (folder, folder.parent):
+            try:
+                empty.rmdir()
+            except OSError:
+                break
+            gone.append(str(empty))
+    return gone

@@ -9,6 +9,8 @@ import signal
 import sys
 import time
 
+import psutil
+
 from tests.reliability.conftest import wait_for
 from tests.workspaces.conftest import isolated_git_config, make_repo, sh  # noqa: F401
 
@@ -41,10 +43,14 @@ def test_kill_9_mid_verify_then_rerun_merges_each_task_once(rig, tmp_path):
     first = rig.cli(*args)
 
     def verify_runs() -> list:  # (specwave's own command line holds the text too)
-        return [
-            p for p in rig.processes()
-            if p.pid != first.pid and "time.sleep(120)" in " ".join(p.cmdline())
-        ]  # fmt: skip
+        found = []
+        for p in rig.processes():
+            try:
+                if p.pid != first.pid and "time.sleep(120)" in " ".join(p.cmdline()):
+                    found.append(p)
+            except psutil.Error:  # it ended meanwhile
+                continue
+        return found
 
     def verifying() -> list:
         if first.poll() is not None:
