@@ -128,6 +128,20 @@ def _latest_run_id(spec: Path) -> str | None:
     return runs[-1].parent.name if runs else None
 
 
+def _check_branch(repo: Path, branch: str) -> str:
+    """The unittest check on a branch, in a throwaway worktree (removed after)."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="specwave-demo-check-") as tmp:
+        where = Path(tmp) / "check"
+        if _git(repo, "worktree", "add", "-q", "--detach", str(where), branch).returncode:
+            return "could not check out the branch"
+        try:
+            return _check_tests(where)
+        finally:
+            _git(repo, "worktree", "remove", "--force", str(where))
+
+
 def _check_tests(repo: Path) -> str:
     proc = subprocess.run(
         [sys.executable, "-m", "unittest", "discover", "-s", "tests"],
@@ -285,11 +299,20 @@ def demo(
     _say()
 
     code = 0
+    worktrees = (repo / ".git").exists()  # each task in its own worktree, merged in order
     try:
         _call_run(
             spec_dir=spec,
             agent="claude",
             repo=repo,
+            **(
+                dict(
+                    isolation="worktree",
+                    verify=f"{shlex.quote(sys.executable)} -m unittest discover -s tests -q",
+                )
+                if worktrees
+                else {}
+            ),
             max_concurrency=max_concurrency,
             timeout=600 if server is not None else 1800,
             retries=1,
@@ -309,16 +332,23 @@ def demo(
 
 def _afterword(repo: Path, spec: Path, *, scripted: bool) -> None:
     _say()
-    if shutil.which("git") and (repo / ".git").exists():
-        changed = _git(
-            repo, "status", "--short", "--untracked-files=all", "--", ".", ":(exclude).agent-os"
-        ).stdout.splitlines()
-        _say(
-            f"what the workers changed ({len(changed)} files; `git -C {repo} diff` for the edits):"
-        )
-        for line in changed[:20]:
+    branch = f"specwave/{DEMO_SPEC}"
+    if shutil.which("git") and _git(repo, "rev-parse", "-q", "--verify", branch).returncode == 0:
+        log = _git(repo, "log", "--oneline", "--first-parent", branch).stdout.splitlines()
+        _say(f"the integration branch {branch}: one merge per task, in dependency order")
+        for line in log[:12]:
             _say(f"  {line}")
-    _say(f"check:       python -m unittest discover -s tests → {_check_tests(repo)}")
+        mine = _git(repo, "status", "--short", "--", ".", ":(exclude).agent-os").stdout
+        _say(
+            f"your branch: untouched ({'clean' if not mine.strip() else 'as you left it'}); "
+            f"take the work with `git -C {repo} merge --ff-only {branch}`"
+        )
+        _say(
+            f"check:       python -m unittest discover -s tests on {branch} → "
+            f"{_check_branch(repo, branch)}"
+        )
+    else:
+        _say(f"check:       python -m unittest discover -s tests → {_check_tests(repo)}")
     _say(f"tasks.json:  {spec / 'tasks.json'}  (specwave status {spec})")
     run_id = _latest_run_id(spec)
     if run_id:

@@ -10,6 +10,8 @@ json result, then TASK COMPLETE). Use it to see specwave schedule a spec without
                  estimate from the environment variable SPECWAVE_SIM_MINUTES_<TASK_ID> or the
                  JSON map given with --durations.
 --durations F    a JSON file {task_id: seconds} (benchmarks write one)
+--write PATH     also write PATH (relative to the working directory; e.g. notes/{task_id}.md,
+                 specwave fills in the task id): a change for --isolation worktree to merge
 """
 
 import argparse
@@ -23,6 +25,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--seconds", type=float, default=1.0)
     ap.add_argument("--durations")
+    ap.add_argument("--write")
     args = ap.parse_args()
     task = os.environ.get("SPECWAVE_TASK_ID", "?")
     sys.stdin.read()
@@ -32,10 +35,16 @@ def main() -> None:
             seconds = float(json.load(fh).get(task, seconds))
     print(f"simulated agent: working on task {task} for {seconds:g} s", flush=True)
     time.sleep(seconds)
+    created = []
+    if args.write:
+        os.makedirs(os.path.dirname(args.write) or ".", exist_ok=True)
+        with open(args.write, "w") as fh:
+            fh.write(f"task {task} was simulated here\n")
+        created.append(args.write)
     result = {
         "status": "pass",
         "files_modified": [],
-        "files_created": [],
+        "files_created": created,
         "test_results": {"ran": 0, "passed": 0, "failed": 0},
         "blocker": None,
         "notes": f"simulated: slept {seconds:g} s",

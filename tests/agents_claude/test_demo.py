@@ -67,7 +67,26 @@ def test_demo_runs_the_spec_with_claude_code_and_the_scripted_model(tmp_path):
         "top_words",
         "truncate",
     ]
-    # The scripted model's code is really there and really works.
+    # Each task worked in its own worktree; the integration branch holds one merge per task,
+    # each proved by the unittest check, and the user's checkout is as it was.
+    branch = f"specwave/{DEMO_SPEC.name}"
+    git = ["git", "-C", str(repo)]
+    merges = subprocess.run(
+        [*git, "log", "--first-parent", "--format=%s", branch],
+        capture_output=True, text=True, check=True,
+    ).stdout.splitlines()  # fmt: skip
+    assert sorted(m.split(":")[0] for m in merges[:-1]) == [f"Merge {i}" for i in range(1, 6)]
+    assert "one merge per task" in out and f"merge --ff-only {branch}" in out
+    assert f"on {branch} → Ran 15 tests" in out
+    mine = subprocess.run(
+        [*git, "status", "--porcelain", "--", ".", ":(exclude).agent-os"],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    assert mine == ""
+    assert subprocess.run([*git, "worktree", "list"], capture_output=True, text=True,
+                          check=True).stdout.count("\n") == 1  # fmt: skip
+    # The scripted model's code is really there and really works: take it as the user would.
+    subprocess.run([*git, "merge", "--ff-only", "-q", branch], check=True)
     run = subprocess.run(
         [sys.executable, "-m", "textkit", "slug", "Hello Demo"],
         cwd=repo,
