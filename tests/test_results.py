@@ -616,7 +616,10 @@ def test_huge_inputs_parse_fast(name):
     out = parse_worker_output(text)
     elapsed = time.perf_counter() - start
     check_invariants(out)
-    assert elapsed < 1.0, f"{name}: {elapsed:.2f}s"
+    # not a speed target (those are in benchmarks/): a guard against super-linear blow-ups,
+    # which on ~1 MB take minutes; linear parsing takes well under 1 s even on a loaded
+    # 2-core machine (a 1.0 s bound failed once under load at 1.06 s)
+    assert elapsed < 10.0, f"{name}: {elapsed:.2f}s"
     tail_start = time.perf_counter()
     assert len(tail(text)) <= 4000
-    assert time.perf_counter() - tail_start < 0.5
+    assert time.perf_counter() - tail_start < 5.0
