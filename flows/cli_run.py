@@ -597,11 +597,12 @@ def run(
         str,
         typer.Option(
             "--isolation",
-            help="shared (every agent in the repository itself) or worktree (each task in "
-            "its own git worktree and branch, merged into an integration branch in "
-            "dependency order; your checkout is never changed).",
+            help="worktree (each task in its own git worktree and branch, merged into an "
+            "integration branch in dependency order; your checkout is never changed), shared "
+            "(every agent in the repository itself) or auto: worktree in a git repository with "
+            "a commit, else shared.",
         ),
-    ] = "shared",
+    ] = "auto",
     verify: Annotated[
         str | None,
         typer.Option(
@@ -645,6 +646,15 @@ def run(
             "e.g. .env; repeatable), besides the repository's .worktreeinclude.",
         ),
     ] = None,
+    land: Annotated[
+        bool,
+        typer.Option(
+            "--land",
+            help="worktree: at the end, fast-forward your checked-out branch to the "
+            "integration branch (only when it is an ancestor and the merge touches no file "
+            "you have modified; else it says why and changes nothing).",
+        ),
+    ] = False,
     keep_branches: Annotated[
         bool, typer.Option("--keep-branches", help="worktree: keep merged tasks' branches.")
     ] = False,
@@ -662,8 +672,11 @@ def run(
     if scheduler not in ("eager", "waves"):
         _err(f'--scheduler: unknown scheduler "{scheduler}" — use eager or waves')
         raise typer.Exit(EXIT_INVALID)
-    if isolation not in ("shared", "worktree"):
-        _err(f'--isolation: unknown isolation "{isolation}" — use shared or worktree')
+    if isolation not in ("auto", "shared", "worktree"):
+        _err(f'--isolation: unknown isolation "{isolation}" — use auto, shared or worktree')
+        raise typer.Exit(EXIT_INVALID)
+    if land and isolation == "shared":
+        _err("--land: only with --isolation worktree (a shared run has nothing to land)")
         raise typer.Exit(EXIT_INVALID)
     try:
         spec, plan = load_and_plan(
@@ -707,11 +720,25 @@ def run(
             raise SpecError.single(
                 str(repo), "repository folder not found", hint="pass an existing folder with --repo"
             )
+        if isolation == "auto" and not dry_run:
+            from tasks_lib.workspaces.worktree import auto_isolation
+
+            isolation, notice = auto_isolation(str(repo or Path.cwd()))
+            if notice:
+                _err(f"specwave: {notice}")
+            if land and isolation == "shared":
+                raise SpecError.single(
+                    str(repo or Path.cwd()),
+                    "--land needs a git repository with a commit",
+                    hint="commit once, or drop --land",
+                )
         if isolation == "worktree" and not dry_run:
+            # refused here in one line, before Prefect starts: nothing started, nothing changed
+            from tasks_lib.workspaces.config import load_worktree_settings
             from tasks_lib.workspaces.worktree import worktree_spec
 
-            # refused here in one line, before Prefect starts: nothing started, nothing changed
-            worktree_spec(str(repo or Path.cwd()), spec.name, into=into, base=base)
+            folder = load_worktree_settings(spec.folder)  # a bad file: one line, exit 2
+            worktree_spec(str(repo or Path.cwd()), spec.name, into=into or folder.into, base=base)
         if not dry_run:
             from tasks_lib.store import RunLock
 
@@ -773,11 +800,29 @@ def run(
         _exit_now(session.code)
     if result is None:
         raise typer.Exit(session.code)
+    if land and (integ := result.get("integration")):
+        result["landed"] = _land(str(repo or Path.cwd()), integ, result)
     if as_json:
         print(json.dumps(result, indent=2, default=str))
     else:
         print_final(result, spec)
+        if landed := result.get("landed"):
+            _err(f"specwave: --land: {landed['message']}")
     raise typer.Exit(session.code)
+
+
+def _land(repo: str, integ: dict, result: dict) -> dict[str, Any]:
+    """--land: fast-forward the user's branch to the integration branch, when it is safe."""
+    from tasks_lib.workspaces.worktree import land
+
+    if result.get("status") != "success":
+        return {
+            "landed": False,
+            "message": "not landed: not every task passed (the merged "
+            f"work is on {integ['branch']}: `{integ['take']}` takes it)",
+        }
+    ok, message = land(repo, integ["branch"])
+    return {"landed": ok, "message": message}
 
 
 @app.command()

@@ -47,6 +47,7 @@ from tasks_lib.state import RunStatus
 from tasks_lib.store import WriteFailed
 from tasks_lib.tasks import agent_task
 from tasks_lib.workspaces import WorkspaceSpec
+from tasks_lib.workspaces.config import load_worktree_settings
 from tasks_lib.workspaces.worktree import worktree_spec
 
 
@@ -137,7 +138,9 @@ async def execute_spec(
             its own git worktree and branch, merged into an integration branch in dependency
             order through the merge queue; ``repo`` is never changed).
         verify: worktree: a command (shlex-split) run after each merge in the integration
-            worktree; a failure undoes the merge, e.g. ``"python -m pytest -q"``.
+            worktree; a failure undoes the merge, e.g. ``"python -m pytest -q"``. ``verify``,
+            ``setup``, ``include`` and ``into`` may also come from the spec folder's
+            ``specwave-worktree.json`` (a parameter wins).
         into: worktree: the integration branch (default ``specwave/<spec>``).
         base: worktree: what a new integration branch starts from (default ``HEAD``).
         keep_branches: worktree: keep each merged task's branch.
@@ -161,15 +164,16 @@ async def execute_spec(
     workdir = str(Path(repo or os.getcwd()).resolve())  # noqa: ASYNC240
     run_id, flow_run_id = _run_ids()
     if isolation == "worktree":
+        folder = load_worktree_settings(spec.folder)  # the spec's own; parameters win
         workspace = worktree_spec(
             workdir,
             spec.name,
-            into=into,
+            into=into or folder.into,
             base=base,
-            verify=verify,
+            verify=verify or folder.verify,
             keep_branches=keep_branches,
-            setup=setup,
-            include=include,
+            setup=setup or folder.setup,
+            include=[*(include or []), *folder.include],
         ).model_copy(update={"run_id": run_id})
     else:
         workspace = WorkspaceSpec(path=workdir)

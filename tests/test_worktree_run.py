@@ -236,3 +236,86 @@ async def test_a_failing_setup_is_the_attempts_crash_with_its_output(tmp_path):
         not (tmp_path / "trace.jsonl").exists()
         or "x.txt" not in (tmp_path / "trace.jsonl").read_text()
     )  # the agent never ran
+
+
+def run_cli(tmp_path: Path, spec: Path, repo: Path, plan: dict[str, str], *extra: str):
+    """``specwave run`` as a user runs it, on the session's Prefect server."""
+    import os
+
+    from prefect.settings import PREFECT_API_URL
+
+    agent = json.dumps(fake_config(tmp_path / "trace.jsonl", plan))
+    env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value(), "DO_NOT_TRACK": "1"}
+    return subprocess.run(
+        [SPECWAVE, "run", str(spec), "--agent-json", agent, "--repo", str(repo), "--json",
+         *extra],
+        cwd=tmp_path, capture_output=True, text=True, timeout=300, env=env,
+    )  # fmt: skip
+
+
+def test_auto_isolation_is_worktree_in_a_repository_and_shared_elsewhere(tmp_path):
+    repo = make_repo(tmp_path / "app")
+    spec = write_spec(tmp_path / "spec", "auto", {"1": []})
+    res = run_cli(tmp_path, spec, repo, {"1": "write:a.txt"})
+    assert res.returncode == 0, res.stderr
+    assert json.loads(res.stdout)["integration"]["branch"] == "specwave/auto"
+    assert not (repo / "a.txt").exists()  # the work is on the branch, not in the checkout
+    assert "is not a git repository" not in res.stderr
+
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    spec2 = write_spec(tmp_path / "spec2", "auto2", {"1": []})
+    res = run_cli(tmp_path, spec2, plain, {"1": "write:a.txt"})
+    assert res.returncode == 0, res.stderr
+    assert "integration" not in json.loads(res.stdout)
+    notices = [ln for ln in res.stderr.splitlines() if "is not a git repository" in ln]
+    assert len(notices) == 1 and "--isolation shared" in notices[0], res.stderr
+    assert (plain / "a.txt").exists()  # shared: the agent worked in the folder itself
+
+
+def test_land_fast_forwards_the_users_branch_only_when_safe(tmp_path):
+    repo = make_repo(tmp_path / "app", {"notes.txt": "base\n", "other.txt": "x\n"})
+    spec = write_spec(tmp_path / "spec", "land", {"1": []})
+    res = run_cli(tmp_path, spec, repo, {"1": "append:notes.txt"}, "--land")
+    assert res.returncode == 0, res.stderr
+    landed = json.loads(res.stdout)["landed"]
+    assert landed["landed"] is True and "main fast-forwarded" in landed["message"]
+    assert sh(repo, "rev-parse", "main") == sh(repo, "rev-parse", "specwave/land")
+    assert (repo / "notes.txt").read_text() == "base\nline from task 1\n"
+
+    # a file the merge would touch has uncommitted changes of the user's: nothing changes
+    spec2 = write_spec(tmp_path / "spec2", "land2", {"1": []})
+    (repo / "notes.txt").write_text("my own edit\n")
+    before = user_view(repo)
+    res = run_cli(tmp_path, spec2, repo, {"1": "append:notes.txt"}, "--land")
+    assert res.returncode == 0, res.stderr
+    landed = json.loads(res.stdout)["landed"]
+    assert landed["landed"] is False and "notes.txt" in landed["message"]
+    assert user_view(repo) == before
+    assert (repo / "notes.txt").read_text() == "my own edit\n"
+
+
+async def test_the_spec_folders_settings_give_verify_and_a_parameter_wins(tmp_path):
+    repo = make_repo(tmp_path / "app")
+    spec = write_spec(tmp_path / "spec", "cfg", {"1": []})
+    never = f'{sys.executable} -c "import sys; sys.exit(1)"'
+    (spec / "specwave-worktree.json").write_text(json.dumps({"verify": never}))
+    result = await run(spec, repo, {"1": "write:a.txt"}, retries=0)
+    assert result["tasks"]["1"]["merge"] == "verify_failed"  # the spec's verify ran
+
+    spec2 = write_spec(tmp_path / "spec2", "cfg2", {"1": []})
+    (spec2 / "specwave-worktree.json").write_text(json.dumps({"verify": never}))
+    ok = f'{sys.executable} -c "pass"'
+    result = await run(spec2, repo, {"1": "write:b.txt"}, retries=0, verify=ok)
+    assert result["tasks"]["1"]["merge"] == "merged"
+
+
+def test_a_bad_spec_folder_settings_file_is_one_line_exit_2(tmp_path):
+    repo = make_repo(tmp_path / "app")
+    spec = write_spec(tmp_path / "spec", "badcfg", {"1": []})
+    (spec / "specwave-worktree.json").write_text(json.dumps({"verfy": "x"}))
+    res = cli("run", str(spec), "--command", "true", "--repo", str(repo), cwd=tmp_path)
+    assert res.returncode == 2, res.stderr
+    (line,) = res.stderr.strip().splitlines()
+    assert "specwave-worktree.json" in line and '"verfy"' in line
+    assert sh(repo, "branch", "--format=%(refname:short)") == "main"

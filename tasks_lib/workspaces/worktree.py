@@ -236,6 +236,59 @@ class WorktreeCheckout:
         return record
 
 
+def auto_isolation(repo: str) -> tuple[str, str | None]:
+    """``--isolation auto``: worktree in a git repository with a commit, else shared with a
+    one-line notice saying why."""
+    try:
+        git.require_git()
+        root = git.repo_root(repo)
+        if root is not None and git.has_commits(root):
+            return "worktree", None
+        why = "is not a git repository" if root is None else "has no commit yet"
+    except git.GitError as exc:
+        why = f"cannot use git ({exc})"
+    return "shared", (
+        f"{repo} {why}: every agent works in it directly (--isolation shared); "
+        "commit once to give each task its own worktree"
+    )
+
+
+def land(repo: str, branch: str) -> tuple[bool, str]:
+    """``--land``: fast-forward the checked-out branch of ``repo`` to ``branch``, only when it
+    is an ancestor and the merge touches no file with uncommitted changes; else say why and
+    change nothing. Returns (landed, one line)."""
+    root = str(git.repo_root(repo) or repo)
+    mine = git.current_branch(root)
+    if mine is None:
+        return False, f"not landed: HEAD is detached (take it with `git merge --ff-only {branch}`)"
+    head, target = git.head_sha(root), git.rev_parse(root, branch)
+    if target is None:
+        return False, f"not landed: {branch} does not exist"
+    if head == target:
+        return True, f"{mine} is already at {branch}"
+    if not git.is_ancestor(root, head, target):
+        return False, (
+            f"not landed: {mine} moved since the run started (it is not an ancestor "
+            f"of {branch}): merge it yourself"
+        )
+    touched = set(git.changed_files(root, head, target, merge_base=False))
+    dirty = {e.path for e in git.status(root)} | {
+        e.orig_path for e in git.status(root) if e.orig_path
+    }
+    clash = sorted(touched & dirty)
+    if clash:
+        return False, (
+            f"not landed: the merge touches files you have modified "
+            f"({', '.join(clash[:5])}): commit or stash them, then "
+            f"`git merge --ff-only {branch}`"
+        )
+    try:
+        git.run_git(["merge", "--ff-only", "-q", branch], root)
+    except git.GitError as exc:  # e.g. an untracked file of yours is in the way
+        return False, f"not landed: {exc}"
+    return True, f"{mine} fast-forwarded to {branch} ({target[:12]})"
+
+
 class CheckoutWatch:
     """The isolation check: the user's checkout (HEAD, index, status, file contents), outside
     the spec folder specwave writes to, compared with how it was when the run started. Agents
