@@ -669,6 +669,7 @@ def run(
     ] = None,
 ) -> None:
     """Run every pending task of a spec through coding agents, in parallel."""
+    notice: str | None = None  # --isolation auto chose shared, and why
     if scheduler not in ("eager", "waves"):
         _err(f'--scheduler: unknown scheduler "{scheduler}" — use eager or waves')
         raise typer.Exit(EXIT_INVALID)
@@ -723,9 +724,8 @@ def run(
         if isolation == "auto" and not dry_run:
             from tasks_lib.workspaces.worktree import auto_isolation
 
+            # the notice is said with the run's result (stderr stays one line per problem)
             isolation, notice = auto_isolation(str(repo or Path.cwd()))
-            if notice:
-                _err(f"specwave: {notice}")
             if land and isolation == "shared":
                 raise SpecError.single(
                     str(repo or Path.cwd()),
@@ -800,12 +800,16 @@ def run(
         _exit_now(session.code)
     if result is None:
         raise typer.Exit(session.code)
+    if notice:
+        result["notices"] = [notice]
     if land and (integ := result.get("integration")):
         result["landed"] = _land(str(repo or Path.cwd()), integ, result)
     if as_json:
         print(json.dumps(result, indent=2, default=str))
     else:
         print_final(result, spec)
+        for line in result.get("notices") or []:
+            print(f"note: {line}")
         if landed := result.get("landed"):
             _err(f"specwave: --land: {landed['message']}")
     raise typer.Exit(session.code)

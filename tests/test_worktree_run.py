@@ -267,9 +267,11 @@ def test_auto_isolation_is_worktree_in_a_repository_and_shared_elsewhere(tmp_pat
     spec2 = write_spec(tmp_path / "spec2", "auto2", {"1": []})
     res = run_cli(tmp_path, spec2, plain, {"1": "write:a.txt"})
     assert res.returncode == 0, res.stderr
-    assert "integration" not in json.loads(res.stdout)
-    notices = [ln for ln in res.stderr.splitlines() if "is not a git repository" in ln]
-    assert len(notices) == 1 and "--isolation shared" in notices[0], res.stderr
+    out = json.loads(res.stdout)
+    assert "integration" not in out
+    (notice,) = out["notices"]
+    assert "is not a git repository" in notice and "--isolation shared" in notice
+    assert "is not a git repository" not in res.stderr  # stderr: one line per problem
     assert (plain / "a.txt").exists()  # shared: the agent worked in the folder itself
 
 
