@@ -44,6 +44,7 @@ from tasks_lib.formats.markdown import (
     Entry,
     MarkdownChecklist,
     clean_title,
+    done_but_unticked,
     find_paths,
     note_status,
     order_through_done,
@@ -329,16 +330,7 @@ def read_agent_os_md(
         if t.has_box and (t.checked or t.done_decoration):
             status = TaskStatus.PASS
             if not t.checked:
-                warnings.append(
-                    Problem(
-                        label,
-                        "says it is completed but its box is not ticked — treated as done",
-                        task_id=t.id,
-                        where=str(t.line + 1),
-                        severity="warning",
-                        hint="tick the box, or remove the decoration to run it",
-                    )
-                )
+                warnings.append(done_but_unticked(label, t.id, t.line))
         elif not t.has_box and (t.done_decoration or (subs and not open_subs)):
             status = TaskStatus.PASS
         else:

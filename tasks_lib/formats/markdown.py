@@ -20,6 +20,7 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
+from tasks_lib.errors import Problem
 from tasks_lib.spec import DONE_STATUSES, LoadedSpec, TaskStatus
 from tasks_lib.store import TaskUpdate
 
@@ -333,6 +334,19 @@ class MarkdownChecklist:
         if update.subtasks_status == TaskStatus.PASS.value:
             for i in entry.subtask_lines:
                 self._set_box(doc, i, True)
+
+
+def done_but_unticked(label: str, task_id: str | None, line: int) -> Problem:
+    """The warning for a task marked done in words (a decoration) whose box is not ticked:
+    it is treated as done (0-based ``line``)."""
+    return Problem(
+        label,
+        "says it is completed but its box is not ticked — treated as done",
+        task_id=task_id,
+        where=str(line + 1),
+        severity="warning",
+        hint="tick the box, or remove the decoration to run it",
+    )
 
 
 def order_through_done(units: list) -> None:
