@@ -53,8 +53,8 @@ def simulate(
                 break
             raise RuntimeError("scheduler stalled: nothing running and nothing ready")
         now, _, tid = heapq.heappop(events)
-        sched.finish(tid, True)
+        sched.finish(tid, TaskStatus.PASS)
         while events and events[0][0] == now:  # simultaneous finishes
             _, _, other = heapq.heappop(events)
-            sched.finish(other, True)
+            sched.finish(other, TaskStatus.PASS)
     return (max((e for _, e in spans.values()), default=0.0), spans)
