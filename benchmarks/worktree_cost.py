@@ -72,6 +72,7 @@ from bench import (  # noqa: E402
     span,
     table,
 )
+from simulate import simulate  # noqa: E402
 from synth import SynthParams, generate  # noqa: E402
 
 from tasks_lib.workspaces import git  # noqa: E402
@@ -88,35 +89,6 @@ WRITING_AGENT = """#!/bin/sh
 echo "written by task $SPECWAVE_TASK_ID" > "bench_task_$SPECWAVE_TASK_ID.txt"
 exec sh {sim} "$@"
 """
-
-
-def simulate_eager(plan: Any, durations: dict[str, float], slots: int) -> float:
-    """The eager policy's makespan on a virtual clock: benchmarks/simulate.py's loop, with
-    the Scheduler's current ``finish(task, TaskStatus.PASS)``."""
-    import heapq
-
-    from tasks_lib.scheduler import Scheduler
-    from tasks_lib.spec import TaskStatus
-
-    sched = Scheduler(
-        plan, {t: TaskStatus.PENDING for t in plan.order}, policy="eager", max_concurrency=slots
-    )
-    now, seq, end_max = 0.0, 0, 0.0
-    events: list[tuple[float, int, str]] = []
-    while True:
-        for tid in sched.ready():
-            sched.start(tid)
-            heapq.heappush(events, (now + durations[tid], seq, tid))
-            end_max = max(end_max, now + durations[tid])
-            seq += 1
-        if not events:
-            if sched.is_finished():
-                return end_max
-            raise RuntimeError("scheduler stalled")
-        now, _, tid = heapq.heappop(events)
-        sched.finish(tid, TaskStatus.PASS)
-        while events and events[0][0] == now:
-            sched.finish(heapq.heappop(events)[2], TaskStatus.PASS)
 
 
 # ------------------------------------------------------------------------------ repositories
@@ -542,7 +514,7 @@ def bench_makespan(tmp: Path, args: argparse.Namespace, raw: dict, repos: dict) 
             plan = plan_spec(load_spec(spec), max_concurrency=j)
             durations = json.loads((spec / "durations.json").read_text())
             lb = plan.lower_bound
-            sim = simulate_eager(plan, durations, j)
+            sim = simulate(plan, durations, "eager", j)[0]
             got: dict[str, dict[str, list[float]]] = {
                 m: {"span": [], "flow": [], "wall": []} for m in ("shared", "worktree")
             }
