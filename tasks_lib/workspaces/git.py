@@ -595,6 +595,67 @@ def worktree_remove(
     return True
 
 
+def take_worktree(
+    repo: StrPath,
+    path: StrPath,
+    branch: str,
+    sha: str,
+    *,
+    reuse: StrPath | None = None,
+    lock_reason: str | None = None,
+    timeout: float = DEFAULT_TIMEOUT,
+) -> WorktreeInfo:
+    """``branch`` at ``sha`` checked out in a worktree at ``path``, exactly as ``sha`` has
+    it (no untracked or ignored file); git refuses (GitError) when ``branch`` is checked out
+    elsewhere.
+
+    ``reuse``: an existing worktree of the repository to take instead of adding one (the
+    one already at ``path``, or a parked one that is moved there): only the files that
+    differ between its commit and ``sha`` are written, where a new worktree writes every
+    file; what it holds beyond ``sha`` (untracked and ignored files) is deleted. Without
+    ``reuse`` a new worktree is added. The repository's lock is held for the bookkeeping only (refs,
+    the worktree's record, the move, the lock); the files are written after it is released,
+    so several worktrees can be checked out at once."""
+    check_branch_name(branch)
+    target = os.path.abspath(path)
+    with repository_lock(repo):
+        if reuse is not None:
+            # on no branch first: ``branch -f`` refuses a branch checked out anywhere
+            _git(reuse, "update-ref", "--no-deref", "HEAD", "HEAD")
+        _git(repo, "branch", "--no-track", "-f", branch, sha)
+        if reuse is None:
+            run_git(["worktree", "add", "-q", "--no-checkout", target, branch], repo)
+        else:
+            if not _same_path(reuse, target):
+                _git(repo, "worktree", "move", os.path.abspath(reuse), target)
+            _git(target, "symbolic-ref", "HEAD", f"refs/heads/{branch}")
+        if lock_reason is not None:
+            _lock(repo, target, lock_reason)
+    run_git(["reset", "-q", "--hard", "HEAD"], target, timeout=timeout)
+    if reuse is not None:  # as a new worktree would be: not even ignored files stay
+        run_git(["clean", "-q", "-f", "-f", "-d", "-x"], target, timeout=timeout)
+    return WorktreeInfo(
+        path=target,
+        head=sha,
+        branch=branch,
+        locked=lock_reason is not None,
+        lock_reason=lock_reason or None,
+    )
+
+
+def park_worktree(
+    repo: StrPath, path: StrPath, parked: StrPath, *, delete: str | None = None
+) -> None:
+    """Set the worktree at ``path`` aside for :func:`take_worktree` to reuse: on no branch
+    (its commit stays checked out, its files as they are), moved to ``parked``, branch
+    ``delete`` deleted. GitError when git cannot move it (e.g. it holds submodules)."""
+    _git(path, "update-ref", "--no-deref", "HEAD", "HEAD")
+    with repository_lock(repo):
+        if delete is not None:
+            run_git(["branch", "-D", "-q", delete], repo, check=False)
+        _git(repo, "worktree", "move", os.path.abspath(path), os.path.abspath(parked))
+
+
 def worktree_prune(repo: StrPath) -> None:
     """Forget worktrees whose directories are gone (locked ones stay)."""
     with repository_lock(repo):
@@ -696,15 +757,16 @@ def _content_hash(root: str, path: str, staged: str | None) -> str:
     return digest.hexdigest()
 
 
-def snapshot(repo: StrPath) -> CheckoutSnapshot:
+def snapshot(repo: StrPath, *, root: StrPath | None = None) -> CheckoutSnapshot:
     """HEAD, branch, status (all untracked files) and a content hash of every changed path
-    of the checkout ``repo`` is in. Reads only: never writes the index."""
-    root = repo_root(repo)
-    if root is None:
+    of the checkout ``repo`` is in (``root``: its top, when the caller knows it). Reads only:
+    never writes the index."""
+    top = Path(root) if root is not None else repo_root(repo)
+    if top is None:
         raise GitError(f"{os.fspath(repo)} is not in a git repository")
-    where = str(root)
+    where = str(top)
     entries = status(where)
-    staged = _index_shas(where)
+    staged = _index_shas(where) if any(e.code[0] not in " ?!" for e in entries) else {}
     hashes = {e.path: _content_hash(where, e.path, staged.get(e.path)) for e in entries}
     return CheckoutSnapshot(
         root=where,
@@ -794,7 +856,7 @@ def untracked_matching(repo: StrPath, patterns: Sequence[str]) -> list[str]:
 # ------------------------------------------------------------------------------- commits
 
 
-def _identity_args(cwd: StrPath) -> list[str]:
+def identity_args(cwd: StrPath) -> list[str]:
     """``-c user.name=... -c user.email=...`` for what the repository has not configured."""
     result = run_git(["config", "--get-regexp", r"^user\.(name|email)$"], cwd, check=False)
     if result.returncode not in (0, 1):
@@ -817,12 +879,17 @@ def with_trailers(cwd: StrPath, message: str, trailers: Mapping[str, str] | None
     existing trailer block instead of starting a second one)."""
     if not trailers:
         return message
-    args = ["interpret-trailers", "--no-divider"]
+    lines = []
     for key, value in trailers.items():
         if not _TRAILER_KEY.fullmatch(key):
             raise GitError(f"invalid trailer key {key!r}")
-        args += ["--trailer", f"{key}: {' '.join(str(value).split())}"]
+        lines.append(f"{key}: {' '.join(str(value).split())}")
     text = message if message.endswith("\n") else message + "\n"
+    if "\n" not in text.strip():  # a subject alone: git never reads it as a trailer
+        return text.strip() + "\n\n" + "\n".join(lines) + "\n"
+    args = ["interpret-trailers", "--no-divider"]
+    for line in lines:
+        args += ["--trailer", line]
     return os.fsdecode(run_git(args, cwd, input=os.fsencode(text)).stdout)
 
 
@@ -843,7 +910,7 @@ def commit_all(
     text = with_trailers(worktree, message, trailers)
     run_git(
         [
-            *_identity_args(worktree),
+            *identity_args(worktree),
             "commit",
             "-q",
             "-F",
@@ -965,10 +1032,24 @@ def reset_hard(worktree: StrPath, sha: str, *, clean_untracked: bool = False) ->
         _git(worktree, "clean", "-q", "-f", "-d")
 
 
+def _git_dir(worktree: StrPath) -> Path:
+    """The git directory of the worktree whose top is ``worktree`` (``.git``, or where a
+    linked worktree's ``.git`` file points), read from the file system: no git process."""
+    dot = Path(worktree) / ".git"
+    if dot.is_file():
+        text = dot.read_text(encoding="utf-8", errors="surrogateescape").strip()
+        if text.startswith("gitdir:"):
+            where = Path(text.removeprefix("gitdir:").strip())
+            return where if where.is_absolute() else Path(worktree) / where
+    if dot.is_dir():
+        return dot
+    return Path(worktree) / _git(worktree, "rev-parse", "--git-dir")
+
+
 def remove_index_lock(worktree: StrPath) -> bool:
     """Delete ``worktree``'s ``index.lock`` left by a git that was killed; False when there
     is none. Only when no git command can be running there (e.g. when a run resumes)."""
-    lock = Path(worktree) / _git(worktree, "rev-parse", "--git-path", "index.lock")
+    lock = _git_dir(worktree) / "index.lock"
     try:
         lock.unlink()
     except FileNotFoundError:
@@ -984,6 +1065,8 @@ def merge(
     trailers: Mapping[str, str] | None = None,
     squash: bool = False,
     run_hooks: bool = False,
+    check: bool = True,
+    identity: list[str] | None = None,
     timeout: float = DEFAULT_TIMEOUT,
 ) -> MergeResult:
     """Merge ``branch`` into the branch checked out in ``worktree`` (the integration
@@ -991,15 +1074,18 @@ def merge(
     commit. A conflict is aborted (the worktree left as it was) and reported with its files.
     GitError when the worktree has uncommitted changes or a merge in progress, when
     ``branch`` names no commit, or when git fails otherwise (e.g. untracked files in the
-    way)."""
-    if merge_in_progress(worktree):
-        raise GitError(f"{os.fspath(worktree)}: a merge is already in progress (abort it)")
-    if not is_clean(worktree, untracked=False):
-        raise GitError(f"{os.fspath(worktree)}: has uncommitted changes; cannot merge there")
+    way). ``check=False`` skips the checks of the worktree and of ``branch`` (git's own
+    refusal still stops a merge), for a caller that keeps the worktree clean itself;
+    ``identity``: :func:`identity_args` looked up once by the caller."""
+    if check:
+        if merge_in_progress(worktree):
+            raise GitError(f"{os.fspath(worktree)}: a merge is already in progress (abort it)")
+        if not is_clean(worktree, untracked=False):
+            raise GitError(f"{os.fspath(worktree)}: has uncommitted changes; cannot merge there")
+        _base_commit(worktree, branch)
     before = head_sha(worktree)
-    _base_commit(worktree, branch)
     text = with_trailers(worktree, message, trailers)
-    ident = _identity_args(worktree)
+    ident = identity_args(worktree) if identity is None else identity
     hooks = [] if run_hooks else ["--no-verify"]
     if squash:
         args = [*ident, "-c", "merge.ff=true", "merge", "--squash", "--no-stat", _ref(branch)]
@@ -1067,6 +1153,7 @@ __all__ = [
     "git_version",
     "has_commits",
     "head_sha",
+    "identity_args",
     "is_ancestor",
     "is_clean",
     "is_valid_branch_name",
@@ -1085,6 +1172,8 @@ __all__ = [
     "status",
     "unmerged_files",
     "with_trailers",
+    "park_worktree",
+    "take_worktree",
     "worktree_add",
     "worktree_list",
     "worktree_lock",

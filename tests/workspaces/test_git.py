@@ -254,6 +254,56 @@ def test_worktree_add_lock_list_remove_prune(repo, tmp_path):
         git.worktree_remove(repo, not_a_worktree)
 
 
+def test_take_and_park_reuse_a_worktree_writing_only_what_changed(tmp_path):
+    repo = make_repo(
+        tmp_path / "repo", {".gitignore": "build/\n", "same.txt": "same\n", "lib.py": "X = 1\n"}
+    )
+    one = tmp_path / "wt-1"
+    info = git.take_worktree(repo, one, "specwave/s--1", "main", lock_reason="task 1")
+    assert info.branch == "specwave/s--1" and info.locked
+    assert (one / "same.txt").read_text() == "same\n" and git.is_clean(one)
+    assert git.find_worktree(repo, one).lock_reason == "task 1"
+    (one / "lib.py").write_text("X = 2\n")
+    assert git.commit_all(one, "1: edit") is not None
+    for leftover in ("build/out.o", "stray.txt"):  # ignored, untracked: not the next task's
+        (one / leftover).parent.mkdir(exist_ok=True)
+        (one / leftover).write_text("left\n")
+    same_inode = (one / "same.txt").stat().st_ino
+    sh(repo, "merge", "-q", "specwave/s--1")  # as the merge queue would (into main here)
+
+    git.worktree_unlock(repo, one)
+    parked = tmp_path / "parked"
+    git.park_worktree(repo, one, parked, delete="specwave/s--1")
+    assert not one.exists() and parked.is_dir()
+    assert not git.branch_exists(repo, "specwave/s--1")
+    assert git.find_worktree(repo, parked).branch is None  # on no branch, its files as they were
+
+    sh(repo, "commit", "-q", "--allow-empty", "-m", "newer")
+    two = tmp_path / "wt-2"
+    head = git.head_sha(repo)
+    took = git.take_worktree(repo, two, "specwave/s--2", head, reuse=parked, lock_reason="task 2")
+    assert took.head == head and not parked.exists()
+    entry = git.find_worktree(repo, two)
+    assert (entry.branch, entry.head, entry.locked) == ("specwave/s--2", head, True)
+    assert (two / "lib.py").read_text() == "X = 2\n"
+    assert (two / "same.txt").stat().st_ino == same_inode  # not written again
+    assert not (two / "build").exists() and not (two / "stray.txt").exists()
+    assert git.is_clean(two)
+
+    # its own worktree again (a new attempt): back to the given commit, leftovers gone
+    (two / "lib.py").write_text("X = 3\n")
+    (two / "new.txt").write_text("new\n")
+    base = sh(repo, "rev-parse", "HEAD~1")
+    again = git.take_worktree(repo, two, "specwave/s--2", base, reuse=two)
+    assert again.head == base and git.head_sha(two) == base and git.is_clean(two)
+    assert not (two / "new.txt").exists()
+
+    # never a branch checked out elsewhere (the user's), whatever it reuses
+    with pytest.raises(GitError, match="checked out|used by worktree"):
+        git.take_worktree(repo, tmp_path / "wt-3", "main", head)
+    assert git.current_branch(repo) == "main" and git.head_sha(repo) == head
+
+
 def test_concurrent_adds_from_threads_all_succeed(tmp_path):
     # unserialized, 16 adds at once in a repository of 100 files nearly always see a failure
     # here ("failed to read .git/worktrees/<name>/commondir"); 8 at once, about every third
