@@ -38,7 +38,8 @@ class MergeQueue:
         return head
 
     async def merge(self, tid: str, title: str, record: AttemptRecord) -> MergeInfo:
-        """Merge the attempt's branch (then verify); the record's worktree goes when merged."""
+        """Merge the attempt's branch (then verify); when merged, its worktree is parked for the
+        next task and its branch deleted."""
         work = record.work
         assert work is not None, "a worktree attempt without its work info"
         async with self._lock:
@@ -62,8 +63,8 @@ class MergeQueue:
                         verify_tail=tail,
                         seconds=info.seconds,
                     )
-            if info.ok:
-                await asyncio.to_thread(self.integration.remove_task, work.worktree, work.branch)
+        if info.ok:  # out of the queue's lock: the next merge need not wait for it
+            await asyncio.to_thread(self.integration.remove_task, work.worktree, work.branch)
         self.log.append(
             {"task": tid, "status": info.status, "commit": info.commit, "files": info.files}
         )

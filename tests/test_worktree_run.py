@@ -124,6 +124,42 @@ async def test_parallel_appends_one_merges_the_other_conflicts_then_merges(tmp_p
     assert (repo / "a.py").exists()
 
 
+async def test_a_merged_tasks_worktree_is_reused_by_the_next_task_and_removed_at_the_end(
+    tmp_path,
+):
+    """A merged task's worktree is parked and the next task takes it (a new worktree writes
+    every file of the repository; a reused one only what changed), exactly as a new one
+    would be: nothing of the task before it is left, not even its ignored files."""
+    repo = make_repo(tmp_path / "app", {".gitignore": "build/\n", "lib.py": "X = 1\n"})
+    spec = write_spec(tmp_path / "spec", "chain", {"1": [], "2": ["1"], "3": ["2"]})
+    plan = {
+        "1": "write:one.txt+write:build/cache",
+        "2": "require:one.txt+absent:build/cache+write:two.txt+write:stray/file",
+        "3": "require:two.txt+absent:build/cache+write:three.txt",
+    }
+    # build/cache is ignored: a reused worktree that kept it would fail tasks 2 and 3
+    result = await run(spec, repo, plan, retries=0)
+
+    assert result["status"] == "success", result["tasks"]
+    trace = [json.loads(line) for line in (tmp_path / "trace.jsonl").read_text().splitlines()]
+    by_task = {t["task"]: t for t in trace}
+    assert [Path(by_task[t]["cwd"]).name for t in "123"] == ["chain--1", "chain--2", "chain--3"]
+    # the same directory each time, renamed for the task (its inode stays)
+    assert len({by_task[t]["cwd_inode"] for t in "123"}) == 1, by_task
+    files = sh(repo, "ls-tree", "-r", "--name-only", "specwave/chain").splitlines()
+    assert {"one.txt", "two.txt", "three.txt", "lib.py"} <= set(files)
+    assert not any(f.startswith("build/") for f in files)
+    # nothing parked or left behind
+    assert len(sh(repo, "worktree", "list", "--porcelain").split("\n\n")) == 1
+    assert not (repo / ".specwave" / "worktrees").exists() or not any(
+        (repo / ".specwave" / "worktrees").iterdir()
+    )
+    assert sh(repo, "branch", "--format=%(refname:short)").splitlines() == [
+        "main",
+        "specwave/chain",
+    ]
+
+
 async def test_a_failed_verify_undoes_the_merge_and_blocks_the_dependents(tmp_path):
     repo = make_repo(tmp_path / "app")
     base = sh(repo, "rev-parse", "HEAD")

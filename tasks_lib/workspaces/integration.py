@@ -22,6 +22,7 @@ from tasks_lib.agents.process import run_process_group
 from tasks_lib.records import MergeInfo
 from tasks_lib.workspaces import WorkspaceSpec, git
 from tasks_lib.workspaces.names import integration_dirname
+from tasks_lib.workspaces.worktree import park, remove_parked
 
 VERIFY_TIMEOUT_S = 1800.0
 
@@ -51,6 +52,7 @@ class Integration:
         self.repo = spec.path
         self.branch = spec.integration_branch
         self.path = Path(spec.worktrees_dir) / integration_dirname(spec.spec_name or "")
+        self._identity: list[str] | None = None
 
     def prepare(self) -> str:
         """Create the integration branch from the base when missing, and its worktree; return
@@ -91,10 +93,14 @@ class Integration:
         """Merge ``branch``; returns the outcome (without verify) and the commit before it."""
         start = time.monotonic()
         subject = f"Merge {task_id}: {' '.join(title.split())}"[:200]
+        if self._identity is None:
+            self._identity = git.identity_args(self.path)
         result = git.merge(
             self.path,
             branch,
             subject,
+            check=False,  # prepare() left it clean, and every merge leaves it clean
+            identity=self._identity,
             trailers={
                 "Specwave-Task": task_id,
                 **({"Specwave-Run": self.spec.run_id} if self.spec.run_id else {}),
@@ -124,13 +130,14 @@ class Integration:
         self.end_verify()
 
     def remove_task(self, worktree: str, branch: str) -> None:
-        """A merged task's worktree goes; its branch too unless kept."""
-        git.worktree_remove(self.repo, worktree)
-        if not self.spec.keep_branches:
-            git.delete_branch(self.repo, branch, force=True)
+        """A merged task's worktree is parked for the next task (or removed when it cannot
+        be); its branch goes unless kept."""
+        park(self.spec, worktree, branch)
 
     def close(self) -> None:
-        """The run is over: the integration worktree goes, the branch stays."""
+        """The run is over: the integration worktree and the parked ones go, the branch
+        stays."""
+        remove_parked(self.spec)
         git.worktree_remove(self.repo, self.path)
 
 

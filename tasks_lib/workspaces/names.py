@@ -82,6 +82,12 @@ def worktree_dirname(spec: str, task_id: str) -> str:
     return f"{sanitize(spec, MAX_SPEC_CHARS)}{SEPARATOR}{sanitize(task_id)}"
 
 
+def parked_dirname(spec: str, n: int) -> str:
+    """A directory name for a parked worktree (a merged task's, kept for the next task to
+    reuse): ends with ``_``, so it cannot equal a task's (see :func:`sanitize`)."""
+    return f"{sanitize(spec, MAX_SPEC_CHARS)}{SEPARATOR}parked_{n}_"
+
+
 def integration_dirname(spec: str) -> str:
     """A directory name for a spec's integration worktree (cannot equal a task's)."""
     return f"{sanitize(spec, MAX_SPEC_CHARS)}{SEPARATOR}integration_"
@@ -93,6 +99,7 @@ __all__ = [
     "integration_branch",
     "integration_dirname",
     "is_safe",
+    "parked_dirname",
     "sanitize",
     "short_hash",
     "task_branch",

@@ -17,8 +17,10 @@ checkout, no index write, no branch switch.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import os
+import threading
 from pathlib import Path
 from typing import Literal
 
@@ -26,7 +28,12 @@ from tasks_lib.agents.process import run_process_group
 from tasks_lib.errors import SpecError
 from tasks_lib.records import AttemptRecord, WorkInfo
 from tasks_lib.workspaces import SetupFailed, WorkspaceSpec, git
-from tasks_lib.workspaces.names import integration_branch, task_branch, worktree_dirname
+from tasks_lib.workspaces.names import (
+    integration_branch,
+    parked_dirname,
+    task_branch,
+    worktree_dirname,
+)
 
 SETUP_TIMEOUT_S = 1800.0
 INCLUDE_FILE = ".worktreeinclude"
@@ -170,19 +177,29 @@ class WorktreeCheckout:
 
     def _enter(self, task_id: str, attempt: int) -> str:
         path, branch = self.path_of(task_id), self.branch_of(task_id)
-        if git.find_worktree(self.repo, path) is not None or path.exists():
-            git.worktree_remove(self.repo, path)  # an earlier attempt's: start afresh
         head = git.rev_parse(self.repo, self.spec.integration_branch or "")
-        base = head or self.spec.base or "HEAD"
+        base = head or git.rev_parse(self.repo, self.spec.base or "HEAD") or "HEAD"
         path.parent.mkdir(parents=True, exist_ok=True)
-        info = git.worktree_add(
-            self.repo,
-            path,
-            branch,
-            base,
-            if_exists="reset",
-            lock_reason=f"specwave: task {task_id} attempt {attempt}",
-        )
+        reuse: Path | None = None
+        if (path / ".git").is_file():
+            reuse = path  # an earlier attempt's: its files are brought to the new base
+        elif path.exists() or git.find_worktree(self.repo, path) is not None:
+            git.worktree_remove(self.repo, path)  # not a worktree any more: start afresh
+        else:
+            reuse = _parked.claim(self.spec)
+        reason = f"specwave: task {task_id} attempt {attempt}"
+        try:
+            info = git.take_worktree(self.repo, path, branch, base, reuse=reuse, lock_reason=reason)
+        except git.GitError:
+            if reuse is None:
+                raise
+            # moved or broken since it was set aside (or another process took it): a new one
+            with contextlib.suppress(git.GitError):
+                git.worktree_remove(self.repo, path if reuse == path else reuse)
+            info = git.take_worktree(self.repo, path, branch, base, lock_reason=reason)
+        finally:
+            if reuse is not None and reuse != path:
+                _parked.release(reuse)
         self._copy_included(path)
         self._base[(task_id, attempt)] = info.head or base
         return info.path
@@ -221,7 +238,7 @@ class WorktreeCheckout:
         }
         agent_commits = len(git.commits_between(path, base, "HEAD"))
         ours = git.commit_all(path, subject[:200], {k: v for k, v in trailers.items() if v})
-        head = git.head_sha(path)
+        head = ours or git.head_sha(path)
         git.worktree_unlock(self.repo, path)
         record.work = WorkInfo(
             branch=branch,
@@ -234,6 +251,86 @@ class WorktreeCheckout:
             committed_leftovers=ours is not None,
         )
         return record
+
+
+class _ParkedWorktrees:
+    """Merged tasks' worktrees, set aside in the worktrees folder as ``<spec>--parked_<n>_``
+    for the next task to take (:func:`park`, :meth:`WorktreeCheckout.enter`): bringing one to
+    a new base writes only the files that changed, where a new worktree writes every file of
+    the repository (seconds on a large one). The run removes them when it ends
+    (:func:`remove_parked`); after a crash they are leftovers like any merged worktree.
+
+    Threads of one process claim them through this registry; another process that took one
+    first makes :func:`~tasks_lib.workspaces.git.take_worktree` fail, and the taker falls
+    back to a new worktree."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._claimed: set[str] = set()
+
+    def _all(self, spec: WorkspaceSpec) -> list[Path]:
+        root = Path(spec.worktrees_dir or "")
+        prefix = parked_dirname(spec.spec_name or "", 0).removesuffix("0_")
+        try:
+            names = sorted(os.listdir(root))
+        except FileNotFoundError:
+            return []
+        return [root / n for n in names if n.startswith(prefix) and n.endswith("_")]
+
+    def claim(self, spec: WorkspaceSpec) -> Path | None:
+        with self._lock:
+            for path in self._all(spec):
+                if str(path) not in self._claimed and (path / ".git").is_file():
+                    self._claimed.add(str(path))
+                    return path
+        return None
+
+    def reserve(self, spec: WorkspaceSpec) -> Path:
+        """A free name to park a worktree under."""
+        root = Path(spec.worktrees_dir or "")
+        with self._lock:
+            n = 0
+            while True:
+                path = root / parked_dirname(spec.spec_name or "", n)
+                if str(path) not in self._claimed and not path.exists():
+                    self._claimed.add(str(path))
+                    return path
+                n += 1
+
+    def release(self, path: Path) -> None:
+        with self._lock:
+            self._claimed.discard(str(path))
+
+
+_parked = _ParkedWorktrees()
+
+
+def park(spec: WorkspaceSpec, worktree: str, branch: str) -> str | None:
+    """A merged task's worktree: set aside for the next task to reuse, its branch deleted
+    (kept with ``keep_branches``). Returns where it was parked; None when git could not move
+    it (it is removed instead)."""
+    repo = spec.path
+    delete = None if spec.keep_branches else branch
+    target = _parked.reserve(spec)
+    try:
+        git.park_worktree(repo, worktree, target, delete=delete)
+        return str(target)
+    except git.GitError:
+        git.worktree_remove(repo, worktree)
+        if delete is not None:
+            git.delete_branch(repo, delete, force=True)
+        return None
+    finally:
+        _parked.release(target)
+
+
+def remove_parked(spec: WorkspaceSpec) -> int:
+    """The run is over: its parked worktrees go. Returns how many."""
+    gone = 0
+    for path in _parked._all(spec):
+        with contextlib.suppress(git.GitError):
+            gone += git.worktree_remove(spec.path, path)
+    return gone
 
 
 def auto_isolation(repo: str) -> tuple[str, str | None]:
@@ -303,7 +400,7 @@ class CheckoutWatch:
 
     def new_changes(self) -> list[str]:
         """Paths changed since the start that were not reported yet."""
-        self.last = git.snapshot(self.repo)
+        self.last = git.snapshot(self.repo, root=self.start.root)
         changed = git.snapshot_diff(self.start, self.last, exclude=self.exclude)
         fresh = [p for p in changed if p not in self.reported]
         self.reported.update(fresh)
