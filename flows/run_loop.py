@@ -54,7 +54,7 @@ from tasks_lib.spec import LoadedSpec
 from tasks_lib.state import SATISFIED, RunStatus, TaskStatus, prefect_state
 from tasks_lib.store import PlanStore, TaskUpdate
 from tasks_lib.tasks import WorkerInput
-from tasks_lib.workspaces import WorkspaceSpec
+from tasks_lib.workspaces import WorkspaceSpec, git
 from tasks_lib.workspaces.worktree import CheckoutWatch
 
 
@@ -128,6 +128,8 @@ class RunLoop:
         self.merges = MergeQueue(settings.workspace, marker) if worktrees else None
         self._merge_retries: dict[str, int] = {}
         self.watch: CheckoutWatch | None = None
+        self._isolation: asyncio.Task | None = None  # the isolation check running, if any
+        self._suspects: set[str] = set()  # tasks that ran since the last check began
         self.isolation_warnings: list[str] = []
         self.integration: dict[str, Any] | None = None
         self._counts: dict[TaskStatus, int] = {}  # tasks by state, kept as the state changes
@@ -238,7 +240,7 @@ class RunLoop:
         self.records[tid] = recs
         last = recs[-1]
         if self.watch is not None and merge is None:
-            await self._check_isolation(tid)
+            self._check_isolation_soon(tid)
         if self.merges is not None and merge is None and last.passed and last.work:
             return asyncio.create_task(self._merge(tid, recs), name=f"merge-{tid}")
         if self.merges is not None and merge is not None and not merge.ok:
@@ -268,13 +270,33 @@ class RunLoop:
         await self._progress()  # returns at once (see flows.ui)
         return None
 
-    async def _check_isolation(self, tid: str) -> None:
-        """Worktree isolation: did an agent change the user's checkout? Say which files, and
-        which tasks were running (it was one of them)."""
+    def _check_isolation_soon(self, tid: str) -> None:
+        """Worktree isolation, after each worker: did an agent change the user's checkout?
+        Checked beside the loop (it reads the whole checkout's status), one check at a time;
+        workers that end during a check get one more after it."""
+        self._suspects.update({tid, *self.sched.running})
+        if self._isolation is None or self._isolation.done():
+            self._isolation = asyncio.create_task(self._check_isolation(), name="isolation")
+
+    async def _isolation_checked(self) -> None:
+        """Wait for the last isolation check (the run is ending)."""
+        while self._isolation is not None and not self._isolation.done():
+            await asyncio.gather(self._isolation, return_exceptions=True)
+
+    async def _check_isolation(self) -> None:
+        """Say which files of the user's checkout changed, and which tasks were running (it
+        was one of them)."""
         assert self.watch is not None
-        changed = await asyncio.to_thread(self.watch.new_changes)
-        if changed:
-            suspects = sorted({tid, *self.sched.running})
+        while self._suspects:
+            suspects = sorted(self._suspects | set(self.sched.running))
+            self._suspects.clear()
+            try:
+                changed = await asyncio.to_thread(self.watch.new_changes)
+            except git.GitError as exc:
+                self.logger.warning(f"could not check your checkout: {exc}")
+                return
+            if not changed:
+                continue
             shown = ", ".join(changed[:10]) + (
                 f" (+{len(changed) - 10} more)" if len(changed) > 10 else ""
             )
@@ -324,6 +346,7 @@ class RunLoop:
         for fut in running:
             fut.cancel()
         await asyncio.gather(*running, return_exceptions=True)
+        await self._isolation_checked()
         self.interrupted = list(running.values())
         await self.ui.close()
         try:  # what is queued goes first, so the file cannot end on a stale update
@@ -356,6 +379,7 @@ class RunLoop:
         Prefect state, carrying the run's result."""
         sched, spec = self.sched, self.spec
         total = len(spec.units)
+        await self._isolation_checked()
         wall = time.time() - self.started_at
         metrics = compute_metrics(
             wall_seconds=wall,
