@@ -7,19 +7,17 @@ end through the flow, and the eager makespan against the plan's lower bound.
 
 Measures:
 
-* ``steps``: the git work worktree mode adds to each task, timed call by call with the git
-  layer (tasks_lib.workspaces.git), one task at a time, on a small repository (``--small``
-  files, default 20) and a large one (``--files``, default 20,000 small text files in nested
-  folders; built once per invocation in a temporary folder, packed, its build timed apart):
-  ``worktree_add`` (with its lock) from the integration head, the "agent" writing one file
-  (not timed), ``commit_all``, ``merge`` into the integration worktree (``--no-ff``),
-  ``worktree_remove``, ``delete_branch``. Also timed apart: the engine's own bookkeeping
-  around those calls (``find_worktree`` + ``rev_parse`` before the add; the index-lock
-  check, ``commits_between``, ``head_sha`` and ``worktree_unlock`` after the agent; as
-  WorktreeCheckout does) and the isolation check after each task (``git.snapshot`` of the
-  user's checkout, as CheckoutWatch does). Medians over ``--tasks`` tasks (default 10).
-  The large repository is measured once more on tmpfs (/dev/shm; ``--no-tmpfs``: not), to
-  tell the file system's per-file cost from git's.
+* ``steps``: the git work worktree mode adds to each task, one task at a time, through the
+  engine's own code (tasks_lib.workspaces: the workspace's ``enter`` and ``leave``, the
+  isolation check of the user's checkout, the integration's ``merge``, and the merged
+  worktree parked for the next task), on a small repository (``--small`` files, default 20)
+  and a large one (``--files``, default 20,000 small text files in nested folders; built
+  once per invocation in a temporary folder, packed, its build not counted). Each is run
+  twice: worktrees reused (parked after the merge, taken by the next task: what the engine
+  does) and a new worktree per task (each merged one removed: what it did before). Medians
+  over ``--tasks`` tasks (default 10), the first task apart. The large repository is measured
+  once more on tmpfs (/dev/shm; ``--no-tmpfs``: not), to tell the file system's per-file cost
+  from git's.
 * ``e2e``: the same spec (8 independent tasks + 4 dependent ones, 3 levels; agents =
   tests/fixtures/agents/fake_agent.py writing one file and sleeping ``--sleep`` s) run by
   ``specwave run --json`` on the large repository with ``--isolation shared`` and
@@ -79,8 +77,7 @@ from tasks_lib.workspaces import git  # noqa: E402
 
 FAKE_AGENT = ROOT / "tests" / "fixtures" / "agents" / "fake_agent.py"
 TARGETS = {"per_task_s": 1.0, "makespan": 1.10}
-STEPS = ("add+lock", "commit_all", "merge", "remove", "branch delete")
-EXTRAS = ("bookkeeping", "isolation check")
+STEPS = ("enter", "leave", "isolation check", "merge", "park")
 IDENTITY = {"user.name": "bench", "user.email": "bench@localhost"}
 
 # sim_agent.sh, plus one file written in the workdir first (a builtin echo: no fork), so that
@@ -192,93 +189,63 @@ class GitCounter:
         git.run_git = self._orig  # type: ignore[assignment]
 
 
-def measure_steps(repo: Path, n: int) -> dict[str, Any]:
-    """``n`` tasks one after the other, each through the git calls worktree mode makes."""
-    spec = "bench"
-    branch = f"specwave/{spec}"
-    root = git.common_dir(repo) / "specwave" / "worktrees"
-    root.mkdir(parents=True, exist_ok=True)
-    integ = root / f"{spec}--integration"
-    t_int_add, _ = timed(
-        lambda: (
-            git.create_branch(repo, branch, "HEAD"),
-            git.worktree_add(
-                repo, integ, branch, branch, if_exists="reuse", lock_reason="specwave: integration"
-            ),
-        )
-    )
-    snap_start = git.snapshot(repo)
+def measure_steps(repo: Path, n: int, *, reuse: bool = True) -> dict[str, Any]:
+    """``n`` tasks one after the other, each through the code worktree mode runs (the
+    workspace's ``enter`` / ``leave``, the integration's ``merge``, the isolation check, the
+    merged worktree parked for the next task). ``reuse=False``: each merged worktree is
+    removed instead (a new worktree per task: what the engine did before parking)."""
+    from tasks_lib.records import AttemptRecord, Outcome
+    from tasks_lib.workspaces.integration import Integration
+    from tasks_lib.workspaces.worktree import CheckoutWatch, WorktreeCheckout, worktree_spec
+
+    spec = worktree_spec(str(repo), "bench")
+    spec.run_id = "bench"
+    integ = Integration(spec)
+    t_int_add, _ = timed(integ.prepare)
+    watch = CheckoutWatch(str(repo), [])
     rows: list[dict[str, float]] = []
     for i in range(n):
         tid = f"t{i + 1}"
-        path, tb = root / f"{spec}--{tid}", f"specwave/{spec}--{tid}"
         r: dict[str, float] = {}
         counter = GitCounter().__enter__()
         cpu0 = bench.child_cpu()
-
-        def before(path: Path = path) -> str | None:  # WorktreeCheckout._enter, around the add
-            if git.find_worktree(repo, path) is not None or path.exists():
-                git.worktree_remove(repo, path)
-            return git.rev_parse(repo, branch)
-
-        t_b1, head = timed(before)
-        r["add+lock"], info = timed(
-            git.worktree_add,
-            repo,
-            path,
-            tb,
-            head or "HEAD",
-            if_exists="reset",
-            lock_reason=f"specwave: task {tid} attempt 1",
-        )
-        base = info.head
+        checkout = WorktreeCheckout(spec)  # one per worker, as each worker opens its own
+        checkout._title[tid] = f"benchmark task {tid}"
+        r["enter"], path = timed(checkout._enter, tid, 1)
         # the agent's work: one new file (not timed)
         out = Path(path, "src", "feature", f"task_{tid}.py")
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(f"# written by task {tid}\n")
-
-        def after_lock(path: Path = path, base: str = base) -> None:  # before commit_all
-            git.remove_index_lock(path)
-            git.commits_between(path, base, "HEAD")
-
-        t_b2, _ = timed(after_lock)
-        r["commit_all"], sha = timed(
-            git.commit_all,
-            path,
-            f"{tid}: benchmark task {tid}",
-            {"Specwave-Task": tid, "Specwave-Run": "bench", "Specwave-Attempt": "1"},
+        now = time.time()
+        record = AttemptRecord(
+            task_id=tid, attempt=1, outcome=Outcome.PASS, started=now, ended=now
         )
-        assert sha is not None
-
-        def after_commit(path: Path = path) -> None:  # the record, the unlock
-            git.head_sha(path)
-            git.worktree_unlock(repo, path)
-
-        t_b3, _ = timed(after_commit)
-        r["bookkeeping"] = t_b1 + t_b2 + t_b3
-        r["isolation check"], snap = timed(git.snapshot, repo)
-        assert not git.snapshot_diff(snap_start, snap), "the checkout changed"
-        r["merge"], res = timed(
-            git.merge,
-            integ,
-            tb,
-            f"Merge {tid}: benchmark task {tid}",
-            trailers={"Specwave-Task": tid, "Specwave-Run": "bench"},
-        )
-        assert res.status == "merged", res
-        r["remove"], _ = timed(git.worktree_remove, repo, path)
-        r["branch delete"], _ = timed(git.delete_branch, repo, tb, force=True)
+        r["leave"], record = timed(checkout._leave, tid, 1, record)
+        assert record.work is not None and record.work.changed
+        r["isolation check"], changed = timed(watch.new_changes)
+        assert not changed, f"the checkout changed: {changed}"
+        r["merge"], (info, _) = timed(integ.merge, tid, record.work.branch, f"task {tid}")
+        assert info.status == "merged", info
+        if reuse:
+            r["park"], _ = timed(integ.remove_task, record.work.worktree, record.work.branch)
+        else:
+            r["park"], _ = timed(
+                lambda w=record.work: (
+                    git.worktree_remove(repo, w.worktree),
+                    git.delete_branch(repo, w.branch, force=True),
+                )
+            )
         counter.__exit__()
         r["git_calls"] = counter.calls
         r["git_cpu"] = bench.child_cpu() - cpu0  # the git processes' own CPU (user + system)
-        r["core"] = sum(r[s] for s in STEPS)
-        r["all"] = r["core"] + sum(r[s] for s in EXTRAS)
+        r["all"] = sum(r[s] for s in STEPS)
         rows.append(r)
-    t_int_rm, _ = timed(git.worktree_remove, repo, integ)
-    merged = len(git.commits_between(repo, "main", branch))
+    t_int_rm, _ = timed(integ.close)
+    merged = len(git.commits_between(repo, "main", spec.integration_branch or ""))
     reset_repo(repo)
     return {
         "tasks": rows,
+        "reuse": reuse,
         "integration_add_s": t_int_add,
         "integration_remove_s": t_int_rm,
         "commits_on_integration": merged,
@@ -289,40 +256,42 @@ def bench_steps(tmp: Path, args: argparse.Namespace, raw: dict, repos: dict) -> 
     rows = []
     for label in [k for k in ("small", "large", "large-tmpfs") if k in repos]:
         repo, build = repos[label]
-        log(f"steps: {args.tasks} tasks on the {label} repository ({build['files']} files)")
-        m = measure_steps(repo, args.tasks)
-        m["build"] = build
-        m["load"] = os.getloadavg()[0]
-        raw.setdefault("steps", {})[label] = m
-        med = {k: median([t[k] * 1000 for t in m["tasks"]]) for k in m["tasks"][0]}
-        med["git_calls"] /= 1000
-        rows.append(
-            [
-                f"{label} ({build['files']:,} files; {build['create_us']:.0f} µs/file create)",
-                *(f"{med[s]:.0f}" for s in STEPS),
-                f"**{med['core']:.0f}**",
-                *(f"{med[s]:.0f}" for s in EXTRAS),
-                f"**{med['all']:.0f}**",
-                f"{max(t['all'] for t in m['tasks']) * 1000:.0f}",
-                f"{med['git_calls']:.0f} / {med['git_cpu']:.0f}",
-                f"{m['integration_add_s'] * 1000:.0f} / {m['integration_remove_s'] * 1000:.0f}",
-                f"{build['total_s']:.1f}",
-                f"{m['load']:.1f}",
-            ]
-        )
+        for reuse in (True, False):
+            how = "reused" if reuse else "new each task"
+            log(f"steps: {args.tasks} tasks on the {label} repository, worktrees {how}")
+            m = measure_steps(repo, args.tasks, reuse=reuse)
+            m["build"] = build
+            m["load"] = os.getloadavg()[0]
+            raw.setdefault("steps", {})[f"{label}, {how}"] = m
+            med = {k: median([t[k] * 1000 for t in m["tasks"]]) for k in m["tasks"][0]}
+            mean_all = sum(t["all"] for t in m["tasks"]) / len(m["tasks"]) * 1000
+            med["git_calls"] /= 1000
+            rows.append(
+                [
+                    f"{label} ({build['files']:,} files), {how}",
+                    *(f"{med[s]:.0f}" for s in STEPS),
+                    f"**{med['all']:.0f}**",
+                    f"{m['tasks'][0]['all'] * 1000:.0f}",
+                    f"{max(t['all'] for t in m['tasks']) * 1000:.0f}",
+                    f"{mean_all:.0f}",
+                    f"{med['git_calls']:.0f} / {med['git_cpu']:.0f}",
+                    f"{m['integration_add_s'] * 1000:.0f} / "
+                    f"{m['integration_remove_s'] * 1000:.0f}",
+                    f"{m['load']:.1f}",
+                ]
+            )
     return table(
         f"git work added per task by worktree isolation, ms (median of {args.tasks} tasks, one "
-        f"at a time; target total ≤ {TARGETS['per_task_s'] * 1000:.0f} ms on the large repo)",
+        f"at a time; target ≤ {TARGETS['per_task_s'] * 1000:.0f} ms on the large repo)",
         [
-            "repository",
-            *(f"{s}" for s in STEPS),
-            "git-layer total",
-            *EXTRAS,
-            "total per task",
-            "max total",
+            "repository, worktrees",
+            *STEPS,
+            "total (median)",
+            "first task",
+            "max",
+            "mean",
             "git processes / their CPU ms",
-            "per run: integration add / remove",
-            "repo build s (not counted)",
+            "per run: prepare / close",
             "load",
         ],
         rows,
