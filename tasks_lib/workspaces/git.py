@@ -306,6 +306,11 @@ def rev_parse(repo: StrPath, ref: str) -> str | None:
     raise _failed(result, repo)
 
 
+def rev_parse_tree(repo: StrPath, rev: str) -> str:
+    """The tree of commit ``rev``."""
+    return _git(repo, "rev-parse", "--verify", f"{_ref(rev)}^{{tree}}")
+
+
 def has_commits(repo: StrPath) -> bool:
     """Whether HEAD names a commit (False in a repository with no commits yet)."""
     return rev_parse(repo, "HEAD") is not None
@@ -542,7 +547,31 @@ def worktree_add(
         )
 
 
+def _head_file(worktree: StrPath) -> str:
+    """What the worktree's HEAD file says (``ref: refs/heads/...`` on a branch, a commit id
+    when detached), read from the file system."""
+    try:
+        return (_git_dir(worktree) / "HEAD").read_text(encoding="utf-8").strip()
+    except OSError:
+        return ""
+
+
+def _lock_file(path: str) -> Path | None:
+    """``<git dir>/locked`` of the linked worktree at ``path`` (gitrepository-layout(5):
+    the file ``git worktree lock`` writes its reason to); None when ``path`` is not one."""
+    if not os.path.isfile(os.path.join(path, ".git")):
+        return None
+    admin = _git_dir(path)
+    return admin / "locked" if (admin / "commondir").is_file() else None
+
+
 def _lock(repo: StrPath, path: str, reason: str) -> None:
+    lock = _lock_file(path)
+    if lock is not None:  # what `git worktree lock` does, without a git process
+        with contextlib.suppress(FileExistsError):
+            with open(lock, "x", encoding="utf-8") as fh:
+                fh.write(reason)
+        return
     args = ["worktree", "lock", path] + (["--reason", reason] if reason else [])
     result = run_git(args, repo, check=False)
     if result.returncode != 0 and b"already locked" not in result.stderr:
@@ -563,6 +592,10 @@ def worktree_unlock(repo: StrPath, path: StrPath) -> None:
 
 
 def _unlock(repo: StrPath, path: str) -> None:
+    lock = _lock_file(path)
+    if lock is not None:
+        lock.unlink(missing_ok=True)
+        return
     result = run_git(["worktree", "unlock", path], repo, check=False)
     if result.returncode != 0 and b"is not locked" not in result.stderr:
         raise _failed(result, repo)
@@ -619,7 +652,7 @@ def take_worktree(
     check_branch_name(branch)
     target = os.path.abspath(path)
     with repository_lock(repo):
-        if reuse is not None:
+        if reuse is not None and _head_file(reuse) == f"ref: refs/heads/{branch}":
             # on no branch first: ``branch -f`` refuses a branch checked out anywhere
             _git(reuse, "update-ref", "--no-deref", "HEAD", "HEAD")
         _git(repo, "branch", "--no-track", "-f", branch, sha)
@@ -643,17 +676,25 @@ def take_worktree(
     )
 
 
-def park_worktree(
-    repo: StrPath, path: StrPath, parked: StrPath, *, delete: str | None = None
-) -> None:
-    """Set the worktree at ``path`` aside for :func:`take_worktree` to reuse: on no branch
-    (its commit stays checked out, its files as they are), moved to ``parked``, branch
-    ``delete`` deleted. GitError when git cannot move it (e.g. it holds submodules)."""
-    _git(path, "update-ref", "--no-deref", "HEAD", "HEAD")
+def park_worktree(repo: StrPath, path: StrPath, parked: StrPath) -> None:
+    """Set the worktree at ``path`` aside for :func:`take_worktree` to reuse: moved to
+    ``parked``, as it is (its branch stays checked out there until a task takes it). GitError
+    when git cannot move it (e.g. it holds submodules)."""
     with repository_lock(repo):
-        if delete is not None:
-            run_git(["branch", "-D", "-q", delete], repo, check=False)
         _git(repo, "worktree", "move", os.path.abspath(path), os.path.abspath(parked))
+
+
+def delete_branches(repo: StrPath, names: Sequence[str]) -> None:
+    """Delete every branch of ``names`` that exists, in one git command (those checked out
+    somewhere stay: git refuses them, and so does this, silently)."""
+    if not names:
+        return
+    with repository_lock(repo):
+        existing = [n for n in names if branch_exists(repo, n)]
+        for n in existing:
+            check_branch_name(n)
+        if existing:
+            run_git(["branch", "-D", "-q", *existing], repo, check=False)
 
 
 def worktree_prune(repo: StrPath) -> None:
@@ -899,18 +940,18 @@ def commit_all(
     trailers: Mapping[str, str] | None = None,
     *,
     run_hooks: bool = False,
+    identity: list[str] | None = None,
     timeout: float = DEFAULT_TIMEOUT,
 ) -> str | None:
     """Commit everything left in ``worktree``: tracked changes and new untracked files,
     never ignored ones (``git add -A``); return the commit, or None when there was nothing
-    to commit. ``run_hooks``: let the repository's commit hooks run (skipped by default)."""
+    to commit. ``run_hooks``: let the repository's commit hooks run (skipped by default).
+    ``identity``: :func:`identity_args`, when the caller looked it up already."""
     run_git(["add", "-A"], worktree, timeout=timeout)
-    if run_git(["diff", "--cached", "--quiet"], worktree, check=False).returncode == 0:
-        return None
     text = with_trailers(worktree, message, trailers)
-    run_git(
+    result = run_git(
         [
-            *identity_args(worktree),
+            *(identity_args(worktree) if identity is None else identity),
             "commit",
             "-q",
             "-F",
@@ -921,7 +962,12 @@ def commit_all(
         worktree,
         timeout=timeout,
         input=os.fsencode(text),
+        check=False,
     )
+    if result.returncode != 0:
+        if result.returncode == 1 and b"nothing to commit" in result.stdout:
+            return None
+        raise _failed(result, worktree)
     return head_sha(worktree)
 
 
@@ -1057,6 +1103,58 @@ def remove_index_lock(worktree: StrPath) -> bool:
     return True
 
 
+MERGE_TREE_VERSION = (2, 38, 0)
+"""``git merge-tree --write-tree``: merges computed without a worktree."""
+
+
+def can_merge_without_worktree() -> bool:
+    return _cached_version() >= MERGE_TREE_VERSION
+
+
+def merge_commit(
+    repo: StrPath,
+    into: str,
+    head: str,
+    tree: str,
+    branch: str,
+    message: str,
+    *,
+    trailers: Mapping[str, str] | None = None,
+    identity: list[str] | None = None,
+    timeout: float = DEFAULT_TIMEOUT,
+) -> tuple[MergeResult, str]:
+    """Merge ``branch`` into branch ``into``, whose head is ``head`` with tree ``tree``,
+    without a worktree (git 2.38+: ``merge-tree --write-tree``, ``commit-tree``, then
+    ``update-ref`` from ``head``, atomic, refused when ``into`` moved meanwhile): a merge
+    commit with ``message``, no file written. Returns the result and the tree of ``into``'s
+    head after it. A conflict changes nothing and names the files; a merge that would
+    change nothing is ``up_to_date`` (no commit)."""
+    result = run_git(
+        ["merge-tree", "--write-tree", "-z", "--name-only", "--no-messages", head, _ref(branch)],
+        repo,
+        timeout=timeout,
+        check=False,
+    )
+    parts = _split_z(result.stdout)
+    if result.returncode == 1 and parts:
+        return MergeResult("conflict", before=head, files=list(dict.fromkeys(parts[1:]))), tree
+    if result.returncode != 0 or not parts:
+        raise _failed(result, repo)
+    merged_tree = parts[0]
+    if merged_tree == tree:
+        return MergeResult("up_to_date", before=head), tree
+    text = with_trailers(repo, message, trailers)
+    ident = identity_args(repo) if identity is None else identity
+    sha = run_git(
+        [*ident, "commit-tree", merged_tree, "-p", head, "-p", _ref(branch), "-F", "-"],
+        repo,
+        timeout=timeout,
+        input=os.fsencode(text),
+    ).out
+    _git(repo, "update-ref", "-m", f"specwave: merge {branch}", f"refs/heads/{into}", sha, head)
+    return MergeResult("merged", before=head, commit=sha), merged_tree
+
+
 def merge(
     worktree: StrPath,
     branch: str,
@@ -1146,7 +1244,9 @@ __all__ = [
     "common_dir",
     "create_branch",
     "current_branch",
+    "can_merge_without_worktree",
     "delete_branch",
+    "delete_branches",
     "diff_text",
     "find_worktree",
     "git_env",
@@ -1158,6 +1258,7 @@ __all__ = [
     "is_clean",
     "is_valid_branch_name",
     "merge",
+    "merge_commit",
     "merge_in_progress",
     "parse_version",
     "remove_index_lock",
@@ -1166,6 +1267,7 @@ __all__ = [
     "require_git",
     "reset_hard",
     "rev_parse",
+    "rev_parse_tree",
     "run_git",
     "snapshot",
     "snapshot_diff",

@@ -273,10 +273,9 @@ def test_take_and_park_reuse_a_worktree_writing_only_what_changed(tmp_path):
 
     git.worktree_unlock(repo, one)
     parked = tmp_path / "parked"
-    git.park_worktree(repo, one, parked, delete="specwave/s--1")
+    git.park_worktree(repo, one, parked)
     assert not one.exists() and parked.is_dir()
-    assert not git.branch_exists(repo, "specwave/s--1")
-    assert git.find_worktree(repo, parked).branch is None  # on no branch, its files as they were
+    assert git.find_worktree(repo, parked).branch == "specwave/s--1"  # as it was, moved
 
     sh(repo, "commit", "-q", "--allow-empty", "-m", "newer")
     two = tmp_path / "wt-2"
@@ -286,6 +285,9 @@ def test_take_and_park_reuse_a_worktree_writing_only_what_changed(tmp_path):
     entry = git.find_worktree(repo, two)
     assert (entry.branch, entry.head, entry.locked) == ("specwave/s--2", head, True)
     assert (two / "lib.py").read_text() == "X = 2\n"
+    git.delete_branches(repo, ["specwave/s--1", "specwave/s--2", "no-such-branch"])
+    assert not git.branch_exists(repo, "specwave/s--1")  # free once the next task took it
+    assert git.branch_exists(repo, "specwave/s--2")  # checked out: git refuses, so do we
     assert (two / "same.txt").stat().st_ino == same_inode  # not written again
     assert not (two / "build").exists() and not (two / "stray.txt").exists()
     assert git.is_clean(two)
@@ -476,6 +478,43 @@ def test_merge_in_dependency_order(repo, tmp_path):
     assert again.status == "up_to_date" and again.commit is None
     assert git.head_sha(into) == second.commit
     assert files_of(repo, "main") == {"README.md"} and git.is_clean(repo)
+
+
+@pytest.mark.skipif(not git.can_merge_without_worktree(), reason="needs git 2.38+")
+def test_merge_commit_merges_without_a_worktree(repo, tmp_path):
+    into = integration(repo, tmp_path)
+    stamp = (into / "README.md").stat().st_mtime_ns
+    head = git.head_sha(into)
+    tree = git.rev_parse_tree(repo, head)
+    task(repo, tmp_path, "1", {"a.py": "A = 1\n", "README.md": "hello\nmore\n"})
+    res, tree1 = git.merge_commit(
+        repo,
+        "specwave/s",
+        head,
+        tree,
+        "specwave/s--1",
+        "Merge 1: one",
+        trailers={"Specwave-Task": "1"},
+    )
+    assert res.status == "merged" and res.before == head
+    assert git.rev_parse(repo, "specwave/s") == res.commit and tree1 != tree
+    assert sh(repo, "rev-parse", "specwave/s^2") == git.rev_parse(repo, "specwave/s--1")
+    assert files_of(repo, "specwave/s") == {"README.md", "a.py"}
+    assert "Specwave-Task: 1" in sh(repo, "log", "-1", "--format=%B", "specwave/s")
+    assert (into / "README.md").stat().st_mtime_ns == stamp  # no file written
+    # the same branch again: nothing new, no commit
+    again, tree2 = git.merge_commit(repo, "specwave/s", res.commit, tree1, "specwave/s--1", "m")
+    assert again.status == "up_to_date" and tree2 == tree1
+    # a conflict changes nothing and names the file
+    task(repo, tmp_path, "2", {"a.py": "A = 2\n"})
+    bad, tree3 = git.merge_commit(repo, "specwave/s", res.commit, tree1, "specwave/s--2", "m")
+    assert (bad.status, bad.files, tree3) == ("conflict", ["a.py"], tree1)
+    assert git.rev_parse(repo, "specwave/s") == res.commit
+    # the branch moved meanwhile: refused, not overwritten
+    task(repo, tmp_path, "3", {"c.py": "C = 1\n"})
+    with pytest.raises(GitError):
+        git.merge_commit(repo, "specwave/s", head, tree, "specwave/s--3", "m")
+    assert git.rev_parse(repo, "specwave/s") == res.commit
 
 
 def test_merge_conflict_is_aborted_and_reported(repo, tmp_path):
