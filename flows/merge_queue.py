@@ -46,6 +46,7 @@ class MergeQueue:
             info, before = await asyncio.to_thread(self.integration.merge, tid, work.branch, title)
             if info.status == "merged" and self.verify:
                 await asyncio.to_thread(self.integration.begin_verify, before)
+                await asyncio.to_thread(self.integration.sync)
                 try:
                     passed, tail = await run_verify(
                         self.verify, str(self.integration.path), env=self.env

@@ -56,6 +56,11 @@ class WorkspaceSpec(BaseModel):
         description="Gitignore-style patterns of untracked/ignored files copied from the "
         "checkout into each new worktree (plus the repository's .worktreeinclude).",
     )
+    identity: list[str] | None = Field(
+        None,
+        description="git -c user.name/user.email arguments for specwave's commits when the "
+        "repository configures no identity (empty: it does); None: looked up at each commit.",
+    )
     env: dict[str, str] = Field(
         default_factory=dict, description="Environment added for setup (the run's marker)."
     )

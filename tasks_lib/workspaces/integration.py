@@ -52,7 +52,12 @@ class Integration:
         self.repo = spec.path
         self.branch = spec.integration_branch
         self.path = Path(spec.worktrees_dir) / integration_dirname(spec.spec_name or "")
-        self._identity: list[str] | None = None
+        self._identity: list[str] | None = spec.identity
+        # the branch's head and tree as the merges left them (the branch is ours alone)
+        self._head = ""
+        self._tree: str | None = None
+        self._synced = True  # whether the worktree's files are at the head
+        self._merged_branches: list[str] = []
 
     def prepare(self) -> str:
         """Create the integration branch from the base when missing, and its worktree; return
@@ -84,10 +89,20 @@ class Integration:
             git.reset_hard(self.path, before or "HEAD", clean_untracked=True)
             self.end_verify()
         git.reset_hard(self.path, "HEAD", clean_untracked=True)
-        return git.head_sha(self.path)
+        self._head = git.head_sha(self.path)
+        self._tree = git.rev_parse_tree(self.path, self._head)
+        self._synced = True
+        return self._head
 
     def head(self) -> str:
         return git.head_sha(self.path)
+
+    def sync(self) -> None:
+        """The integration worktree's files brought to the branch's head (merges without a
+        worktree only move the branch): before the verify command runs there."""
+        if not self._synced:
+            git.reset_hard(self.path, "HEAD")
+            self._synced = True
 
     def merge(self, task_id: str, branch: str, title: str) -> tuple[MergeInfo, str]:
         """Merge ``branch``; returns the outcome (without verify) and the commit before it."""
@@ -95,17 +110,34 @@ class Integration:
         subject = f"Merge {task_id}: {' '.join(title.split())}"[:200]
         if self._identity is None:
             self._identity = git.identity_args(self.path)
-        result = git.merge(
-            self.path,
-            branch,
-            subject,
-            check=False,  # prepare() left it clean, and every merge leaves it clean
-            identity=self._identity,
-            trailers={
-                "Specwave-Task": task_id,
-                **({"Specwave-Run": self.spec.run_id} if self.spec.run_id else {}),
-            },
-        )
+        trailers = {
+            "Specwave-Task": task_id,
+            **({"Specwave-Run": self.spec.run_id} if self.spec.run_id else {}),
+        }
+        if git.can_merge_without_worktree() and self._tree is not None:
+            # no file written: the branch moves; the worktree follows when verify needs it
+            result, self._tree = git.merge_commit(
+                self.repo,
+                self.branch,
+                self._head,
+                self._tree,
+                branch,
+                subject,
+                trailers=trailers,
+                identity=self._identity,
+            )
+            if result.status == "merged":
+                self._synced = False
+        else:
+            result = git.merge(
+                self.path,
+                branch,
+                subject,
+                check=False,  # prepare() left it clean, and every merge leaves it clean
+                identity=self._identity,
+                trailers=trailers,
+            )
+        self._head = result.commit or result.before
         info = MergeInfo(
             status=result.status,
             commit=result.commit or result.before,
@@ -127,17 +159,22 @@ class Integration:
 
     def undo(self, before: str) -> None:
         git.reset_hard(self.path, before, clean_untracked=True)
+        self._head, self._synced = before, True
+        self._tree = git.rev_parse_tree(self.path, before)
         self.end_verify()
 
     def remove_task(self, worktree: str, branch: str) -> None:
         """A merged task's worktree is parked for the next task (or removed when it cannot
-        be); its branch goes unless kept."""
-        park(self.spec, worktree, branch)
+        be); its branch is deleted when the run closes (unless kept)."""
+        park(self.spec, worktree)
+        self._merged_branches.append(branch)
 
     def close(self) -> None:
-        """The run is over: the integration worktree and the parked ones go, the branch
-        stays."""
+        """The run is over: the integration worktree and the parked ones go, and the merged
+        tasks' branches (unless kept); the integration branch stays."""
         remove_parked(self.spec)
+        if not self.spec.keep_branches:
+            git.delete_branches(self.repo, self._merged_branches)
         git.worktree_remove(self.repo, self.path)
 
 

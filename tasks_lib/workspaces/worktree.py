@@ -126,6 +126,7 @@ def worktree_spec(
         keep_branches=keep_branches,
         setup=setup,
         include=list(include or []),
+        identity=git.identity_args(root),
     )
 
 
@@ -237,7 +238,12 @@ class WorktreeCheckout:
             "Specwave-Attempt": str(attempt),
         }
         agent_commits = len(git.commits_between(path, base, "HEAD"))
-        ours = git.commit_all(path, subject[:200], {k: v for k, v in trailers.items() if v})
+        ours = git.commit_all(
+            path,
+            subject[:200],
+            {k: v for k, v in trailers.items() if v},
+            identity=self.spec.identity,
+        )
         head = ours or git.head_sha(path)
         git.worktree_unlock(self.repo, path)
         record.work = WorkInfo(
@@ -305,20 +311,16 @@ class _ParkedWorktrees:
 _parked = _ParkedWorktrees()
 
 
-def park(spec: WorkspaceSpec, worktree: str, branch: str) -> str | None:
-    """A merged task's worktree: set aside for the next task to reuse, its branch deleted
-    (kept with ``keep_branches``). Returns where it was parked; None when git could not move
-    it (it is removed instead)."""
-    repo = spec.path
-    delete = None if spec.keep_branches else branch
+def park(spec: WorkspaceSpec, worktree: str) -> str | None:
+    """A merged task's worktree: set aside for the next task to reuse (its branch stays
+    checked out there until one takes it). Returns where it was parked; None when git could
+    not move it (it is removed instead)."""
     target = _parked.reserve(spec)
     try:
-        git.park_worktree(repo, worktree, target, delete=delete)
+        git.park_worktree(spec.path, worktree, target)
         return str(target)
     except git.GitError:
-        git.worktree_remove(repo, worktree)
-        if delete is not None:
-            git.delete_branch(repo, delete, force=True)
+        git.worktree_remove(spec.path, worktree)
         return None
     finally:
         _parked.release(target)
