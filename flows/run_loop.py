@@ -96,6 +96,14 @@ class RunSettings:
         )
 
 
+def ahead_of_agents(max_concurrency: int, isolation: str) -> int:
+    """How many workers may start beyond the agent slots: in worktree isolation a worker
+    spends time before its agent (taking and checking out the worktree) and after it
+    (committing); with half as many again started ahead, that work overlaps the agents
+    instead of holding their slots. None in shared mode: nothing to prepare."""
+    return max(1, max_concurrency // 2) if isolation == "worktree" else 0
+
+
 class RunLoop:
     """One run of one spec: ``await loop.run()`` then ``return await loop.finalize()``."""
 
@@ -105,11 +113,15 @@ class RunLoop:
         self.folder = RunFolder(spec.folder, settings.run_id)
         self.store = PlanStore(spec.tasks_path, document_format(spec))
         self.writer = PlanWriter(self.store)
+        # worktree isolation: workers start ahead of a free agent slot, so a task's worktree
+        # is ready (and the one before it committed) while other agents run; the agents
+        # themselves stay within max_concurrency (WorkerInput.agent_slots)
+        self._ahead = ahead_of_agents(plan.max_concurrency, settings.workspace.kind)
         self.sched = Scheduler(
             plan,
             {u.id: u.status for u in spec.units},
             policy=settings.scheduler,
-            max_concurrency=plan.max_concurrency,
+            max_concurrency=plan.max_concurrency + self._ahead,
             fail_fast=settings.fail_fast,
         )
         self.ui = RunUI(artifact_keys(spec.name), spec.name)
@@ -223,6 +235,8 @@ class RunLoop:
             timeout_seconds=s.timeout_seconds,
             concurrency_limit=s.concurrency_limit,
             tags=[self.spec.name, f"wave-{wave}", s.agent_kind],
+            agent_slots=self.plan.max_concurrency if self._ahead else None,
+            slot_key=sched.rank(tid),
         )
         after = [d for d in self._deps.get(tid, ()) if sched.state[d] == TaskStatus.PASS]
         name = f"{tid}: {title}"

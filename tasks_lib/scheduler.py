@@ -108,6 +108,11 @@ class Scheduler:
             return (self._rank[n], n)
         return (-self.plan.remaining.get(n, 0.0), -self.plan.downstream.get(n, 0), self._rank[n], n)
 
+    def rank(self, n: str) -> list[float]:
+        """How good ``n`` is to run next, as numbers (smaller first): what ready() sorts by
+        (eager: the most work left behind it first; waves: plan order)."""
+        return [float(x) for x in self._key(n)[:-1]]
+
     def _push(self, n: str) -> None:
         slot = self._wave_pos.get(n, -1) if self.policy == "waves" else 0
         heapq.heappush(self._heaps.setdefault(slot, []), self._key(n))

@@ -30,6 +30,7 @@ from tasks_lib.agents.process import AgentLaunchError
 from tasks_lib.records import AttemptRecord
 from tasks_lib.results import RETRYABLE_OUTCOMES, Outcome, parse_worker_output, tail
 from tasks_lib.runfolder import RunFolder
+from tasks_lib.slots import run_slots
 from tasks_lib.workspaces import SetupFailed, WorkspaceSpec, open_workspace
 
 
@@ -65,6 +66,18 @@ class WorkerInput(BaseModel):
     tags: list[str] = Field(
         default_factory=list,
         description="Tags of the worker's task run (spec, wave-N, agent kind); see label_task_run.",
+    )
+    agent_slots: int | None = Field(
+        None,
+        ge=1,
+        description="At most this many of the run's agents at once in this process (worktree "
+        "isolation starts workers ahead, so their worktrees are ready when a slot frees); "
+        "None: the scheduler's bound alone.",
+    )
+    slot_key: list[float] = Field(
+        default_factory=list,
+        description="The scheduler's rank of the task (smaller first): which waiting worker "
+        "gets a freed agent slot.",
     )
 
 
@@ -189,7 +202,7 @@ async def run_worker(inp: WorkerInput) -> list[dict[str, Any]] | State:
 
     started = time.time()
     try:
-        async with _shared_slot(inp.concurrency_limit):
+        async with _run_slot(inp), _shared_slot(inp.concurrency_limit):
             started = time.time()  # the attempt's time starts when the agent does
             run = await agent.run(request, on_line=on_line, on_start=on_start, secrets=loaded)
     except asyncio.CancelledError:
@@ -324,6 +337,17 @@ def label_task_run(tags: list[str]) -> None:
     ctx = TaskRunContext.get()
     if ctx is not None and tags:
         ctx.task_run.tags = sorted(set(ctx.task_run.tags) | set(tags))
+
+
+def _run_slot(inp: WorkerInput) -> Any:
+    """One of the run's ``agent_slots`` in this process (its workers share the flow's event
+    loop), for the agent's lifetime, handed out best ``slot_key`` first; a no-op without
+    ``agent_slots``."""
+    import contextlib
+
+    if not inp.agent_slots:
+        return contextlib.nullcontext()
+    return run_slots(inp.run_id, inp.agent_slots).slot(inp.slot_key)
 
 
 def _shared_slot(name: str | None):

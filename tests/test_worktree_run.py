@@ -160,6 +160,26 @@ async def test_a_merged_tasks_worktree_is_reused_by_the_next_task_and_removed_at
     ]
 
 
+async def test_workers_start_ahead_but_agents_stay_within_max_concurrency(tmp_path):
+    """Worktree isolation starts workers ahead of a free agent slot (their worktrees get
+    ready meanwhile); the agents themselves never exceed max_concurrency."""
+    repo = make_repo(tmp_path / "app")
+    spec = write_spec(tmp_path / "spec", "ahead", {str(i): [] for i in range(1, 7)})
+    plan = {str(i): f"sleep:0.4+write:f{i}.txt" for i in range(1, 7)}
+    result = await run(spec, repo, plan, retries=0, max_concurrency=2)
+
+    assert result["status"] == "success", result["tasks"]
+    metrics = result["metrics"]
+    assert metrics["max_concurrent_scheduled"] == 3  # 2 slots + 1 ahead
+    trace = [json.loads(line) for line in (tmp_path / "trace.jsonl").read_text().splitlines()]
+    points = sorted([(t["start"], 1) for t in trace] + [(t["end"], -1) for t in trace])
+    running = peak = 0
+    for _, step in points:
+        running += step
+        peak = max(peak, running)
+    assert peak == 2 and metrics["max_concurrent_observed"] <= 2
+
+
 async def test_a_failed_verify_undoes_the_merge_and_blocks_the_dependents(tmp_path):
     repo = make_repo(tmp_path / "app")
     base = sh(repo, "rev-parse", "HEAD")
