@@ -504,6 +504,10 @@ def bench_makespan(tmp: Path, args: argparse.Namespace, raw: dict, repos: dict) 
                     )
                     t = read_trace(trace)
                     assert len(t) == n, (len(t), n)
+                    if args.keep:  # the next run of the other mode starts the folder afresh
+                        shutil.copy(trace, tmp / f"trace-ms-{n}-{mode}-{rep + 1}.txt")
+                        kept = tmp / f"tasks-ms-{n}-{mode}-{rep + 1}.json"
+                        shutil.copy(spec / "tasks.json", kept)
                     got[mode]["span"].append(span(t))
                     got[mode]["flow"].append(r["result"]["metrics"]["wall_seconds"])
                     got[mode]["wall"].append(r["wall"])
