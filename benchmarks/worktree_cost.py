@@ -217,9 +217,7 @@ def measure_steps(repo: Path, n: int, *, reuse: bool = True) -> dict[str, Any]:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(f"# written by task {tid}\n")
         now = time.time()
-        record = AttemptRecord(
-            task_id=tid, attempt=1, outcome=Outcome.PASS, started=now, ended=now
-        )
+        record = AttemptRecord(task_id=tid, attempt=1, outcome=Outcome.PASS, started=now, ended=now)
         r["leave"], record = timed(checkout._leave, tid, 1, record)
         assert record.work is not None and record.work.changed
         r["isolation check"], changed = timed(watch.new_changes)
@@ -275,8 +273,7 @@ def bench_steps(tmp: Path, args: argparse.Namespace, raw: dict, repos: dict) -> 
                     f"{max(t['all'] for t in m['tasks']) * 1000:.0f}",
                     f"{mean_all:.0f}",
                     f"{med['git_calls']:.0f} / {med['git_cpu']:.0f}",
-                    f"{m['integration_add_s'] * 1000:.0f} / "
-                    f"{m['integration_remove_s'] * 1000:.0f}",
+                    f"{m['integration_add_s'] * 1000:.0f} / {m['integration_remove_s'] * 1000:.0f}",
                     f"{m['load']:.1f}",
                 ]
             )

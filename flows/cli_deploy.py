@@ -34,8 +34,11 @@ from flows.cli import EXIT_INCOMPLETE, EXIT_INVALID, _err, app
 
 PROJECT = Path(__file__).resolve().parents[1]
 FLOW_NAME = "execute-spec"
-PROCESS_DEPLOYMENTS = ("specwave", "specwave-nightly")
+PROCESS_DEPLOYMENTS = ("specwave", "specwave-nightly", "specwave-task")
 DOCKER_DEPLOYMENT = "specwave-docker"
+DOCKER_TASK_DEPLOYMENT = "specwave-task-docker"
+#: the flow of each deployment that is not execute-spec's
+FLOW_OF = {"specwave-task": "run-task", DOCKER_TASK_DEPLOYMENT: "run-task"}
 SCHEDULED_DEPLOYMENT = "specwave-nightly"
 
 
@@ -231,9 +234,14 @@ def deploy(
         _err("--activate-schedule: the scheduled deployment needs a spec folder — add --spec")
         raise typer.Exit(EXIT_INVALID)
     wanted = (
-        list(names) if names else [*PROCESS_DEPLOYMENTS, *([DOCKER_DEPLOYMENT] if docker else [])]
+        list(names)
+        if names
+        else [
+            *PROCESS_DEPLOYMENTS,
+            *([DOCKER_DEPLOYMENT, DOCKER_TASK_DEPLOYMENT] if docker else []),
+        ]
     )
-    known = {*PROCESS_DEPLOYMENTS, DOCKER_DEPLOYMENT}
+    known = {*PROCESS_DEPLOYMENTS, DOCKER_DEPLOYMENT, DOCKER_TASK_DEPLOYMENT}
     if unknown := [n for n in wanted if n not in known]:
         _err(
             f"--name: unknown deployment {', '.join(unknown)} — prefect.yaml has "
@@ -241,7 +249,7 @@ def deploy(
         )
         raise typer.Exit(EXIT_INVALID)
     process_names = [n for n in wanted if n in PROCESS_DEPLOYMENTS]
-    docker_names = [n for n in wanted if n == DOCKER_DEPLOYMENT]
+    docker_names = [n for n in wanted if n in (DOCKER_DEPLOYMENT, DOCKER_TASK_DEPLOYMENT)]
 
     from deployments.pools import ensure_concurrency_limit, ensure_work_pool
 
@@ -278,10 +286,10 @@ def deploy(
             else:  # prefect deploy applies --pool only when it deploys one name
                 for n in process_names:
                     prefect_deploy(root, [n], env, pool=pool, echo=say)
-            report["deployments"] += [f"{FLOW_NAME}/{n}" for n in process_names]
+            report["deployments"] += [f"{FLOW_OF.get(n, FLOW_NAME)}/{n}" for n in process_names]
         if docker_names:
             say(
-                f"deploying {DOCKER_DEPLOYMENT} (pool {docker_pool})"
+                f"deploying {', '.join(docker_names)} (pool {docker_pool})"
                 + (" without building the image" if no_build else ", building the image")
                 + "…"
             )
@@ -292,7 +300,8 @@ def deploy(
                 pool=docker_pool if docker_pool != "specwave-docker" else None,
                 echo=say,
             )
-            report["deployments"].append(f"{FLOW_NAME}/{DOCKER_DEPLOYMENT}")
+            report["deployments"] += [f"{FLOW_OF.get(n, FLOW_NAME)}/{n}" for n in docker_names]
+        if DOCKER_DEPLOYMENT in docker_names:
             from deployments.render import render_docker_job, summary
 
             job = summary(asyncio.run(render_docker_job(f"{FLOW_NAME}/{DOCKER_DEPLOYMENT}")))

@@ -658,6 +658,40 @@ def run(
     keep_branches: Annotated[
         bool, typer.Option("--keep-branches", help="worktree: keep merged tasks' branches.")
     ] = False,
+    dispatch: Annotated[
+        str,
+        typer.Option(
+            "--dispatch",
+            help="local: every agent a child process here; pool: every task attempt a flow "
+            "run of the run-task deployment (--task-pool) on its work pool, anywhere "
+            "(needs worktree isolation and a git remote). Needs PREFECT_API_URL.",
+        ),
+    ] = "local",
+    task_pool: Annotated[
+        str,
+        typer.Option(
+            "--task-pool",
+            metavar="DEPLOYMENT",
+            help="pool: the run-task deployment whose pool runs the tasks "
+            "(run-task/specwave-task: process; run-task/specwave-task-docker: docker).",
+        ),
+    ] = "run-task/specwave-task",
+    git_url: Annotated[
+        str | None,
+        typer.Option(
+            "--git-url",
+            help="pool: the git remote the task runs clone and push to (default: origin).",
+        ),
+    ] = None,
+    queue_timeout: Annotated[
+        float | None,
+        typer.Option(
+            "--queue-timeout",
+            min=1,
+            help="pool: seconds a task run may wait for a worker before its attempt is "
+            "counted as crashed (default: no bound; never counted against --timeout).",
+        ),
+    ] = None,
     agent_env: Annotated[
         list[str] | None,
         typer.Option(
@@ -679,6 +713,21 @@ def run(
     if land and isolation == "shared":
         _err("--land: only with --isolation worktree (a shared run has nothing to land)")
         raise typer.Exit(EXIT_INVALID)
+    if dispatch not in ("local", "pool"):
+        _err(f'--dispatch: unknown dispatch "{dispatch}" — use local or pool')
+        raise typer.Exit(EXIT_INVALID)
+    if dispatch == "pool" and isolation == "shared":
+        _err("--dispatch pool: the task runs share only a git remote — use --isolation worktree")
+        raise typer.Exit(EXIT_INVALID)
+    if dispatch == "pool" and not dry_run and not os.environ.get("PREFECT_API_URL"):
+        from prefect.settings import PREFECT_API_URL
+
+        if not PREFECT_API_URL.value():  # the profile's, when the variable is not set
+            _err(
+                "--dispatch pool: its workers need a Prefect server — start one (prefect "
+                "server start), set PREFECT_API_URL and start a worker on the task pool"
+            )
+            raise typer.Exit(EXIT_INVALID)
     try:
         spec, plan = load_and_plan(
             spec_dir,
@@ -786,6 +835,16 @@ def run(
                 include=include,
             )
             if isolation == "worktree"
+            else {}
+        ),
+        **(
+            dict(
+                dispatch=dispatch,
+                task_deployment=task_pool,
+                git_url=git_url,
+                queue_timeout=queue_timeout,
+            )
+            if dispatch == "pool"
             else {}
         ),
     )

@@ -33,7 +33,7 @@ from prefect import flow, get_run_logger
 from prefect.settings import PREFECT_API_URL
 from prefect.states import Cancelled, Failed, State
 
-from flows.dispatch import LocalDispatch
+from flows.dispatch import LocalDispatch, PoolDispatch
 from flows.run_guard import RunGuard
 from flows.run_loop import RunLoop, RunSettings
 from tasks_lib.agents import parse_agent_config
@@ -110,6 +110,10 @@ async def execute_spec(
     keep_branches: bool = False,
     setup: str | None = None,
     include: list[str] | None = None,
+    dispatch: Literal["local", "pool"] = "local",
+    task_deployment: str = "run-task/specwave-task",
+    git_url: str | None = None,
+    queue_timeout: float | None = None,
 ) -> dict[str, Any] | State:
     """Run every pending task of a spec through coding-agent workers, concurrently.
 
@@ -148,6 +152,16 @@ async def execute_spec(
             (e.g. ``"npm ci"``); a failure is the attempt's ``crashed``.
         include: worktree: gitignore-style patterns of ignored files (``.env``...) copied
             from ``repo`` into each new worktree, besides the repository's .worktreeinclude.
+        dispatch: ``local`` (every worker a task run of this flow run, its agent a child
+            process here) or ``pool`` (every attempt a flow run of ``task_deployment`` on
+            its work pool, anywhere; needs ``isolation="worktree"`` and a git remote).
+        task_deployment: pool: the ``run-task`` deployment (``flow/deployment``) whose
+            work pool runs the tasks, e.g. ``run-task/specwave-task-docker``.
+        git_url: pool: the remote the task runs clone and push to (default: ``repo``'s
+            ``origin``); a local path only for workers on this machine.
+        queue_timeout: pool: seconds a task run may wait for a worker before it is
+            cancelled and the attempt counted as crashed (None: no bound). Time queued
+            never counts against the attempt's timeout.
 
     Returns:
         A dict with ``status``, ``tasks`` (per-task status, outcome, attempts, blocker),
@@ -177,6 +191,12 @@ async def execute_spec(
         ).model_copy(update={"run_id": run_id})
     else:
         workspace = WorkspaceSpec(path=workdir)
+    runner: Any = LocalDispatch(retries=retries)
+    if dispatch == "pool":
+        _no_plain_secrets(agent_cfg.model_dump(mode="json"))
+        runner, workspace = await _pool_dispatch(
+            workspace, task_deployment, git_url, queue_timeout, retries
+        )
 
     guard, loop = RunGuard(spec, run_id, flow_run_id), None
     try:
@@ -199,7 +219,7 @@ async def execute_spec(
                 approve_waves=approve_waves,
                 concurrency_limit=concurrency_limit,
             )
-            loop = RunLoop(spec, plan, settings, LocalDispatch(retries=retries))
+            loop = RunLoop(spec, plan, settings, runner)
             await loop.run()
             return await loop.finalize()
     except WriteFailed as exc:
@@ -233,6 +253,72 @@ async def execute_spec(
                 "message": message,
             },
         )
+
+
+def _no_plain_secrets(agent: dict[str, Any]) -> None:
+    """Pool dispatch sends the agent config to every task run as a flow parameter: a secret
+    in its env would be stored in the API for every run to read. Refused in one line."""
+    from tasks_lib.agents.base import secret_values
+
+    env = {k: str(v) for k, v in (agent.get("env") or {}).items()}
+    leaked = [k for k, v in env.items() if v in secret_values(env)]
+    if leaked:
+        raise SpecError.single(
+            "agent",
+            f"env {', '.join(sorted(leaked))} would be a secret in every task run's parameters",
+            hint="put it in a Prefect Secret block and name it in env_secrets",
+        )
+
+
+async def _pool_dispatch(
+    workspace: WorkspaceSpec,
+    deployment: str,
+    git_url: str | None,
+    queue_timeout: float | None,
+    retries: int,
+) -> tuple[PoolDispatch, WorkspaceSpec]:
+    """Pool dispatch's checks (one line each, before anything starts): worktree isolation,
+    a deployment that exists, a git URL its workers can use."""
+    from prefect.client.orchestration import get_client
+    from prefect.exceptions import ObjectNotFound
+
+    from tasks_lib.workspaces import remote
+
+    if workspace.kind != "worktree":
+        raise SpecError.single(
+            "dispatch",
+            "pool dispatch needs worktree isolation (the task runs share only a git remote)",
+            hint="pass --isolation worktree (in a git repository with a commit)",
+        )
+    if not PREFECT_API_URL.value():
+        raise SpecError.single(
+            "dispatch",
+            "pool dispatch needs a Prefect server its workers talk to; this run uses an "
+            "ephemeral one",
+            hint="start one (prefect server start), set PREFECT_API_URL and start a worker",
+        )
+    async with get_client() as client:
+        try:
+            dep = await client.read_deployment_by_name(deployment)
+        except ObjectNotFound:
+            raise SpecError.single(
+                deployment,
+                "no such deployment of the run-task flow",
+                hint="create it: specwave deploy (or --docker), or pass --task-pool",
+            ) from None
+        pool_type = ""
+        if dep.work_pool_name:
+            pool = await client.read_work_pool(dep.work_pool_name)
+            pool_type = pool.type
+    url = remote.check_url(git_url, workspace.path, containers=pool_type != "process")
+    runner = PoolDispatch(
+        retries=retries,
+        deployment=deployment,
+        git_url=url,
+        repo=workspace.path,
+        queue_timeout=queue_timeout,
+    )
+    return runner, workspace.model_copy(update={"git_url": url})
 
 
 def _dry_run(spec: LoadedSpec, plan: Plan) -> dict[str, Any]:

@@ -30,12 +30,25 @@ class MergeQueue:
         self.env = env or {}  # the run's marker: the verify run is reaped like an agent
         self._lock = asyncio.Lock()
         self.log: list[dict] = []  # every merge, in order: task, status, commit, files
+        self.git_url = workspace.git_url  # pool dispatch: the remote shared with task runs
+        self.remote_branches: list[str] = []  # merged task branches to delete there
         self.logger = get_run_logger()
 
     async def open(self) -> str:
         head = await asyncio.to_thread(self.integration.prepare)
         self.logger.info(f"integration branch {self.integration.branch} at {head[:12]}")
+        await self._publish()
         return head
+
+    async def _publish(self) -> None:
+        """Pool dispatch: the integration branch goes to the remote the task runs start
+        from (before the first task, after every verified merge)."""
+        if self.git_url:
+            from tasks_lib.workspaces import remote
+
+            await asyncio.to_thread(
+                remote.publish, self.integration.repo, self.integration.branch, self.git_url
+            )
 
     async def merge(self, tid: str, title: str, record: AttemptRecord) -> MergeInfo:
         """Merge the attempt's branch (then verify); when merged, its worktree is parked for the
@@ -64,7 +77,12 @@ class MergeQueue:
                         verify_tail=tail,
                         seconds=info.seconds,
                     )
-        if info.ok:  # out of the queue's lock: the next merge need not wait for it
+            if info.status == "merged":
+                await self._publish()
+        if info.ok and work.host:  # a pool worker's: its worktree is there, its branch here
+            self.remote_branches.append(work.branch)
+            await asyncio.to_thread(self.integration.forget_task, work.branch)
+        elif info.ok:  # out of the queue's lock: the next merge need not wait for it
             await asyncio.to_thread(self.integration.remove_task, work.worktree, work.branch)
         self.log.append(
             {"task": tid, "status": info.status, "commit": info.commit, "files": info.files}
@@ -87,6 +105,15 @@ class MergeQueue:
         try:
             head = await asyncio.to_thread(self.integration.head)
             await asyncio.to_thread(self.integration.close)
+            if self.git_url and self.remote_branches and not self.integration.spec.keep_branches:
+                from tasks_lib.workspaces import remote
+
+                await asyncio.to_thread(
+                    remote.delete_remote_branches,
+                    self.integration.repo,
+                    self.git_url,
+                    self.remote_branches,
+                )
             return head
         except git.GitError as exc:
             self.logger.error(f"could not close the integration worktree: {exc}")

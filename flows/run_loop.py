@@ -116,7 +116,11 @@ class RunLoop:
         # worktree isolation: workers start ahead of a free agent slot, so a task's worktree
         # is ready (and the one before it committed) while other agents run; the agents
         # themselves stay within max_concurrency (WorkerInput.agent_slots)
-        self._ahead = ahead_of_agents(plan.max_concurrency, settings.workspace.kind)
+        self._ahead = (
+            0  # pool dispatch: each task run's agent is in its own flow run, anywhere
+            if settings.workspace.git_url
+            else ahead_of_agents(plan.max_concurrency, settings.workspace.kind)
+        )
         self.sched = Scheduler(
             plan,
             {u.id: u.status for u in spec.units},

@@ -59,6 +59,9 @@ class WorkInfo(BaseModel):
     committed_leftovers: bool = Field(
         False, description="specwave committed changes the agent left uncommitted."
     )
+    host: str = Field(
+        "", description="Pool dispatch: the machine (container) the task run worked on."
+    )
 
 
 class MergeInfo(BaseModel):

@@ -57,9 +57,7 @@ class PrioritySlots:
         self.busy -= 1
 
 
-_gates: weakref.WeakValueDictionary[tuple[int, str], PrioritySlots] = (
-    weakref.WeakValueDictionary()
-)
+_gates: weakref.WeakValueDictionary[tuple[int, str], PrioritySlots] = weakref.WeakValueDictionary()
 
 
 def run_slots(run_id: str, size: int) -> PrioritySlots:

@@ -81,6 +81,27 @@ class WorkerInput(BaseModel):
     )
 
 
+class PoolAttempt(BaseModel):
+    """One attempt at one task, sent to a pool worker (the ``run-task`` flow): plain values
+    only, no secret (agents load theirs from Prefect Secret blocks, ``env_secrets``)."""
+
+    worker: WorkerInput = Field(
+        description="The worker's input; its workspace is completed on the worker (the "
+        "clone's path) and its spec_dir is a scratch folder there."
+    )
+    git_url: str = Field(description="The git remote to clone, fetch and push.")
+    start: str = Field(description="The integration commit the attempt starts from.")
+    previous: list[dict[str, Any]] = Field(
+        default_factory=list,
+        description="The task's earlier attempt records in this run (attempt numbers, "
+        "timeouts doubled after a timeout).",
+    )
+
+
+ATTEMPT_ARTIFACT = "specwave-attempt"
+"""Key prefix of the artifact a task run hands its attempt record back in."""
+
+
 def _last_record(state: Any) -> dict[str, Any] | None:
     """The last attempt record a worker's state carries (its data: every attempt so far)."""
     data = state.data if isinstance(getattr(state, "data", None), list) else None

@@ -299,3 +299,36 @@ def test_invalid_input_exits_2_with_one_line(cli):
     assert len(missing.stderr.strip().splitlines()) == 1 and "Traceback" not in missing.stderr
     assert cli.launched() == {}
     assert cli.survivors() == []
+
+
+def test_pool_dispatch_bad_input_is_one_line_exit_2(cli):
+    """--dispatch pool refuses, before any agent starts: an unknown dispatch, shared
+    isolation, and (in a repository, through the flow) a run with no Prefect server."""
+    spec = cli.spec("small-feature")
+    text = (spec / "tasks.json").read_text()
+    unknown = cli.run("run", "small-feature", "--command", cli.command(), "--dispatch", "far")
+    assert unknown.returncode == 2 and len(unknown.stderr.splitlines()) == 1, unknown.stderr
+    assert '--dispatch: unknown dispatch "far"' in unknown.stderr
+    shared = cli.run(
+        "run", "small-feature", "--command", cli.command(), "--dispatch", "pool",
+        "--isolation", "shared",
+    )  # fmt: skip
+    assert shared.returncode == 2 and len(shared.stderr.splitlines()) == 1, shared.stderr
+    assert "--isolation worktree" in shared.stderr
+    (cli.repo / "README.md").write_text("app\n")
+    for args in (["init", "-q", "-b", "main"], ["add", "-A"], ["commit", "-q", "-m", "init"]):
+        subprocess.run(
+            ["git", "-c", "user.name=T", "-c", "user.email=t@e", *args],
+            cwd=cli.repo,
+            check=True,
+            capture_output=True,
+        )
+    ephemeral = cli.run(
+        "run", "small-feature", "--command", cli.command(), "--dispatch", "pool",
+        "--repo", str(cli.repo),
+    )  # fmt: skip
+    assert ephemeral.returncode == 2, ephemeral.stderr
+    assert len(ephemeral.stderr.strip().splitlines()) == 1 and "Traceback" not in ephemeral.stderr
+    assert "Prefect server" in ephemeral.stderr
+    assert (spec / "tasks.json").read_text() == text
+    assert cli.launched() == {}

@@ -56,6 +56,14 @@ class WorkspaceSpec(BaseModel):
         description="Gitignore-style patterns of untracked/ignored files copied from the "
         "checkout into each new worktree (plus the repository's .worktreeinclude).",
     )
+    start: str | None = Field(
+        None,
+        description="The commit every attempt starts from, when the orchestrator chose it "
+        "(pool dispatch); None: the integration branch's head when the attempt starts.",
+    )
+    git_url: str | None = Field(
+        None, description="Pool dispatch: the git remote shared with the task runs."
+    )
     identity: list[str] | None = Field(
         None,
         description="git -c user.name/user.email arguments for specwave's commits when the "

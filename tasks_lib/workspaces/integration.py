@@ -169,6 +169,11 @@ class Integration:
         park(self.spec, worktree)
         self._merged_branches.append(branch)
 
+    def forget_task(self, branch: str) -> None:
+        """A merged task that ran elsewhere (pool dispatch): only its fetched branch is
+        here, deleted when the run closes (unless kept)."""
+        self._merged_branches.append(branch)
+
     def close(self) -> None:
         """The run is over: the integration worktree and the parked ones go, and the merged
         tasks' branches (unless kept); the integration branch stays."""

@@ -178,7 +178,7 @@ class WorktreeCheckout:
 
     def _enter(self, task_id: str, attempt: int) -> str:
         path, branch = self.path_of(task_id), self.branch_of(task_id)
-        head = git.rev_parse(self.repo, self.spec.integration_branch or "")
+        head = self.spec.start or git.rev_parse(self.repo, self.spec.integration_branch or "")
         base = head or git.rev_parse(self.repo, self.spec.base or "HEAD") or "HEAD"
         path.parent.mkdir(parents=True, exist_ok=True)
         reuse: Path | None = None

@@ -53,7 +53,11 @@ def server(tmp_path_factory):
     for attempt in range(3):  # the free port may be taken before the server binds it
         srv = PrefectServer(
             tmp_path_factory.mktemp("prefect-home"),
-            extra_env={"PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS": "2"},
+            extra_env={
+                "PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS": "2",
+                # pool dispatch: the workers' clones of the git remote, private to the module
+                "SPECWAVE_CACHE_DIR": str(tmp_path_factory.mktemp("task-cache")),
+            },
         )
         try:
             seconds = srv.wait_healthy()
@@ -151,7 +155,9 @@ def test_deploy_created_pools_limit_and_deployments(deployed, repo):
     assert deployed["deployments"] == [
         "execute-spec/specwave",
         "execute-spec/specwave-nightly",
+        "run-task/specwave-task",
         "execute-spec/specwave-docker",
+        "run-task/specwave-task-docker",
     ]
     assert deployed["repo"] == str(repo.resolve())
 
@@ -270,6 +276,124 @@ async def test_worker_runs_the_deployment_end_to_end(server, deployed, worker, r
     assert parents["2"]["attempts"] == 2
     assert limit.active_slots == 0
     assert sorted({r["task"] for r in read_trace(trace)}) == ["1", "2", "3"]
+
+
+# --------------------------------------------------------------------------- pool dispatch
+
+
+def _git(cwd: Path, *args: str) -> str:
+    out = subprocess.run(
+        ["git", "-c", "user.name=T", "-c", "user.email=t@example.com", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return out.stdout.strip()
+
+
+async def test_pool_dispatch_runs_each_task_as_its_own_flow_run(server, deployed, worker, tmp_path):
+    """dispatch="pool": every attempt is a flow run of run-task/specwave-task on the process
+    pool, under the spec's flow run; the task runs share only the API and a git remote (a
+    bare repository here: a process worker on this machine may use a path); the integration
+    branch on the remote ends with every task's work, merged in dependency order."""
+    from flows.execute_spec import execute_spec
+
+    remote_repo = tmp_path / "remote.git"
+    _git(tmp_path, "init", "-q", "--bare", "-b", "main", str(remote_repo))
+    repo = tmp_path / "app"
+    _git(tmp_path, "clone", "-q", str(remote_repo), str(repo))
+    (repo / "README.md").write_text("app\n")
+    _git(repo, "add", "-A")
+    _git(repo, "commit", "-q", "-m", "init")
+    _git(repo, "push", "-q", "origin", "main")
+    spec = tmp_path / "spec"
+    spec.mkdir()
+    tasks = [
+        {
+            "id": tid,
+            "type": "parent",
+            "description": f"Task {tid} of pooled",
+            "status": "pending",
+            "attempts": 0,
+            "parallelization": {"blocked_by": deps, "shared_files": []},
+        }
+        for tid, deps in (("1", []), ("2", []), ("3", ["1"]))
+    ]
+    (spec / "tasks.json").write_text(
+        json.dumps({"version": "2.0", "spec": "pooled", "tasks": tasks}, indent=2)
+    )
+    trace = tmp_path / "trace.jsonl"
+    agent = fake_agent(
+        trace,
+        plan={
+            "1": "write:one.txt",
+            "2": "write:two.txt+crash-once",
+            "3": "require:one.txt+write:three.txt",
+        },
+    )
+    before = (_git(repo, "rev-parse", "HEAD"), _git(repo, "status", "--porcelain"))
+    with on(server):
+        state = await execute_spec(
+            str(spec),
+            agent=agent,
+            repo=str(repo),
+            isolation="worktree",
+            dispatch="pool",
+            retries=1,
+            return_state=True,
+        )
+        result = await state.result(raise_on_failure=False)
+    assert isinstance(result, dict) and result["status"] == "success", (result, worker.log())
+
+    # the remote's integration branch holds every task's work; tasks.json is updated here
+    files = _git(remote_repo, "ls-tree", "-r", "--name-only", "specwave/pooled").splitlines()
+    assert {"README.md", "one.txt", "two.txt", "three.txt"} <= set(files)
+    log = _git(remote_repo, "log", "--first-parent", "--format=%s", "specwave/pooled")
+    assert log.splitlines()[-1] == "init" and len(log.splitlines()) == 4
+    doc = json.loads((spec / "tasks.json").read_text())
+    assert {t["id"]: t["status"] for t in doc["tasks"]} == {"1": "pass", "2": "pass", "3": "pass"}
+    assert {t["id"]: t["attempts"] for t in doc["tasks"]}["2"] == 2  # crashed once, re-dispatched
+    # the records name the machine each attempt ran on; the user's checkout is untouched
+    import socket
+
+    from tasks_lib.runfolder import RunFolder
+
+    recs = RunFolder(spec, result["run_id"]).attempts("3")
+    assert recs[-1].work is not None and recs[-1].work.host == socket.gethostname()
+    assert (_git(repo, "rev-parse", "HEAD"), _git(repo, "status", "--porcelain")) == before
+    # merged task branches are gone from the remote and from the user's repository
+    assert _git(remote_repo, "branch", "--format=%(refname:short)").splitlines() == [
+        "main",
+        "specwave/pooled",
+    ]
+    assert "specwave/pooled--" not in _git(repo, "branch", "--format=%(refname:short)")
+
+    # in the UI: one run-task flow run per attempt, each a subflow of the spec's flow run,
+    # each with the agent's output in its own logs and its record as an artifact
+    from prefect.client.schemas.filters import DeploymentFilterName, LogFilter, LogFilterFlowRunId
+
+    async with client(server) as c:
+        runs = await c.read_flow_runs(
+            deployment_filter=DeploymentFilter(name=DeploymentFilterName(any_=["specwave-task"]))
+        )
+        parent = state.state_details.flow_run_id
+        mine = [r for r in runs if r.parameters["attempt"]["worker"]["run_id"] == result["run_id"]]
+        assert sorted(r.name for r in mine) == [
+            "1 · attempt 1",
+            "2 · attempt 1",
+            "2 · attempt 2",
+            "3 · attempt 1",
+        ]
+        for r in mine:
+            assert r.parent_task_run_id is not None
+            placeholder = await c.read_task_run(r.parent_task_run_id)
+            assert placeholder.flow_run_id == parent
+        one = next(r for r in mine if r.name == "1 · attempt 1")
+        logs = await c.read_logs(
+            log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[one.id]))
+        )
+        assert any("fake agent: task 1" in line.message for line in logs)
 
 
 # --------------------------------------------------------------------------- schedule
