@@ -292,13 +292,9 @@ def _git(cwd: Path, *args: str) -> str:
     return out.stdout.strip()
 
 
-async def test_pool_dispatch_runs_each_task_as_its_own_flow_run(server, deployed, worker, tmp_path):
-    """dispatch="pool": every attempt is a flow run of run-task/specwave-task on the process
-    pool, under the spec's flow run; the task runs share only the API and a git remote (a
-    bare repository here: a process worker on this machine may use a path); the integration
-    branch on the remote ends with every task's work, merged in dependency order."""
-    from flows.execute_spec import execute_spec
-
+def _pooled(tmp_path: Path, name: str, deps: list[tuple[str, list[str]]]):
+    """A bare git remote, the user's repository cloned from it (one commit pushed), and a
+    spec folder ``name`` beside them whose tasks are ``deps``."""
     remote_repo = tmp_path / "remote.git"
     _git(tmp_path, "init", "-q", "--bare", "-b", "main", str(remote_repo))
     repo = tmp_path / "app"
@@ -313,16 +309,27 @@ async def test_pool_dispatch_runs_each_task_as_its_own_flow_run(server, deployed
         {
             "id": tid,
             "type": "parent",
-            "description": f"Task {tid} of pooled",
+            "description": f"Task {tid} of {name}",
             "status": "pending",
             "attempts": 0,
-            "parallelization": {"blocked_by": deps, "shared_files": []},
+            "parallelization": {"blocked_by": blocked, "shared_files": []},
         }
-        for tid, deps in (("1", []), ("2", []), ("3", ["1"]))
+        for tid, blocked in deps
     ]
     (spec / "tasks.json").write_text(
-        json.dumps({"version": "2.0", "spec": "pooled", "tasks": tasks}, indent=2)
+        json.dumps({"version": "2.0", "spec": name, "tasks": tasks}, indent=2)
     )
+    return remote_repo, repo, spec
+
+
+async def test_pool_dispatch_runs_each_task_as_its_own_flow_run(server, deployed, worker, tmp_path):
+    """dispatch="pool": every attempt is a flow run of run-task/specwave-task on the process
+    pool, under the spec's flow run; the task runs share only the API and a git remote (a
+    bare repository here: a process worker on this machine may use a path); the integration
+    branch on the remote ends with every task's work, merged in dependency order."""
+    from flows.execute_spec import execute_spec
+
+    remote_repo, repo, spec = _pooled(tmp_path, "pooled", [("1", []), ("2", []), ("3", ["1"])])
     trace = tmp_path / "trace.jsonl"
     agent = fake_agent(
         trace,
@@ -394,6 +401,58 @@ async def test_pool_dispatch_runs_each_task_as_its_own_flow_run(server, deployed
             log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[one.id]))
         )
         assert any("fake agent: task 1" in line.message for line in logs)
+
+
+async def test_a_task_run_killed_mid_task_is_dispatched_again(server, deployed, worker, tmp_path):
+    """kill -9 of a task run's flow-run process while its agent works: the worker reports
+    the run crashed, the attempt counts as crashed, the task is dispatched again and passes;
+    the killed run's agent does not outlive it (the task run's watchdog)."""
+    import psutil
+
+    from flows.execute_spec import execute_spec
+    from tests.fixtures.fake import TAG_ENV
+    from tests.fixtures.procs import live_processes, survivors
+
+    _, repo, spec = _pooled(tmp_path, "killed", [("1", [])])
+    tag = uuid.uuid4().hex
+    agent = fake_agent(tmp_path / "trace.jsonl", plan={"1": "hang-once+write:one.txt"})
+    agent["env"] = {TAG_ENV: tag}
+
+    def agents() -> list[psutil.Process]:
+        return live_processes(lambda p: p.environ().get(TAG_ENV) == tag)
+
+    with on(server):
+        run = asyncio.create_task(
+            execute_spec(
+                str(spec),
+                agent=agent,
+                repo=str(repo),
+                isolation="worktree",
+                dispatch="pool",
+                retries=1,
+                timeout_seconds=300,
+                return_state=True,
+            )
+        )
+        deadline = time.monotonic() + 120
+        while not agents():
+            assert time.monotonic() < deadline and not run.done(), worker.log()
+            await asyncio.sleep(0.3)
+        (hung,) = agents()
+        flow_run_process = hung.parent()
+        assert flow_run_process is not None
+        flow_run_process.kill()
+        killed_at = time.time()
+        state = await asyncio.wait_for(run, 240)
+        result = await state.result(raise_on_failure=False)
+    assert isinstance(result, dict) and result["status"] == "success", (result, worker.log())
+    from tasks_lib.runfolder import RunFolder
+
+    first, second = RunFolder(spec, result["run_id"]).attempts("1")
+    assert first.outcome.value == "crashed" and "crash" in first.reason, first.reason
+    assert second.passed
+    print(f"kill -9 -> attempt counted crashed after {first.ended - killed_at:.1f} s")
+    assert survivors(agents, wait=10) == []
 
 
 # --------------------------------------------------------------------------- schedule
