@@ -455,6 +455,53 @@ async def test_a_task_run_killed_mid_task_is_dispatched_again(server, deployed, 
     assert survivors(agents, wait=10) == []
 
 
+async def test_stopping_the_spec_run_cancels_its_task_runs_and_their_agents(
+    server, deployed, worker, tmp_path
+):
+    """The spec's run stops (here its coroutine is cancelled, as on SIGINT): every task run it
+    started is cancelled through the API, its worker stops it, its agent dies."""
+    import psutil
+    from prefect.client.schemas.filters import DeploymentFilterName
+
+    from flows.execute_spec import execute_spec
+    from tests.fixtures.fake import TAG_ENV
+    from tests.fixtures.procs import live_processes, survivors
+
+    _, repo, spec = _pooled(tmp_path, "stopped", [("1", []), ("2", [])])
+    tag = uuid.uuid4().hex
+    agent = fake_agent(tmp_path / "trace.jsonl", default="hang")
+    agent["env"] = {TAG_ENV: tag}
+
+    def agents() -> list[psutil.Process]:
+        return live_processes(lambda p: p.environ().get(TAG_ENV) == tag)
+
+    with on(server):
+        run = asyncio.create_task(
+            execute_spec(
+                str(spec), agent=agent, repo=str(repo), isolation="worktree", dispatch="pool"
+            )
+        )
+        deadline = time.monotonic() + 120
+        while len(agents()) < 2:
+            assert time.monotonic() < deadline and not run.done(), worker.log()
+            await asyncio.sleep(0.3)
+        run.cancel()
+        with pytest.raises(BaseException):  # noqa: B017 - cancelled, or its Prefect wrapper
+            await run
+    assert survivors(agents, wait=30) == []
+    async with client(server) as c:
+        runs = await c.read_flow_runs(
+            deployment_filter=DeploymentFilter(name=DeploymentFilterName(any_=["specwave-task"]))
+        )
+    mine = [
+        r for r in runs if r.parameters["attempt"]["worker"]["workspace"]["spec_name"] == "stopped"
+    ]
+    assert len(mine) == 2
+    assert all(r.state.type.value in ("CANCELLED", "CANCELLING", "CRASHED") for r in mine), [
+        r.state.type for r in mine
+    ]
+
+
 # --------------------------------------------------------------------------- schedule
 
 
