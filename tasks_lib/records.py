@@ -18,7 +18,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from tasks_lib.errors import SpecError
-from tasks_lib.results import Outcome, WorkerResult
+from tasks_lib.results import Outcome, RateLimit, WorkerResult
 from tasks_lib.state import RunStatus
 
 
@@ -106,6 +106,9 @@ class AttemptRecord(_Record):
     output_tail: str = Field("", description="Last lines of the agent's output (redacted).")
     log_path: str | None = Field(None, description="The attempt's full output log.")
     retry_after_s: float | None = Field(None, description="Back-off the agent asked for.")
+    rate_limit: RateLimit | None = Field(
+        None, description="The rate or usage limit the attempt hit (when until, if known)."
+    )
     work: WorkInfo | None = Field(None, description="Its worktree, branch and commit.")
     merge: MergeInfo | None = Field(None, description="What the merge queue did with it.")
 
@@ -127,8 +130,8 @@ class AttemptRecord(_Record):
 
     def plain(self) -> dict[str, Any]:
         """The record as plain JSON values (what a worker hands back, what the file holds);
-        ``work`` and ``merge`` only when there are (worktree isolation)."""
-        unset = {k for k in ("work", "merge") if getattr(self, k) is None}
+        ``work``, ``merge`` and ``rate_limit`` only when there are."""
+        unset = {k for k in ("work", "merge", "rate_limit") if getattr(self, k) is None}
         return self.model_dump(mode="json", exclude=unset)
 
 

@@ -87,7 +87,7 @@ from tasks_lib.agents.claude_stream import (
     summarize_event,
 )
 from tasks_lib.agents.process import AgentLaunchError, ProcessInfo, run_process_group
-from tasks_lib.results import AgentSignals, tail
+from tasks_lib.results import AgentSignals, RateLimit, tail
 
 __all__ = [
     "DEFAULT_ALLOWED_TOOLS",
@@ -375,6 +375,8 @@ class ClaudeOutcome(BaseModel):
     stopped_by_specwave: str | None = None
     #: Newest first: the failure explained, then the CLI's own errors (deduplicated).
     errors: list[str] = Field(default_factory=list)
+    #: HTTP 429 after the CLI's retries: the shared rate-limit fact (no reset time known).
+    rate_limit: RateLimit | None = None
 
 
 def decide_outcome(
@@ -415,6 +417,7 @@ def decide_outcome(
     final = False
     retry_after: float | None = None
     kind: OutcomeKind | None = None
+    rate_limit: RateLimit | None = None
     terminal = result.terminal_reason
     sub = result.subtype or ""
 
@@ -436,6 +439,8 @@ def decide_outcome(
         if status is None or status in RETRYABLE_HTTP or status >= 500:
             retry_after, kind = retry_after_s, "api_transient"
             label = f"HTTP {status}" if status is not None else "connection error"
+            if status == 429:
+                rate_limit = RateLimit(kind="rate_limit", message=text)
             errors.insert(
                 0,
                 f"API error ({label}) after {api_retries} CLI retries: "
@@ -472,6 +477,7 @@ def decide_outcome(
         api_error_status=status,
         stopped_by_specwave="authentication_failed" if auth_stop else None,
         errors=list(dict.fromkeys(errors)),
+        rate_limit=rate_limit,
     )
 
 
@@ -729,6 +735,7 @@ class ClaudeAgent:
             killed_pids=killed,
             retry_after_s=outcome.retry_after_s,
             final=outcome.final,
+            rate_limit=outcome.rate_limit,
         )
 
     def _backoff(self, attempt: int) -> float:
