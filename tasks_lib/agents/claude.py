@@ -54,7 +54,6 @@ Per-spec settings: a ``claude-agent.json`` in the spec folder (same field names,
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import importlib.util
 import json
 import os
@@ -64,7 +63,6 @@ import tempfile
 from pathlib import Path
 from typing import Any, Literal
 
-import psutil
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from tasks_lib.agents.base import (
@@ -87,6 +85,7 @@ from tasks_lib.agents.claude_stream import (
     summarize_event,
 )
 from tasks_lib.agents.process import AgentLaunchError, ProcessInfo, run_process_group
+from tasks_lib.agents.rss import RssSampler
 from tasks_lib.results import AgentSignals, RateLimit, tail
 
 __all__ = [
@@ -131,7 +130,6 @@ QUIET_ENV = {
     "DISABLE_TELEMETRY": "1",
 }
 RETRYABLE_HTTP = frozenset({408, 409, 429, 500, 502, 503, 504, 529})
-_RSS_INTERVAL_S = 0.25
 
 
 class ClaudeSpecSettings(BaseModel):
@@ -511,36 +509,6 @@ def attempt_info(
 # --------------------------------------------------------------------------- the agent
 
 
-class _RssSampler:
-    """Peak resident memory of the agent's process tree (sum over the tree, 4 samples a second)."""
-
-    def __init__(self) -> None:
-        self.peak = 0
-        self.task: asyncio.Task | None = None
-
-    def start(self, pid: int) -> None:
-        self.task = asyncio.ensure_future(self._run(pid))
-
-    async def _run(self, pid: int) -> None:
-        with contextlib.suppress(psutil.Error):
-            leader = psutil.Process(pid)
-            while True:
-                self.sample(leader)
-                await asyncio.sleep(_RSS_INTERVAL_S)
-
-    def sample(self, leader: psutil.Process) -> None:
-        total = 0
-        with contextlib.suppress(psutil.Error):
-            for p in [leader, *leader.children(recursive=True)]:
-                with contextlib.suppress(psutil.Error):
-                    total += p.memory_info().rss
-        self.peak = max(self.peak, total)
-
-    def stop(self) -> None:
-        if self.task is not None and not self.task.done():
-            self.task.cancel()
-
-
 class ClaudeAgent:
     """Runs one Claude Code CLI per attempt; see the module docstring for the semantics."""
 
@@ -629,7 +597,7 @@ class ClaudeAgent:
         stop = asyncio.Event()
         stopped: dict[str, Any] = {}
         summary = StreamSummary()
-        rss = _RssSampler()
+        rss = RssSampler()
 
         def line(stream: str, text: str) -> None:
             if stream != "stdout":
