@@ -259,8 +259,10 @@ def print_final(result: dict, spec) -> None:
     from rich.console import Console
     from rich.table import Table
 
+    from tasks_lib.report import TOKEN_KEYS, tokens_text
+
     console = Console()
-    costs = _attempt_costs(result)
+    costs, tokens = _attempt_figures(result)
     merges = any("merge" in info for info in result["tasks"].values())
     t = Table(title=f"{spec.name}: {result['status']}", title_justify="left")
     for col in (
@@ -269,6 +271,7 @@ def print_final(result: dict, spec) -> None:
         "outcome",
         "attempts",
         *(("cost", "turns") if costs else ()),
+        *(("tokens in/out",) if tokens else ()),
         *(("merge",) if merges else ()),
         "blocker",
     ):
@@ -280,6 +283,9 @@ def print_final(result: dict, spec) -> None:
         if costs:
             cost, turns = costs.get(tid, (None, None))
             extra = (f"${cost:.4f}" if cost else "", str(turns or ""))
+        if tokens:
+            n = tokens.get(tid)
+            extra += (f"{n['input']:,}/{n['output']:,}" if n else "",)
         t.add_row(
             tid,
             f"[{style}]{st}[/{style}]" if style else st,
@@ -294,6 +300,9 @@ def print_final(result: dict, spec) -> None:
         console.print(
             f"total cost ${sum(c for c, _ in costs.values()):.4f} (as reported by the agent)"
         )
+    if tokens:
+        total = {k: sum(n.get(k, 0) for n in tokens.values()) for k in TOKEN_KEYS}
+        console.print(f"tokens {tokens_text(total)} (as reported by the agent)", highlight=False)
     m = result["metrics"]
     console.print(
         f"wall {m['wall_seconds']:.1f} s · worker time {m['worker_seconds_sum']:.1f} s"
@@ -339,19 +348,26 @@ def _merge_state(run: Any, task_ids: list[str]) -> dict[str, dict[str, Any]]:
     return {tid: worktree_cells(rec) for tid, rec in lasts.items()}
 
 
-def _attempt_costs(result: dict) -> dict[str, tuple[float, int | None]]:
-    """task id -> (cost in USD over every attempt, last attempt's turns), from the run folder's
-    attempt records; empty when the agent reports no cost (the command agent)."""
+def _attempt_figures(
+    result: dict,
+) -> tuple[dict[str, tuple[float, int | None]], dict[str, dict[str, int]]]:
+    """From the run folder's attempt records: task id -> (cost in USD over every attempt,
+    last attempt's turns), empty when the agent reports no cost (the command agent, codex
+    without a price); and task id -> its tokens over every attempt, empty when none."""
+    from tasks_lib.report import sum_tokens
     from tasks_lib.runfolder import RunFolder
 
     run = RunFolder.at(Path(result.get("run_dir") or "."))
-    out: dict[str, tuple[float, int | None]] = {}
+    costs: dict[str, tuple[float, int | None]] = {}
+    tokens: dict[str, dict[str, int]] = {}
     for tid in result.get("tasks") or {}:
         recs = run.attempts(tid)
-        costs = [c for r in recs if (c := r.cost_usd) is not None]
-        if costs:
-            out[tid] = (sum(costs), recs[-1].info.get("num_turns"))
-    return out
+        paid = [c for r in recs if (c := r.cost_usd) is not None]
+        if paid:
+            costs[tid] = (sum(paid), recs[-1].info.get("num_turns"))
+        if counts := sum_tokens(recs):
+            tokens[tid] = counts
+    return costs, tokens
 
 
 #: After a signal: how long to let Prefect record the flow run's end once our own records

@@ -128,6 +128,27 @@ class AttemptRecord(_Record):
         cost = self.info.get("total_cost_usd")
         return float(cost) if isinstance(cost, (int, float)) else None
 
+    @property
+    def tokens(self) -> dict[str, int] | None:
+        """The tokens the agent reported, in one vocabulary for every agent kind: ``input``
+        (cached included), ``cached``, ``output`` (reasoning included), ``reasoning``; None
+        when it reported none. From ``info["tokens"]`` (codex) or ``info["usage"]`` (claude:
+        its input excludes the cache reads and writes, added here)."""
+        counts = self.info.get("tokens")
+        if isinstance(counts, dict):
+            return {k: int(v) for k, v in counts.items() if isinstance(v, (int, float))}
+        usage = self.info.get("usage")
+        if not isinstance(usage, dict) or "input_tokens" not in usage:
+            return None
+        n = {k: int(v) for k, v in usage.items() if isinstance(v, (int, float))}
+        cached = n.get("cache_read_input_tokens", 0)
+        return {
+            "input": n.get("input_tokens", 0) + cached + n.get("cache_creation_input_tokens", 0),
+            "cached": cached,
+            "output": n.get("output_tokens", 0),
+            "reasoning": 0,
+        }
+
     def plain(self) -> dict[str, Any]:
         """The record as plain JSON values (what a worker hands back, what the file holds);
         ``work``, ``merge`` and ``rate_limit`` only when there are."""
