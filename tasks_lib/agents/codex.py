@@ -20,8 +20,9 @@ the process tree is gone. specwave writes ``CODEX_HOME/config.toml``: no update 
 analytics or feedback, no history, the model provider (below), and a shell environment policy
 that keeps ``*KEY*`` / ``*SECRET*`` / ``*TOKEN*`` variables out of the commands the model runs.
 
-Endpoints: by default the CLI's built-in ``openai`` provider (key from ``OPENAI_API_KEY`` or
-``CODEX_API_KEY``). ``base_url`` points it elsewhere (``openai_base_url`` in config.toml; the
+Endpoints: by default the CLI's built-in ``openai`` provider. It sends ``CODEX_API_KEY`` as
+its bearer token and nothing for ``OPENAI_API_KEY`` alone (measured, 0.171.0), so specwave
+gives it ``CODEX_API_KEY`` from ``api_key_env`` (default ``OPENAI_API_KEY``) when unset. ``base_url`` points it elsewhere (``openai_base_url`` in config.toml; the
 CLI ignores the ``OPENAI_BASE_URL`` variable and hangs "waiting for network", so specwave
 reads that variable itself when ``base_url`` is unset). ``provider`` defines a custom provider
 of that name instead (``model_providers.<name>``: ``base_url``, ``wire_api = "responses"``,
@@ -712,6 +713,11 @@ class CodexAgent:
         settings = self.config.model_copy(update={"env": {**quiet, **provider, **self.config.env}})
         env = base_env(settings, request, secrets)
         env.update({"CODEX_HOME": str(home), "TMPDIR": str(tmpdir)})
+        if not self.config.provider and not env.get("CODEX_API_KEY"):
+            # The built-in provider sends CODEX_API_KEY only (0.171.0 sends no key at all
+            # with just OPENAI_API_KEY set): hand it the key from api_key_env.
+            if key := env.get(self.config.api_key_env):
+                env["CODEX_API_KEY"] = key
         return env
 
     async def run(
