@@ -99,8 +99,8 @@ _WRITE_TURN: dict[str, Any] = {
         {"type": "text", "text": "I will create {write_rel} for task {task_id}."},
         {
             "type": "shell",
-            "command": "printf '%s\\n' 'specwave codex output for task {task_id} "
-            "(scenario {scenario})' > {write_rel_sh}",
+            "command": "mkdir -p \"$(dirname -- {write_rel_sh})\" && printf '%s\\n' "
+            "'specwave codex output for task {task_id} (scenario {scenario})' > {write_rel_sh}",
         },
     ]
 }
