@@ -22,11 +22,12 @@ that keeps ``*KEY*`` / ``*SECRET*`` / ``*TOKEN*`` variables out of the commands 
 
 Endpoints: by default the CLI's built-in ``openai`` provider. It sends ``CODEX_API_KEY`` as
 its bearer token and nothing for ``OPENAI_API_KEY`` alone (measured, 0.171.0), so specwave
-gives it ``CODEX_API_KEY`` from ``api_key_env`` (default ``OPENAI_API_KEY``) when unset. ``base_url`` points it elsewhere (``openai_base_url`` in config.toml; the
-CLI ignores the ``OPENAI_BASE_URL`` variable and hangs "waiting for network", so specwave
-reads that variable itself when ``base_url`` is unset). ``provider`` defines a custom provider
-of that name instead (``model_providers.<name>``: ``base_url``, ``wire_api = "responses"``,
-``env_key = api_key_env``), whose retry counts ``api_retries`` sets.
+gives it ``CODEX_API_KEY`` from ``api_key_env`` (default ``OPENAI_API_KEY``) when unset.
+``base_url`` points it elsewhere (``openai_base_url`` in config.toml; the CLI ignores the
+``OPENAI_BASE_URL`` variable and hangs "waiting for network", so specwave reads that variable
+itself when ``base_url`` is unset). ``provider`` defines a custom provider of that name
+instead (``model_providers.<name>``: ``base_url``, ``wire_api = "responses"``, ``env_key =
+api_key_env``), whose retry counts ``api_retries`` sets.
 
 Each stdout line is parsed once, as it arrives (:mod:`tasks_lib.agents.codex_stream`), and
 folded into a :class:`CodexStreamSummary`; the outcome is decided by the pure
@@ -64,7 +65,6 @@ import shutil
 import tempfile
 import time
 from datetime import datetime
-from functools import cache
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit, urlunsplit
@@ -412,14 +412,21 @@ def check_installed(config: CodexAgentConfig) -> str:
     return resolve_executable(config.executable, path or None)
 
 
-@cache
-def _version_of(executable: str, mtime: float) -> str | None:
-    """``codex --version`` ("codex-cli 0.171.0" -> "0.171.0"), once per file and process."""
+_VERSIONS: dict[tuple[str, float], str | None] = {}
+
+
+def _version_of(executable: str, env: dict[str, str]) -> str | None:
+    """``codex --version`` ("codex-cli 0.171.0" -> "0.171.0")."""
     import subprocess
 
     try:
         out = subprocess.run(
-            [executable, "--version"], capture_output=True, text=True, timeout=20, check=False
+            [executable, "--version"],
+            capture_output=True,
+            text=True,
+            timeout=20,
+            check=False,
+            env=env,
         ).stdout
     except (OSError, subprocess.SubprocessError):
         return None
@@ -427,12 +434,17 @@ def _version_of(executable: str, mtime: float) -> str | None:
     return m.group(1) if m else None
 
 
-async def cli_version(executable: str) -> str | None:
+async def cli_version(executable: str, env: dict[str, str]) -> str | None:
+    """The CLI's version, asked once per file (and modification time) per process. ``env``
+    is the attempt's (its private CODEX_HOME: even ``--version`` creates ``~/.codex``
+    otherwise)."""
     try:
-        mtime = os.stat(executable).st_mtime
+        key = (executable, os.stat(executable).st_mtime)
     except OSError:
         return None
-    return await asyncio.to_thread(_version_of, executable, mtime)
+    if key not in _VERSIONS:
+        _VERSIONS[key] = await asyncio.to_thread(_version_of, executable, env)
+    return _VERSIONS[key]
 
 
 # --------------------------------------------------------------------------- the outcome
@@ -753,7 +765,7 @@ class CodexAgent:
         base_url = effective_base_url(self.config)
         (home / "config.toml").write_text(config_toml(self.config, base_url), encoding="utf-8")
         executable = resolve_executable(self.config.executable, env.get("PATH"))
-        version = await cli_version(executable)
+        version = await cli_version(executable, env)
         argv = build_argv(executable, self.config)
         hidden = secret_values(env)
         if on_line is not None:
