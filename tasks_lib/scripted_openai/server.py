@@ -291,9 +291,10 @@ class ScriptedOpenAIServer(ScriptedModelServer):
     Attributes:
         base_url: ``http://127.0.0.1:PORT`` -- the CLI's base URL is ``base_url + "/v1"``.
         requests: the request records, oldest first (as the scripted Anthropic model's, plus
-            ``model``); ``outcome`` is ``reply``, ``error``, ``failed``, ``hang``,
-            ``websocket-refused``, ``no-scenario``, ``unknown-scenario``, ``no-turn``,
-            ``unknown-path``, ``bad-json``, ``client-gone`` or ``server-stopped``.
+            ``model`` and ``reasoning_effort``); ``outcome`` is ``reply``, ``error``,
+            ``failed``, ``hang``, ``websocket-refused``, ``no-scenario``, ``unknown-scenario``,
+            ``no-turn``, ``unknown-path``, ``bad-json``, ``client-gone`` or
+            ``server-stopped``.
             Authorization headers are never recorded.
 
     Example:
@@ -341,6 +342,7 @@ class ScriptedOpenAIServer(ScriptedModelServer):
                 task_id=facts["task_id"],
                 cwd=facts["cwd"],
                 model=body.get("model"),
+                reasoning_effort=(body.get("reasoning") or {}).get("effort"),
                 stream=bool(body.get("stream")),
             )
             self._responses(h, body, facts, rec)
