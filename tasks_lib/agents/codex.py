@@ -107,6 +107,7 @@ __all__ = [
     "config_toml",
     "decide_outcome",
     "default_install_dir",
+    "install_hint",
     "resolve_executable",
 ]
 
@@ -142,9 +143,19 @@ def install_command(prefix: Path | None = None) -> list[str]:
     return ["npm", "install", "--prefix", str(target), f"{NPM_PACKAGE}@{CODEX_VERSION}"]
 
 
+#: The install command for the default cache location (see :func:`install_hint`).
 INSTALL_HINT = (
     f"npm install --prefix ~/.cache/specwave/codex-{CODEX_VERSION} {NPM_PACKAGE}@{CODEX_VERSION}"
 )
+
+
+def install_hint() -> str:
+    """The npm command that installs the pinned CLI where specwave looks (``~`` for HOME)."""
+    target = str(default_install_dir())
+    home = str(Path.home())
+    if target.startswith(home + os.sep):
+        target = "~" + target[len(home) :]
+    return f"npm install --prefix {target} {NPM_PACKAGE}@{CODEX_VERSION}"
 
 
 class TokenPrices(BaseModel):
@@ -384,13 +395,13 @@ def resolve_executable(configured: str | None, path_env: str | None) -> str:
                 return str(Path(configured).expanduser())
             raise AgentLaunchError(
                 f"cannot start agent: Codex CLI {configured!r} not found or not executable — "
-                f"fix executable, or install it: {INSTALL_HINT}"
+                f"fix executable, or install it: {install_hint()}"
             )
         found = shutil.which(configured, path=path_env)
         if not found:
             raise AgentLaunchError(
                 f"cannot start agent: Codex CLI {configured!r} not found on PATH — "
-                f"give its full path in executable, or install it: {INSTALL_HINT}"
+                f"give its full path in executable, or install it: {install_hint()}"
             )
         return found
     found = shutil.which("codex", path=path_env)
@@ -401,7 +412,7 @@ def resolve_executable(configured: str | None, path_env: str | None) -> str:
         return str(cached)
     raise AgentLaunchError(
         f"cannot start agent: Codex CLI not found (no `codex` on PATH, none in {cached.parent}) "
-        f"— install it: {INSTALL_HINT} (or npm install -g {NPM_PACKAGE}@{CODEX_VERSION}), "
+        f"— install it: {install_hint()} (or npm install -g {NPM_PACKAGE}@{CODEX_VERSION}), "
         "or set executable"
     )
 
@@ -775,7 +786,7 @@ class CodexAgent:
                 on_line(
                     "stderr",
                     f"specwave: note: Codex CLI {version} at {executable}; specwave is tested "
-                    f"with {CODEX_VERSION} ({INSTALL_HINT})",
+                    f"with {CODEX_VERSION} ({install_hint()})",
                 )
         stream_path = _stream_path(request)
         stream_fh = (

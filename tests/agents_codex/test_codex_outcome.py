@@ -18,7 +18,6 @@ from pydantic import ValidationError
 from tasks_lib.agents import parse_agent_config
 from tasks_lib.agents.codex import (
     CODEX_VERSION,
-    INSTALL_HINT,
     CodexAgentConfig,
     TokenPrices,
     attempt_info,
@@ -27,6 +26,7 @@ from tasks_lib.agents.codex import (
     decide_outcome,
     effective_base_url,
     full_access_requested,
+    install_hint,
     resolve_executable,
     toml_value,
 )
@@ -622,7 +622,8 @@ def test_a_missing_cli_is_one_line_saying_how_to_install_it(tmp_path, monkeypatc
         resolve_executable(None, str(tmp_path))
     text = str(err.value)
     assert "\n" not in text
-    assert INSTALL_HINT in text and f"@openai/codex@{CODEX_VERSION}" in text
+    assert install_hint() in text and f"@openai/codex@{CODEX_VERSION}" in text
+    assert str(tmp_path / "cache" / "specwave") in install_hint()  # where specwave looks
     with pytest.raises(AgentLaunchError, match="not found or not executable"):
         resolve_executable(str(tmp_path / "nope" / "codex"), None)
     # found in specwave's cache when not on PATH

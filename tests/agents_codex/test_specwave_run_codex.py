@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from tasks_lib.agents.codex import INSTALL_HINT
+from tasks_lib.agents.codex import CODEX_VERSION
 from tests.agents_claude.conftest import attempts, task, write_spec
 from tests.agents_claude.test_specwave_run_claude import (
     every_file_text,
@@ -184,6 +184,7 @@ def test_a_missing_codex_cli_is_one_line_and_exit_2(tmp_path, specwave_run):
     lines = [line for line in err.splitlines() if line.strip()]
     assert len(lines) == 1, err
     assert lines[0].startswith("--agent codex: Codex CLI not found")
-    assert INSTALL_HINT in lines[0] and "Traceback" not in err
+    hint = f"npm install --prefix {tmp_path}/empty-cache/specwave/codex-{CODEX_VERSION} "
+    assert hint in lines[0] and "Traceback" not in err
     assert (spec / "tasks.json").read_text() == before
     assert not (spec / ".specwave").exists()
