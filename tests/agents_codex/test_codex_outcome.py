@@ -637,3 +637,31 @@ def test_a_missing_cli_is_one_line_saying_how_to_install_it(tmp_path, monkeypatc
 def test_reset_time_fallback_clock_uses_the_given_zone():
     now = datetime(2026, 1, 1, 23, 59, tzinfo=UTC)
     assert parse_reset_time("12:01 AM", now) == now + timedelta(minutes=2)
+
+
+# --------------------------------------------------------------------------- specwave run flags
+
+
+def test_run_flags_go_to_the_agents_that_take_them():
+    from flows.cli_run import agent_overrides, build_agent
+    from tasks_lib.errors import SpecError
+
+    flags = agent_overrides(model="gpt-5.5", sandbox="read-only", reasoning_effort="low")
+    assert build_agent("codex", None, None, flags) == {
+        "kind": "codex",
+        "model": "gpt-5.5",
+        "sandbox": "read-only",
+        "reasoning_effort": "low",
+    }
+    with pytest.raises(SpecError) as err:
+        build_agent("codex", None, None, agent_overrides(max_turns=3))
+    assert str(err.value) == (
+        '--max-turns: only the claude agent takes --max-turns (agent kind is "codex") — '
+        "add --agent claude"
+    )
+    with pytest.raises(SpecError) as err:
+        build_agent("claude", None, None, agent_overrides(sandbox="read-only"))
+    assert "only the codex agent takes --sandbox" in str(err.value)
+    with pytest.raises(SpecError) as err:
+        build_agent("command", "true", None, agent_overrides(model="m"))
+    assert "only the claude and codex agents take --model" in str(err.value)
