@@ -56,6 +56,19 @@ def _quiet_prefect(verbose: bool) -> None:
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
 
+#: The agent kinds that take each setting given as a flag (``env`` goes to every kind).
+AGENT_FLAGS: dict[str, tuple[str, ...]] = {
+    "model": ("claude", "codex"),
+    "extra_args": ("claude", "codex"),
+    "permission_mode": ("claude",),
+    "max_turns": ("claude",),
+    "max_budget_usd": ("claude",),
+    "allowed_tools": ("claude",),
+    "sandbox": ("codex",),
+    "reasoning_effort": ("codex",),
+}
+
+
 def agent_overrides(
     *,
     model: str | None = None,
@@ -65,6 +78,8 @@ def agent_overrides(
     allowed_tools: str | None = None,
     agent_arg: list[str] | None = None,
     agent_env: list[str] | None = None,
+    sandbox: str | None = None,
+    reasoning_effort: str | None = None,
 ) -> dict:
     """Agent config fields given as flags (``--model`` ... ``--agent-env``); unset ones omitted."""
     out: dict = {}
@@ -73,6 +88,8 @@ def agent_overrides(
         ("permission_mode", permission_mode),
         ("max_turns", max_turns),
         ("max_budget_usd", max_budget_usd),
+        ("sandbox", sandbox),
+        ("reasoning_effort", reasoning_effort),
     ):
         if value is not None:
             out[key] = value
@@ -101,15 +118,22 @@ def build_agent(
     """The agent config from the flags; ``overrides`` (see :func:`agent_overrides`) are laid
     over it (``env`` merged)."""
     cfg = _base_agent(agent, command, agent_json)
-    claude_only = sorted(set(overrides or {}) - {"env"})
-    if claude_only and cfg.get("kind") != "claude":
+    kind = cfg.get("kind")
+    wrong = sorted(k for k in overrides or {} if k != "env" and kind not in AGENT_FLAGS[k])
+    if wrong:
         flags = ", ".join(
-            "--" + k.replace("_", "-").replace("extra-args", "agent-arg") for k in claude_only
+            "--" + k.replace("_", "-").replace("extra-args", "agent-arg") for k in wrong
+        )
+        kinds = sorted({name for k in wrong for name in AGENT_FLAGS[k]})
+        who = (
+            f"the {kinds[0]} agent takes"
+            if len(kinds) == 1
+            else f"the {' and '.join(kinds)} agents take"
         )
         raise SpecError.single(
             flags,
-            f'only the claude agent takes {flags} (agent kind is "{cfg.get("kind")}")',
-            hint="add --agent claude",
+            f'only {who} {flags} (agent kind is "{kind}")',
+            hint=f"add --agent {kinds[0]}",
         )
     for key, value in (overrides or {}).items():
         if key == "env":
@@ -235,8 +259,10 @@ def print_final(result: dict, spec) -> None:
     from rich.console import Console
     from rich.table import Table
 
+    from tasks_lib.report import TOKEN_KEYS, tokens_text
+
     console = Console()
-    costs = _attempt_costs(result)
+    costs, tokens = _attempt_figures(result)
     merges = any("merge" in info for info in result["tasks"].values())
     t = Table(title=f"{spec.name}: {result['status']}", title_justify="left")
     for col in (
@@ -245,6 +271,7 @@ def print_final(result: dict, spec) -> None:
         "outcome",
         "attempts",
         *(("cost", "turns") if costs else ()),
+        *(("tokens in/out",) if tokens else ()),
         *(("merge",) if merges else ()),
         "blocker",
     ):
@@ -256,6 +283,9 @@ def print_final(result: dict, spec) -> None:
         if costs:
             cost, turns = costs.get(tid, (None, None))
             extra = (f"${cost:.4f}" if cost else "", str(turns or ""))
+        if tokens:
+            n = tokens.get(tid)
+            extra += (f"{n['input']:,}/{n['output']:,}" if n else "",)
         t.add_row(
             tid,
             f"[{style}]{st}[/{style}]" if style else st,
@@ -270,6 +300,9 @@ def print_final(result: dict, spec) -> None:
         console.print(
             f"total cost ${sum(c for c, _ in costs.values()):.4f} (as reported by the agent)"
         )
+    if tokens:
+        total = {k: sum(n.get(k, 0) for n in tokens.values()) for k in TOKEN_KEYS}
+        console.print(f"tokens {tokens_text(total)} (as reported by the agent)", highlight=False)
     m = result["metrics"]
     console.print(
         f"wall {m['wall_seconds']:.1f} s · worker time {m['worker_seconds_sum']:.1f} s"
@@ -315,19 +348,26 @@ def _merge_state(run: Any, task_ids: list[str]) -> dict[str, dict[str, Any]]:
     return {tid: worktree_cells(rec) for tid, rec in lasts.items()}
 
 
-def _attempt_costs(result: dict) -> dict[str, tuple[float, int | None]]:
-    """task id -> (cost in USD over every attempt, last attempt's turns), from the run folder's
-    attempt records; empty when the agent reports no cost (the command agent)."""
+def _attempt_figures(
+    result: dict,
+) -> tuple[dict[str, tuple[float, int | None]], dict[str, dict[str, int]]]:
+    """From the run folder's attempt records: task id -> (cost in USD over every attempt,
+    last attempt's turns), empty when the agent reports no cost (the command agent, codex
+    without a price); and task id -> its tokens over every attempt, empty when none."""
+    from tasks_lib.report import sum_tokens
     from tasks_lib.runfolder import RunFolder
 
     run = RunFolder.at(Path(result.get("run_dir") or "."))
-    out: dict[str, tuple[float, int | None]] = {}
+    costs: dict[str, tuple[float, int | None]] = {}
+    tokens: dict[str, dict[str, int]] = {}
     for tid in result.get("tasks") or {}:
         recs = run.attempts(tid)
-        costs = [c for r in recs if (c := r.cost_usd) is not None]
-        if costs:
-            out[tid] = (sum(costs), recs[-1].info.get("num_turns"))
-    return out
+        paid = [c for r in recs if (c := r.cost_usd) is not None]
+        if paid:
+            costs[tid] = (sum(paid), recs[-1].info.get("num_turns"))
+        if counts := sum_tokens(recs):
+            tokens[tid] = counts
+    return costs, tokens
 
 
 #: After a signal: how long to let Prefect record the flow run's end once our own records
@@ -501,7 +541,7 @@ def _exit_now(code: int) -> None:
 @app.command()
 def run(
     spec_dir: Path = SpecPath,
-    agent: str = typer.Option("command", "--agent", help="Agent kind: command or claude."),
+    agent: str = typer.Option("command", "--agent", help="Agent kind: command, claude or codex."),
     command: str | None = typer.Option(
         None,
         "--command",
@@ -555,7 +595,24 @@ def run(
         ),
     ] = None,
     model: Annotated[
-        str | None, typer.Option("--model", help="claude agent: model alias or full name.")
+        str | None,
+        typer.Option("--model", help="claude / codex agent: model alias or full name."),
+    ] = None,
+    sandbox: Annotated[
+        str | None,
+        typer.Option(
+            "--sandbox",
+            help="codex agent: workspace-write (default: writes inside the working "
+            "directory only), read-only, danger-full-access (no sandbox: only inside a "
+            "container or VM without secrets).",
+        ),
+    ] = None,
+    reasoning_effort: Annotated[
+        str | None,
+        typer.Option(
+            "--reasoning-effort",
+            help="codex agent: none, minimal, low, medium, high or xhigh.",
+        ),
     ] = None,
     permission_mode: Annotated[
         str | None,
@@ -752,19 +809,28 @@ def run(
                     allowed_tools=allowed_tools,
                     agent_arg=agent_arg,
                     agent_env=agent_env,
+                    sandbox=sandbox,
+                    reasoning_effort=reasoning_effort,
                 ),
             )
         )
         if agent_cfg is not None:
-            from tasks_lib.agents import parse_agent_config
+            from tasks_lib.agents import parse_agent_config, preflight
+            from tasks_lib.agents.process import AgentLaunchError
 
             try:
-                parse_agent_config(agent_cfg)
+                parsed = parse_agent_config(agent_cfg)
             except Exception as exc:  # pydantic ValidationError
                 raise SpecError.single(
                     "agent",
                     f"invalid agent config: {str(exc).splitlines()[-1].strip()}",
                     hint="see `specwave run --help`",
+                ) from None
+            try:
+                preflight(parsed)  # e.g. the Codex CLI is not installed: one line, exit 2
+            except AgentLaunchError as exc:
+                raise SpecError.single(
+                    f"--agent {parsed.kind}", str(exc).removeprefix("cannot start agent: ")
                 ) from None
         if repo is not None and not repo.is_dir():
             raise SpecError.single(

@@ -18,7 +18,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from tasks_lib.errors import SpecError
-from tasks_lib.results import Outcome, WorkerResult
+from tasks_lib.results import Outcome, RateLimit, WorkerResult
 from tasks_lib.state import RunStatus
 
 
@@ -109,6 +109,9 @@ class AttemptRecord(_Record):
     output_tail: str = Field("", description="Last lines of the agent's output (redacted).")
     log_path: str | None = Field(None, description="The attempt's full output log.")
     retry_after_s: float | None = Field(None, description="Back-off the agent asked for.")
+    rate_limit: RateLimit | None = Field(
+        None, description="The rate or usage limit the attempt hit (when until, if known)."
+    )
     work: WorkInfo | None = Field(None, description="Its worktree, branch and commit.")
     merge: MergeInfo | None = Field(None, description="What the merge queue did with it.")
 
@@ -128,10 +131,31 @@ class AttemptRecord(_Record):
         cost = self.info.get("total_cost_usd")
         return float(cost) if isinstance(cost, (int, float)) else None
 
+    @property
+    def tokens(self) -> dict[str, int] | None:
+        """The tokens the agent reported, in one vocabulary for every agent kind: ``input``
+        (cached included), ``cached``, ``output`` (reasoning included), ``reasoning``; None
+        when it reported none. From ``info["tokens"]`` (codex) or ``info["usage"]`` (claude:
+        its input excludes the cache reads and writes, added here)."""
+        counts = self.info.get("tokens")
+        if isinstance(counts, dict):
+            return {k: int(v) for k, v in counts.items() if isinstance(v, (int, float))}
+        usage = self.info.get("usage")
+        if not isinstance(usage, dict) or "input_tokens" not in usage:
+            return None
+        n = {k: int(v) for k, v in usage.items() if isinstance(v, (int, float))}
+        cached = n.get("cache_read_input_tokens", 0)
+        return {
+            "input": n.get("input_tokens", 0) + cached + n.get("cache_creation_input_tokens", 0),
+            "cached": cached,
+            "output": n.get("output_tokens", 0),
+            "reasoning": 0,
+        }
+
     def plain(self) -> dict[str, Any]:
         """The record as plain JSON values (what a worker hands back, what the file holds);
-        ``work`` and ``merge`` only when there are (worktree isolation)."""
-        unset = {k for k in ("work", "merge") if getattr(self, k) is None}
+        ``work``, ``merge`` and ``rate_limit`` only when there are."""
+        unset = {k for k in ("work", "merge", "rate_limit") if getattr(self, k) is None}
         return self.model_dump(mode="json", exclude=unset)
 
 

@@ -181,6 +181,8 @@ TABLE_COLUMNS = [
     "tests",
     "cost_usd",
     "turns",
+    "tokens_in",
+    "tokens_out",
     "blocker",
 ]
 
@@ -204,6 +206,7 @@ def table_rows(
         files = (result.files_modified + result.files_created) if result else []
         tr = result.test_results if result else None
         costs = [c for r in recs if (c := r.cost_usd)]
+        tokens = sum_tokens(recs)
         rows.append(
             {
                 "id": u.id,
@@ -217,12 +220,35 @@ def table_rows(
                 "tests": f"{tr.passed}/{tr.ran}" if tr else "",
                 "cost_usd": round(sum(costs), 4) if costs else None,
                 "turns": last.info.get("num_turns") if last else None,
+                "tokens_in": tokens["input"] if tokens else None,
+                "tokens_out": tokens["output"] if tokens else None,
                 "blocker": blockers.get(u.id) or "",
             }
         )
         if worktree:
             rows[-1].update(worktree_cells(last))
     return rows
+
+
+#: The token counts every agent's attempts are summed in (see AttemptRecord.tokens).
+TOKEN_KEYS = ("input", "cached", "output", "reasoning")
+
+
+def sum_tokens(recs: Sequence[AttemptRecord]) -> dict[str, int] | None:
+    """The tokens of these attempts added up (input, cached, output, reasoning; see
+    AttemptRecord.tokens); None when none of them reported any."""
+    counts = [t for r in recs if (t := r.tokens)]
+    if not counts:
+        return None
+    return {k: sum(t.get(k, 0) for t in counts) for k in TOKEN_KEYS}
+
+
+def tokens_text(tokens: Mapping[str, int]) -> str:
+    """ "in 2,000 (cached 800), out 100 (reasoning 20)"."""
+    return (
+        f"in {tokens.get('input', 0):,} (cached {tokens.get('cached', 0):,}), "
+        f"out {tokens.get('output', 0):,} (reasoning {tokens.get('reasoning', 0):,})"
+    )
 
 
 WORKTREE_COLUMNS = ["branch", "commit", "merge", "worktree"]
@@ -316,6 +342,8 @@ def summary_markdown(
     total_cost = sum(r.cost_usd or 0.0 for recs in records.values() for r in recs)
     if total_cost:
         lines.append(f"| total_cost_usd | {total_cost:.4f} |")
+    if tokens := sum_tokens([r for recs in records.values() for r in recs]):
+        lines.append(f"| tokens | {tokens_text(tokens)} |")
     for e in m.get("events") or []:
         lines.append(f"\n> {e}")
     failures = [r for r in rows if r["status"] in ("fail", "blocked")]

@@ -35,6 +35,7 @@ __all__ = [
     "AgentSignals",
     "Outcome",
     "ParsedOutput",
+    "RateLimit",
     "TestResults",
     "WorkerResult",
     "parse_worker_output",
@@ -183,6 +184,31 @@ class AgentSignals(BaseModel):
         if self.errors:
             parts.append("agent errors: " + " | ".join(self.errors))
         return "; ".join(parts)
+
+
+class RateLimit(BaseModel):
+    """An agent hit a rate limit or a usage limit: the facts a run loop needs to wait for it
+    instead of failing the task (one shape for every agent kind).
+
+    Example:
+        >>> RateLimit(kind="usage_limit", until=1796400000.0, reset_text="6:02 PM").kind
+        'usage_limit'
+    """
+
+    kind: Literal["rate_limit", "usage_limit"] = Field(
+        description="rate_limit: HTTP 429 (requests or tokens per minute), still failing after "
+        "the agent's own retries; usage_limit: a plan's quota is used up (e.g. a 5-hour limit) "
+        "until a reset time."
+    )
+    until: float | None = Field(
+        default=None,
+        description="When the limit clears (Unix time, seconds), when the agent said; None: "
+        "unknown (back off).",
+    )
+    reset_text: str | None = Field(
+        default=None, description="The reset time as the agent wrote it (e.g. '6:02 PM')."
+    )
+    message: str = Field(default="", description="The agent's own message (one line).")
 
 
 class ParsedOutput(BaseModel):

@@ -272,6 +272,7 @@ async def run_worker(inp: WorkerInput) -> list[dict[str, Any]] | State:
             secrets,
         ),
         retry_after_s=run.retry_after_s,
+        rate_limit=run.rate_limit,
     )
     record = await workspace.leave(inp.task_id, attempt, record)
     folder.write_attempt(record)

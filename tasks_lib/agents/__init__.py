@@ -1,8 +1,8 @@
 """Agent kinds that specwave can launch (one module per kind) and their shared interface.
 
-The claude agent's module is imported when it is first needed (a ``claude`` config, or
-``ClaudeAgent`` / ``ClaudeAgentConfig`` / ``AgentConfig`` read from this package): a run of
-``command`` agents does not pay for it before its first agent starts.
+The claude and codex agents' modules are imported when first needed (a ``claude`` or
+``codex`` config, or their classes / ``AgentConfig`` read from this package): a run of
+``command`` agents does not pay for them before its first agent starts.
 """
 
 from __future__ import annotations
@@ -15,14 +15,22 @@ from pydantic import Field, TypeAdapter, ValidationError
 from tasks_lib.agents.base import Agent, AgentRequest, AgentRun, AgentSettings
 from tasks_lib.agents.command import CommandAgent, CommandAgentConfig
 
-_LAZY = frozenset({"AgentConfig", "ClaudeAgent", "ClaudeAgentConfig"})
+_LAZY = {
+    "ClaudeAgent": "claude",
+    "ClaudeAgentConfig": "claude",
+    "CodexAgent": "codex",
+    "CodexAgentConfig": "codex",
+}
 
 
 @functools.cache
 def _agent_config() -> Any:
     from tasks_lib.agents.claude import ClaudeAgentConfig
+    from tasks_lib.agents.codex import CodexAgentConfig
 
-    return Annotated[CommandAgentConfig | ClaudeAgentConfig, Field(discriminator="kind")]
+    return Annotated[
+        CommandAgentConfig | ClaudeAgentConfig | CodexAgentConfig, Field(discriminator="kind")
+    ]
 
 
 @functools.cache
@@ -34,9 +42,9 @@ def __getattr__(name: str) -> Any:
     if name == "AgentConfig":
         return _agent_config()
     if name in _LAZY:
-        from tasks_lib.agents import claude
+        import importlib
 
-        return getattr(claude, name)
+        return getattr(importlib.import_module(f"tasks_lib.agents.{_LAZY[name]}"), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
@@ -59,9 +67,26 @@ def make_agent(config: Any) -> Agent:
     config = parse_agent_config(config)
     if config.kind == "command":
         return CommandAgent(config)
+    if config.kind == "codex":
+        from tasks_lib.agents.codex import CodexAgent
+
+        return CodexAgent(config)
     from tasks_lib.agents.claude import ClaudeAgent
 
     return {"claude": ClaudeAgent}[config.kind](config)
+
+
+def preflight(config: Any) -> None:
+    """What can be checked before a run starts anything (today: the Codex CLI is installed).
+
+    Raises:
+        AgentLaunchError: one line saying what is missing and how to get it.
+    """
+    config = parse_agent_config(config)
+    if config.kind == "codex":
+        from tasks_lib.agents.codex import check_installed
+
+        check_installed(config)
 
 
 __all__ = [
@@ -71,8 +96,11 @@ __all__ = [
     "AgentRun",
     "ClaudeAgent",
     "ClaudeAgentConfig",
+    "CodexAgent",
+    "CodexAgentConfig",
     "CommandAgent",
     "CommandAgentConfig",
     "make_agent",
     "parse_agent_config",
+    "preflight",
 ]

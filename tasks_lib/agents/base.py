@@ -15,7 +15,7 @@ from typing import Any, Protocol, cast
 from pydantic import BaseModel, Field
 
 from tasks_lib.agents.process import ProcessInfo
-from tasks_lib.results import AgentSignals
+from tasks_lib.results import AgentSignals, RateLimit
 
 #: Environment variables an agent inherits from the orchestrator (everything else is dropped).
 ENV_ALLOW = (
@@ -103,6 +103,9 @@ class AgentRun(BaseModel):
     )
     retry_after_s: float | None = Field(None, description="Back-off the agent asked for.")
     final: bool = Field(False, description="Retrying cannot help (e.g. authentication error).")
+    rate_limit: RateLimit | None = Field(
+        None, description="The rate or usage limit the attempt hit, if any."
+    )
 
 
 LineSink = Callable[[str, str], None]

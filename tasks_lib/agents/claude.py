@@ -54,7 +54,6 @@ Per-spec settings: a ``claude-agent.json`` in the spec folder (same field names,
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import importlib.util
 import json
 import os
@@ -64,7 +63,6 @@ import tempfile
 from pathlib import Path
 from typing import Any, Literal
 
-import psutil
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from tasks_lib.agents.base import (
@@ -87,7 +85,8 @@ from tasks_lib.agents.claude_stream import (
     summarize_event,
 )
 from tasks_lib.agents.process import AgentLaunchError, ProcessInfo, run_process_group
-from tasks_lib.results import AgentSignals, tail
+from tasks_lib.agents.rss import RssSampler
+from tasks_lib.results import AgentSignals, RateLimit, tail
 
 __all__ = [
     "DEFAULT_ALLOWED_TOOLS",
@@ -131,7 +130,6 @@ QUIET_ENV = {
     "DISABLE_TELEMETRY": "1",
 }
 RETRYABLE_HTTP = frozenset({408, 409, 429, 500, 502, 503, 504, 529})
-_RSS_INTERVAL_S = 0.25
 
 
 class ClaudeSpecSettings(BaseModel):
@@ -375,6 +373,8 @@ class ClaudeOutcome(BaseModel):
     stopped_by_specwave: str | None = None
     #: Newest first: the failure explained, then the CLI's own errors (deduplicated).
     errors: list[str] = Field(default_factory=list)
+    #: HTTP 429 after the CLI's retries: the shared rate-limit fact (no reset time known).
+    rate_limit: RateLimit | None = None
 
 
 def decide_outcome(
@@ -415,6 +415,7 @@ def decide_outcome(
     final = False
     retry_after: float | None = None
     kind: OutcomeKind | None = None
+    rate_limit: RateLimit | None = None
     terminal = result.terminal_reason
     sub = result.subtype or ""
 
@@ -436,6 +437,8 @@ def decide_outcome(
         if status is None or status in RETRYABLE_HTTP or status >= 500:
             retry_after, kind = retry_after_s, "api_transient"
             label = f"HTTP {status}" if status is not None else "connection error"
+            if status == 429:
+                rate_limit = RateLimit(kind="rate_limit", message=text)
             errors.insert(
                 0,
                 f"API error ({label}) after {api_retries} CLI retries: "
@@ -472,6 +475,7 @@ def decide_outcome(
         api_error_status=status,
         stopped_by_specwave="authentication_failed" if auth_stop else None,
         errors=list(dict.fromkeys(errors)),
+        rate_limit=rate_limit,
     )
 
 
@@ -503,36 +507,6 @@ def attempt_info(
 
 
 # --------------------------------------------------------------------------- the agent
-
-
-class _RssSampler:
-    """Peak resident memory of the agent's process tree (sum over the tree, 4 samples a second)."""
-
-    def __init__(self) -> None:
-        self.peak = 0
-        self.task: asyncio.Task | None = None
-
-    def start(self, pid: int) -> None:
-        self.task = asyncio.ensure_future(self._run(pid))
-
-    async def _run(self, pid: int) -> None:
-        with contextlib.suppress(psutil.Error):
-            leader = psutil.Process(pid)
-            while True:
-                self.sample(leader)
-                await asyncio.sleep(_RSS_INTERVAL_S)
-
-    def sample(self, leader: psutil.Process) -> None:
-        total = 0
-        with contextlib.suppress(psutil.Error):
-            for p in [leader, *leader.children(recursive=True)]:
-                with contextlib.suppress(psutil.Error):
-                    total += p.memory_info().rss
-        self.peak = max(self.peak, total)
-
-    def stop(self) -> None:
-        if self.task is not None and not self.task.done():
-            self.task.cancel()
 
 
 class ClaudeAgent:
@@ -623,7 +597,7 @@ class ClaudeAgent:
         stop = asyncio.Event()
         stopped: dict[str, Any] = {}
         summary = StreamSummary()
-        rss = _RssSampler()
+        rss = RssSampler()
 
         def line(stream: str, text: str) -> None:
             if stream != "stdout":
@@ -729,6 +703,7 @@ class ClaudeAgent:
             killed_pids=killed,
             retry_after_s=outcome.retry_after_s,
             final=outcome.final,
+            rate_limit=outcome.rate_limit,
         )
 
     def _backoff(self, attempt: int) -> float:
