@@ -222,23 +222,59 @@ class PoolDispatch:
         )
 
     async def _cancel(self, flow_run_id: Any) -> None:
-        """Ask the task run's worker to stop it (its agent dies with it)."""
-        from prefect.client.orchestration import get_client
-        from prefect.states import Cancelling
+        await cancel_task_run(flow_run_id)
 
-        try:
-            async with get_client() as client:
-                fr = await client.read_flow_run(flow_run_id)
-                if fr.state is not None and fr.state.is_final():
-                    return
-                if fr.state is not None and (fr.state.is_scheduled() or fr.state.is_pending()):
-                    from prefect.states import Cancelled
 
-                    await client.set_flow_run_state(flow_run_id, Cancelled(), force=True)
-                    return
-                await client.set_flow_run_state(flow_run_id, Cancelling(), force=True)
-        except Exception:  # noqa: BLE001 - best effort: the run is stopping anyway
-            return
+async def cancel_task_run(flow_run_id: Any) -> None:
+    """Ask the task run's worker to stop it (its agent dies with it)."""
+    from prefect.client.orchestration import get_client
+    from prefect.states import Cancelling
+
+    try:
+        async with get_client() as client:
+            fr = await client.read_flow_run(flow_run_id)
+            if fr.state is not None and fr.state.is_final():
+                return
+            if fr.state is not None and (fr.state.is_scheduled() or fr.state.is_pending()):
+                from prefect.states import Cancelled
+
+                await client.set_flow_run_state(flow_run_id, Cancelled(), force=True)
+                return
+            await client.set_flow_run_state(flow_run_id, Cancelling(), force=True)
+    except Exception:  # noqa: BLE001 - best effort: the run is stopping anyway
+        return
+
+
+async def cancel_leftover_task_runs(deployment: str, spec_dir: str, run_id: str) -> int:
+    """Task runs of an earlier run of this spec still queued or running (its orchestrator
+    was killed): cancelled, so a rerun never has two agents on one task. Returns how many."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import (
+        DeploymentFilter,
+        DeploymentFilterName,
+        FlowRunFilter,
+        FlowRunFilterState,
+        FlowRunFilterStateType,
+    )
+    from prefect.client.schemas.objects import StateType
+
+    name = deployment.split("/", 1)[-1]
+    live = [StateType.SCHEDULED, StateType.PENDING, StateType.RUNNING, StateType.CANCELLING]
+    async with get_client() as client:
+        runs = await client.read_flow_runs(
+            deployment_filter=DeploymentFilter(name=DeploymentFilterName(any_=[name])),
+            flow_run_filter=FlowRunFilter(
+                state=FlowRunFilterState(type=FlowRunFilterStateType(any_=live))
+            ),
+        )
+    stale = []
+    for fr in runs:
+        worker = ((fr.parameters or {}).get("attempt") or {}).get("worker") or {}
+        if worker.get("spec_dir") == spec_dir and worker.get("run_id") != run_id:
+            stale.append(fr.id)
+    for flow_run_id in stale:
+        await cancel_task_run(flow_run_id)
+    return len(stale)
 
 
 async def _artifact_record(client: Any, flow_run_id: Any) -> AttemptRecord | None:
@@ -270,4 +306,4 @@ def _lost(
     )
 
 
-__all__ = ["Dispatch", "LocalDispatch", "PoolDispatch"]
+__all__ = ["Dispatch", "LocalDispatch", "PoolDispatch", "cancel_leftover_task_runs"]

@@ -33,7 +33,7 @@ from prefect import flow, get_run_logger
 from prefect.settings import PREFECT_API_URL
 from prefect.states import Cancelled, Failed, State
 
-from flows.dispatch import LocalDispatch, PoolDispatch
+from flows.dispatch import LocalDispatch, PoolDispatch, cancel_leftover_task_runs
 from flows.run_guard import RunGuard
 from flows.run_loop import RunLoop, RunSettings
 from tasks_lib.agents import parse_agent_config
@@ -219,6 +219,13 @@ async def execute_spec(
                 approve_waves=approve_waves,
                 concurrency_limit=concurrency_limit,
             )
+            if isinstance(runner, PoolDispatch):  # a killed run's task runs: never two agents
+                stale = await cancel_leftover_task_runs(runner.deployment, str(spec.folder), run_id)
+                if stale:
+                    get_run_logger().warning(
+                        f"cancelled {stale} task run(s) an earlier run of this spec left "
+                        "running; their tasks run again"
+                    )
             loop = RunLoop(spec, plan, settings, runner)
             await loop.run()
             return await loop.finalize()
